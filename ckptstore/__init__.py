@@ -1,0 +1,53 @@
+"""ckptstore: safe, small and fast PyTorch training checkpoints on any storage.
+
+>>> import ckptstore
+>>> info = ckptstore.save({"model": model.state_dict()}, "runs/exp1", step=500)   # doctest: +SKIP
+>>> state = ckptstore.load("runs/exp1", map_location="auto")                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ._api import info, list_checkpoints, load, save
+from ._devices import Accelerators, auto_device
+from ._errors import (BackendUnavailableError, CheckpointExistsError, CheckpointNotFoundError,
+                      CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
+                      ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
+                      UnsupportedFormatError, UnsupportedValueError)
+from ._info import CheckpointInfo
+from ._manifest import Manifest, RngState
+from ._rng import capture_rng_state, restore_rng_state
+from ._store import Store
+
+__version__ = "0.1.0"
+
+restore_rng = restore_rng_state
+
+__all__ = [
+    "Accelerators",
+    "BackendUnavailableError",
+    "CheckpointExistsError",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "CkptstoreError",
+    "DeviceUnavailableError",
+    "InsufficientSpaceError",
+    "IntegrityError",
+    "Manifest",
+    "ObjectMissingError",
+    "PickleNotAllowedError",
+    "RngState",
+    "StorageError",
+    "Store",
+    "StoreNotFoundError",
+    "UnsupportedFormatError",
+    "UnsupportedValueError",
+    "__version__",
+    "auto_device",
+    "capture_rng_state",
+    "info",
+    "list_checkpoints",
+    "load",
+    "restore_rng",
+    "restore_rng_state",
+    "save",
+]

@@ -1,0 +1,48 @@
+"""``CheckpointInfo``: the small frozen record the store hands out for each checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+from ._manifest import Manifest, RngState
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One committed checkpoint, as listed by ``list_checkpoints`` and returned by ``save``."""
+
+    id: str
+    """The manifest's BLAKE3 hash (64 hex digits); ``short_id`` is its first 12."""
+    step: int
+    epoch: int | None
+    created_at: datetime
+    metrics: Mapping[str, float]
+    tags: tuple[str, ...]
+    size: int
+    """Logical bytes of tensor data in the checkpoint."""
+    stored_bytes: int
+    """Bytes of all objects the checkpoint references (shared ones counted in full)."""
+    new_bytes: int
+    """Bytes this checkpoint's save actually wrote (what was not deduplicated)."""
+    num_tensors: int
+    key: str = field(repr=False)
+    uri: str = field(repr=False)
+    config: Any = field(default=None, repr=False)
+    meta: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    rng: RngState | None = field(default=None, repr=False)
+    producer: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @classmethod
+    def from_manifest(cls, m: Manifest, *, id: str, key: str, uri: str, config: Any) -> "CheckpointInfo":
+        return cls(
+            id=id, step=m.step, epoch=m.epoch, created_at=m.created_at, metrics=dict(m.metrics),
+            tags=tuple(m.tags), size=m.stats.logical_bytes, stored_bytes=m.stats.stored_bytes,
+            new_bytes=m.stats.new_bytes, num_tensors=len(m.tensors), key=key, uri=uri, config=config,
+            meta=dict(m.meta), rng=m.rng, producer=dict(m.producer),
+        )

@@ -1,0 +1,183 @@
+"""The manifest: one immutable JSON document per checkpoint, and the store config.
+
+Both are pydantic models; their JSON Schema is exported to docs/ (``schema()``). The manifest's
+bytes are hashed and the hash is part of its key, so a manifest verifies itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from ._errors import IntegrityError, UnsupportedFormatError
+
+FORMAT_NAME = "ckptstore"
+FORMAT_VERSION = 1
+
+Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
+NonNeg = Annotated[int, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+
+class StoreConfig(_Model):
+    """``ckptstore.json`` at the store root."""
+
+    format: Literal["ckptstore"] = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    hash: Literal["blake3"] = "blake3"
+    created_at: datetime
+    #: a retention policy every writer and ``ckptstore gc`` apply (see retention docs); opaque here
+    retention: Optional[dict[str, JsonValue]] = None
+
+
+class ObjectInfo(_Model):
+    """How one object is stored. ``raw_hash`` is given only when it differs from the key."""
+
+    codec: str = Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,31}$")
+    size: NonNeg = Field(description="stored bytes (the object's length on storage)")
+    raw_size: NonNeg = Field(description="bytes after decoding with the codec")
+    raw_hash: Optional[Hash] = None
+
+
+class Segment(_Model):
+    """A byte range of a decoded object."""
+
+    object: Hash
+    offset: NonNeg
+    length: NonNeg
+
+
+class Blob(_Model):
+    """A run of raw bytes (one tensor's data, or a storage shared by several tensors)."""
+
+    hash: Hash = Field(description="content id: see docs/format.md")
+    nbytes: NonNeg
+    segments: list[Segment]
+
+
+class TensorEntry(_Model):
+    kind: Literal["torch", "numpy"] = "torch"
+    dtype: str = Field(max_length=64)
+    shape: list[NonNeg]
+    stride: Optional[list[NonNeg]] = Field(None, description="element strides; null = contiguous")
+    blob: NonNeg
+    offset: NonNeg = Field(0, description="byte offset of element 0 in the blob")
+    device: str = Field("cpu", max_length=64)
+    requires_grad: bool = False
+    parameter: bool = False
+
+
+class PythonRng(_Model):
+    version: int
+    state: list[int]
+    gauss: Optional[float] = None
+
+
+class NumpyRng(_Model):
+    bit_generator: str
+    state: list[int]
+    pos: int
+    has_gauss: int
+    cached_gaussian: float
+
+
+class RngState(_Model):
+    """Global random-number-generator states at save time (base64 for torch byte states)."""
+
+    python: Optional[PythonRng] = None
+    numpy: Optional[NumpyRng] = None
+    torch: Optional[str] = None
+    cuda: Optional[list[str]] = None
+    mps: Optional[str] = None
+
+
+class Stats(_Model):
+    logical_bytes: NonNeg = Field(description="bytes of tensor data the state holds")
+    stored_bytes: NonNeg = Field(description="bytes of all objects this checkpoint references")
+    new_bytes: NonNeg = Field(description="bytes of objects this save wrote")
+    new_objects: NonNeg
+
+
+class Manifest(_Model):
+    format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
+    version: int = FORMAT_VERSION
+    step: NonNeg
+    epoch: Optional[int] = None
+    created_at: datetime
+    config: JsonValue = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tags: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list)
+    meta: dict[str, JsonValue] = Field(default_factory=dict)
+    rng: Optional[RngState] = None
+    producer: dict[str, str] = Field(default_factory=dict)
+    parent: Optional[Hash] = Field(None, description="id of the newest checkpoint when this was saved")
+    tree: JsonValue
+    tensors: list[TensorEntry]
+    blobs: list[Blob]
+    objects: dict[Hash, ObjectInfo]
+    stats: Stats
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("created_at needs a time zone")
+        return v.astimezone(timezone.utc)
+
+
+def dump(model: BaseModel) -> bytes:
+    """Canonical bytes: compact JSON, fields in declaration order, UTF-8."""
+    return model.model_dump_json().encode("utf-8")
+
+
+def _check_version(raw: Any, what: str, name: str) -> None:
+    if not isinstance(raw, dict):
+        raise IntegrityError(f"{what} is not a JSON object")
+    if raw.get("format") != name:
+        raise IntegrityError(f"{what} is not a {name} document (format={raw.get('format')!r})")
+    version = raw.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{what} is format version {version}; this ckptstore reads up to {FORMAT_VERSION}. "
+            "Upgrade ckptstore (pip install -U ckptstore)."
+        )
+    if version != FORMAT_VERSION:
+        raise IntegrityError(f"{what} has an invalid format version {version!r}")
+
+
+def _parse(data: bytes, model: type[_Model], what: str, name: str) -> Any:
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise IntegrityError(f"{what} is not valid JSON: {e}") from None
+    _check_version(raw, what, name)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise IntegrityError(f"{what} does not validate ({e.error_count()} errors; {loc}: {first['msg']})") from None
+    except RecursionError:
+        raise IntegrityError(f"{what} is nested too deeply") from None
+
+
+def parse_manifest(data: bytes, what: str = "manifest") -> Manifest:
+    return _parse(data, Manifest, what, "ckptstore.manifest")
+
+
+def parse_store_config(data: bytes, what: str = "ckptstore.json") -> StoreConfig:
+    return _parse(data, StoreConfig, what, FORMAT_NAME)
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schemas of the on-disk documents (exported to docs/schema/)."""
+    return {
+        "manifest": Manifest.model_json_schema(mode="serialization"),
+        "store": StoreConfig.model_json_schema(mode="serialization"),
+    }

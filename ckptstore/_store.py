@@ -1,0 +1,440 @@
+"""``Store``: the facade that owns write and read ordering (docs/format.md, "Ordering")."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import threading
+import warnings
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from . import _hashing
+from ._backend import Backend, open_backend
+from ._codec import resolve_compression
+from ._devices import MapLocation, Placement
+from ._errors import (CheckpointNotFoundError, IntegrityError, StoreNotFoundError,
+                      UnsupportedFormatError)
+from ._info import CheckpointInfo
+from ._layout import CONFIG_KEY, MANIFESTS_DIR, manifest_key, parse_manifest_key
+from ._manifest import (Manifest, Stats, StoreConfig, TensorEntry, dump, parse_manifest,
+                        parse_store_config)
+from ._progress import byte_bar
+from ._reader import check_manifest, read_blobs
+from ._rng import capture_rng_state, restore_rng_state
+from ._tensors import entry_to_tensor, dtype_from_name, plan_tensors
+from ._tree import Decoder, Encoder, contains_pickle
+from ._writer import DedupIndex, planned_device_sync, write_blobs
+
+log = logging.getLogger("ckptstore")
+
+DEFAULT_CHUNK_SIZE = 32 << 20
+DEFAULT_PACK_THRESHOLD = 1 << 20
+DEFAULT_PACK_SIZE = 16 << 20
+
+
+def _default_workers() -> int:
+    return max(2, min(8, 2 * (os.cpu_count() or 2)))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+class Store:
+    """A checkpoint store at a URI (local path, ``file://``, ``memory://``, ``s3://``, ``gs://``...).
+
+    ``storage_options`` (or extra keyword arguments) go to fsspec unchanged. A store is reusable
+    across many saves and loads, safe to share between threads, and a context manager.
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        compression: str | bool | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        workers: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **more_storage_options: Any,
+    ) -> None:
+        if isinstance(uri, Store):
+            raise TypeError("Store() takes a URI; you passed a Store")
+        options = {**(storage_options or {}), **more_storage_options}
+        self._backend: Backend = open_backend(uri, options)
+        self.compression = resolve_compression(compression)
+        if not isinstance(chunk_size, int) or chunk_size < (64 << 10):
+            raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.workers = workers or _default_workers()
+        self._manifests: dict[str, Manifest] = {}
+        self._bad: dict[str, str] = {}
+        self._index: DedupIndex | None = None
+        self._config: StoreConfig | None = None
+        self._lock = threading.RLock()
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop caches. The store holds no open files between calls."""
+        with self._lock:
+            self._manifests.clear()
+            self._index = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    @property
+    def uri(self) -> str:
+        return self._backend.uri
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    # -- store config -----------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when a store (its ``ckptstore.json``) exists at the URI."""
+        return self._backend.exists(CONFIG_KEY)
+
+    def _not_found(self) -> StoreNotFoundError:
+        where = self._backend.describe()
+        state = self._backend.root_state()
+        if state == "missing":
+            msg = f"no checkpoint store at {where}: the path does not exist. Check the path, or save a checkpoint there first."
+        elif state == "file":
+            msg = (f"{where} is a file, not a checkpoint store. To bring a torch.save file into a store, "
+                   "use `ckptstore import`.")
+        else:
+            msg = f"{where} exists but is not a checkpoint store (it has no {CONFIG_KEY})."
+        return StoreNotFoundError(msg, path=where)
+
+    def _read_config(self) -> StoreConfig:
+        if self._config is None:
+            try:
+                data = self._backend.read(CONFIG_KEY)
+            except FileNotFoundError:
+                raise self._not_found() from None
+            self._config = parse_store_config(data, f"{self._backend.describe(CONFIG_KEY)}")
+        return self._config
+
+    def _ensure_store(self) -> StoreConfig:
+        with self._lock:
+            if self._config is not None:
+                return self._config
+            if self._backend.root_state() == "file":
+                raise self._not_found()
+            if not self._backend.exists(CONFIG_KEY):
+                cfg = StoreConfig(created_at=datetime.now(timezone.utc))
+                self._backend.write(CONFIG_KEY, dump(cfg), if_absent=True)
+                self._backend.sync()
+            return self._read_config()
+
+    @property
+    def config(self) -> StoreConfig:
+        return self._read_config()
+
+    # -- manifests --------------------------------------------------------------------------
+    def _keys(self) -> list[tuple[int, str, str]]:
+        """(step, id, key) of every manifest, in key order (by step)."""
+        out = []
+        for key in self._backend.list(MANIFESTS_DIR):
+            parsed = parse_manifest_key(key)
+            if parsed is not None:
+                out.append((parsed[0], parsed[1], key))
+        out.sort()
+        return out
+
+    def _manifest(self, key: str) -> Manifest:
+        with self._lock:
+            m = self._manifests.get(key)
+        if m is not None:
+            return m
+        step, digest = parse_manifest_key(key)  # type: ignore[misc]
+        where = self._backend.describe(key)
+        try:
+            data = self._backend.read(key)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"checkpoint {digest[:12]} (step {step}) was removed: {where}") from None
+        if _hashing.digest(data) != digest:
+            raise IntegrityError(f"manifest {where} does not match its hash; the checkpoint is damaged")
+        m = parse_manifest(data, where)
+        if m.step != step:
+            raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
+        with self._lock:
+            self._manifests[key] = m
+        return m
+
+    def _info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
+        config = Decoder([]).decode(m.config) if m.config is not None else None
+        return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every committed checkpoint, sorted by step then creation time. Damaged manifests are
+        skipped with a warning (``ckptstore verify`` reports them)."""
+        self._read_config()
+        out = []
+        for step, digest, key in self._keys():
+            try:
+                m = self._manifest(key)
+            except (IntegrityError, UnsupportedFormatError) as e:
+                if key not in self._bad:
+                    self._bad[key] = str(e)
+                    warnings.warn(f"skipping checkpoint at step {step}: {e}", stacklevel=2)
+                continue
+            except CheckpointNotFoundError:
+                continue
+            out.append(self._info(key, digest, m))
+        out.sort(key=lambda i: (i.step, i.created_at, i.id))
+        return out
+
+    list_checkpoints = list
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint (highest step; the most recent of equal steps), or None."""
+        self._read_config()
+        keys = self._keys()
+        best: CheckpointInfo | None = None
+        for step, digest, key in reversed(keys):
+            if best is not None and step < best.step:
+                break
+            try:
+                info = self._info(key, digest, self._manifest(key))
+            except (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError) as e:
+                log.warning("skipping damaged checkpoint at step %d: %s", step, e)
+                continue
+            if best is None or (info.created_at, info.id) > (best.created_at, best.id):
+                best = info
+        return best
+
+    def info(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
+        """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique
+        prefix of it) ``id``, or the newest when neither is given."""
+        self._read_config()
+        if step is not None and id is not None:
+            raise ValueError("give step or id, not both")
+        if id is not None:
+            if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
+                raise ValueError(f"a checkpoint id is lowercase hex, not {id!r}")
+            matches = [k for k in self._keys() if k[1].startswith(id)]
+            if len(matches) > 1:
+                raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")
+            if not matches:
+                raise CheckpointNotFoundError(f"no checkpoint with id {id!r} in {self.uri}")
+            s, digest, key = matches[0]
+            return self._info(key, digest, self._manifest(key))
+        if step is None:
+            info = self.latest()
+            if info is None:
+                raise CheckpointNotFoundError(f"the store {self.uri} has no checkpoints yet")
+            return info
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int, not {type(step).__name__}")
+        found = [k for k in self._keys() if k[0] == step]
+        if not found:
+            steps = sorted({k[0] for k in self._keys()})
+            near = ", ".join(str(s) for s in steps[-10:]) or "none"
+            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {self.uri} (latest steps: {near})")
+        infos = [self._info(key, digest, self._manifest(key)) for _, digest, key in found]
+        return max(infos, key=lambda i: (i.created_at, i.id))
+
+    def manifest(self, step: int | None = None, *, id: str | None = None) -> Manifest:
+        """The validated manifest model of a checkpoint (see docs/format.md)."""
+        return self._manifest(self.info(step, id=id).key)
+
+    # -- save -------------------------------------------------------------------------------
+    def _dedup_index(self) -> DedupIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = DedupIndex()
+                latest = self.latest() if self.exists() else None
+                if latest is not None:
+                    self._index.add_manifest(self._manifest(latest.key))
+            return self._index
+
+    def save(
+        self,
+        state: Any,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        config: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        rng: bool = True,
+        compression: str | bool | None = None,
+        allow_pickle: bool = False,
+        progress: bool | None = None,
+    ) -> CheckpointInfo:
+        """Write ``state`` as a new checkpoint; returns when it is committed and durable."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"step must be a non-negative int, not {step!r}")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+            raise ValueError(f"epoch must be an int or None, not {epoch!r}")
+        if isinstance(tags, str):
+            tags = [tags]
+        tag_list = list(tags)
+        if not all(isinstance(t, str) and t for t in tag_list):
+            raise ValueError(f"tags must be non-empty strings, not {tag_list!r}")
+        metric_values = _metrics(metrics)
+        codec = self.compression if compression is None else resolve_compression(compression)
+
+        enc = Encoder(allow_pickle=allow_pickle)
+        tree = enc.encode(state)
+        config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config, "config")
+        meta_tree = Encoder(allow_tensors=False).encode(dict(meta or {}), "meta")
+        plan = plan_tensors(enc.tensors)
+        rng_state = capture_rng_state() if rng else None
+
+        self._ensure_store()
+        with self._lock:
+            parent = self.latest()
+            index = self._dedup_index()
+        if step is None:
+            step = parent.step + 1 if parent is not None else 0
+        planned_device_sync(plan.blobs)
+        total = sum(b.nbytes for b in plan.blobs)
+        with byte_bar(total, f"saving step {step}", progress) as bar:
+            res = write_blobs(self._backend, plan.blobs, codec=codec, index=index, chunk_size=self.chunk_size,
+                              pack_threshold=DEFAULT_PACK_THRESHOLD, pack_size=DEFAULT_PACK_SIZE,
+                              workers=self.workers, progress=bar)
+        self._backend.sync()  # objects' names are durable before the manifest exists
+
+        tensors = [TensorEntry(kind=e.kind, dtype=e.dtype, shape=e.shape, stride=e.stride, blob=e.blob,
+                               offset=e.offset, device=e.device, requires_grad=e.requires_grad,
+                               parameter=e.parameter) for e in plan.entries]
+        stats = Stats(logical_bytes=total, stored_bytes=sum(i.size for i in res.objects.values()),
+                      new_bytes=res.new_bytes, new_objects=res.new_objects)
+        m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
+                     metrics=metric_values, tags=tag_list, meta=meta_tree, rng=rng_state,
+                     producer={"ckptstore": _version(), "torch": torch.__version__,
+                               "python": platform.python_version()},
+                     parent=parent.id if parent is not None else None, tree=tree, tensors=tensors,
+                     blobs=res.blobs, objects=dict(sorted(res.objects.items())), stats=stats)
+        data = dump(m)
+        digest = _hashing.digest(data)
+        key = manifest_key(step, digest)
+        self._backend.write(key, data)  # the commit point
+        self._backend.sync()
+        with self._lock:
+            self._manifests[key] = m
+            index.add_manifest(m)
+        return self._info(key, digest, m)
+
+    # -- load -------------------------------------------------------------------------------
+    def load(
+        self,
+        step: int | None = None,
+        *,
+        id: str | None = None,
+        map_location: MapLocation = None,
+        restore_rng: bool = False,
+        allow_pickle: bool = False,
+        verify: bool = True,
+        progress: bool | None = None,
+    ) -> Any:
+        """The state saved at ``step`` (or ``id``; the newest by default), every byte verified."""
+        placement = Placement(map_location)
+        info = self.info(step, id=id)
+        m = self._manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        if contains_pickle(m.tree) and not allow_pickle:
+            from ._errors import PickleNotAllowedError
+
+            raise PickleNotAllowedError(
+                f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
+                "execute code. Pass allow_pickle=True only if you trust this store.")
+        check_manifest(m, where)
+        with byte_bar(m.stats.logical_bytes, f"loading step {info.step}", progress) as bar:
+            bufs = read_blobs(self._backend, m, where=where, workers=self.workers, verify=verify, progress=bar)
+        tensors = _materialize(m, bufs, placement)
+        if placement.kept_on_cpu:
+            warnings.warn(
+                f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=2)
+        state = Decoder(tensors, allow_pickle=allow_pickle).decode(m.tree)
+        if restore_rng:
+            restore_rng_state(m.rng)
+        return state
+
+    # -- maintenance ----------------------------------------------------------------------
+    def forget(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
+        """Remove one checkpoint's manifest (its objects stay until ``gc`` removes unreferenced
+        data). Returns what was removed."""
+        if step is None and id is None:
+            raise ValueError("forget needs a step or an id")
+        info = self.info(step, id=id)
+        self._backend.delete(info.key)
+        self._backend.sync()
+        with self._lock:
+            self._manifests.pop(info.key, None)
+            self._index = None
+        return info
+
+    def verify(self, step: int | None = None, *, id: str | None = None, read_data: bool = True) -> None:
+        """Check one checkpoint (the newest by default): its manifest, its structure, and with
+        ``read_data`` every object's bytes against its hash. Raises IntegrityError on damage."""
+        info = self.info(step, id=id)
+        m = self._manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        check_manifest(m, where)
+        if read_data:
+            read_blobs(self._backend, m, where=where, workers=self.workers, verify=True)
+        else:
+            from ._layout import object_key
+            from ._errors import ObjectMissingError
+
+            for key in m.objects:
+                if not self._backend.exists(object_key(key)):
+                    raise ObjectMissingError(f"{where}: object {key} is missing", key)
+
+
+def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in (metrics or {}).items():
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"metric names must be non-empty strings, not {k!r}")
+        try:
+            if isinstance(v, torch.Tensor):
+                v = v.detach().float().item()
+            f = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
+        if isinstance(v, bool):
+            raise ValueError(f"metric {k!r} must be a number, not a bool")
+        out[k] = f if not math.isnan(f) else math.nan
+    return out
+
+
+def _materialize(m: Manifest, bufs: list[torch.Tensor], placement: Placement) -> list[Any]:
+    by_blob: dict[int, list[int]] = {}
+    for j, e in enumerate(m.tensors):
+        by_blob.setdefault(e.blob, []).append(j)
+    out: list[Any] = [None] * len(m.tensors)
+    for bi, members in by_blob.items():
+        entries = [m.tensors[j] for j in members]
+        base = bufs[bi]
+        torch_entries = [e for e in entries if e.kind == "torch"]
+        if torch_entries and not placement.callable:
+            dev = placement.device_for(torch_entries[0].device, {dtype_from_name(e.dtype) for e in torch_entries})
+            if dev.type != "cpu":
+                base = base.to(dev)
+        for j, e in zip(members, entries):
+            t = entry_to_tensor(e, base if e.kind == "torch" else bufs[bi])
+            if placement.callable and e.kind == "torch":
+                moved = placement.map_location(t, e.device)  # type: ignore[operator]
+                t = t if moved is None else moved
+            out[j] = t
+    return out

@@ -1,0 +1,221 @@
+"""Tensors <-> byte runs ("blobs"): dtype names, storage sharing, views.
+
+Saving: every tensor in the state becomes an entry that points into a blob. A tensor whose
+storage no other tensor in the state shares gets a blob of its own contiguous bytes. Tensors that
+share a storage (tied weights, views) share one blob covering the bytes they use, and each keeps
+its offset and strides, so loading gives them back sharing one storage, as ``torch.load`` does.
+
+Loading: a blob is a 1-D uint8 tensor; entries become typed views of it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import IntegrityError, UnsupportedFormatError, UnsupportedValueError
+
+_DTYPES: dict[str, torch.dtype] = {
+    name: v
+    for name in dir(torch)
+    if isinstance(v := getattr(torch, name), torch.dtype) and not name.startswith(("q", "_"))
+    and str(v) == f"torch.{name}"
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    dt = _DTYPES.get(name)
+    if dt is None:
+        raise UnsupportedFormatError(
+            f"the checkpoint has tensors of dtype {name!r}, which this torch ({torch.__version__}) "
+            "does not have; load it with a newer torch"
+        )
+    return dt
+
+
+def supported_dtypes() -> list[torch.dtype]:
+    return [_DTYPES[n] for n in sorted(_DTYPES)]
+
+
+_NUMPY_DTYPE_RE = re.compile(r"^[<>|=]([biufc]\d{1,2}|[SUV]\d{1,9}|[mM]8(\[[0-9]*[a-zA-Z]{1,2}\])?)$")
+
+
+def numpy_dtype_from_name(name: str) -> np.dtype:
+    if not _NUMPY_DTYPE_RE.match(name):
+        raise IntegrityError(f"unsupported numpy dtype {name!r} in manifest")
+    return np.dtype(name)
+
+
+@dataclass
+class PlannedBlob:
+    """Bytes to store: ``source`` is a 1-D uint8 tensor (any device) or a numpy uint8 array."""
+
+    source: Any
+    nbytes: int
+    device: str
+
+
+@dataclass
+class PlannedEntry:
+    kind: str
+    dtype: str
+    shape: list[int]
+    stride: list[int] | None
+    blob: int
+    offset: int
+    device: str
+    requires_grad: bool
+    parameter: bool
+
+
+@dataclass
+class Plan:
+    entries: list[PlannedEntry] = field(default_factory=list)
+    blobs: list[PlannedBlob] = field(default_factory=list)
+
+
+def _extent_elems(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
+
+
+def check_tensor(t: Any, path: str) -> None:
+    """Raise UnsupportedValueError for tensors that cannot be stored as plain bytes."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        raise UnsupportedValueError(
+            f"{path} is a tensor subclass ({type(t).__module__}.{type(t).__qualname__}); convert it to a "
+            "plain tensor (e.g. .to_local() for a DTensor) before saving", path)
+    if t.layout != torch.strided:
+        raise UnsupportedValueError(
+            f"{path} has layout {t.layout}; store it dense (.to_dense()) or as its index/value tensors", path)
+    if t.is_quantized:
+        raise UnsupportedValueError(f"{path} is a quantized tensor; store its int_repr() and scales", path)
+    if t.is_meta:
+        raise UnsupportedValueError(f"{path} is on the meta device and has no data to store", path)
+    if t.is_nested:
+        raise UnsupportedValueError(f"{path} is a nested tensor; store its components", path)
+
+
+def plan_tensors(tensors: list[Any]) -> Plan:
+    """Group tensors (torch or numpy, already checked) into blobs and entries, in input order."""
+    plan = Plan()
+    groups: dict[tuple[str, int], list[int]] = {}
+    prepared: list[Any] = []
+    for i, t in enumerate(tensors):
+        if isinstance(t, np.ndarray):
+            prepared.append(t)
+            continue
+        if t.is_conj() or t.is_neg():
+            t = t.resolve_conj().resolve_neg()
+        prepared.append(t)
+        st = t.untyped_storage()
+        if t.numel() > 0 and st.nbytes() > 0:
+            groups.setdefault((str(t.device), st.data_ptr()), []).append(i)
+
+    shared_of: dict[int, tuple[int, int]] = {}  # tensor index -> (blob index, byte offset)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        spans = []
+        for i in members:
+            t = prepared[i]
+            size = t.element_size()
+            start = t.storage_offset() * size
+            spans.append((i, start, start + _extent_elems(tuple(t.shape), t.stride()) * size))
+        lo = min(s for _, s, _ in spans)
+        hi = max(e for _, _, e in spans)
+        ok = [(i, s) for i, s, _ in spans if (s - lo) % prepared[i].element_size() == 0]
+        if len(ok) < 2:
+            continue
+        base = torch.empty(0, dtype=torch.uint8, device=prepared[ok[0][0]].device)
+        base.set_(prepared[ok[0][0]].untyped_storage(), lo, (hi - lo,), (1,))
+        plan.blobs.append(PlannedBlob(base, hi - lo, str(base.device)))
+        for i, s in ok:
+            shared_of[i] = (len(plan.blobs) - 1, s - lo)
+
+    for i, t in enumerate(prepared):
+        if isinstance(t, np.ndarray):
+            a = np.ascontiguousarray(t)
+            raw = a.reshape(-1).view(np.uint8)
+            plan.blobs.append(PlannedBlob(raw, raw.nbytes, "cpu"))
+            plan.entries.append(PlannedEntry("numpy", a.dtype.str, list(a.shape), None,
+                                             len(plan.blobs) - 1, 0, "cpu", False, False))
+            continue
+        rg = bool(t.requires_grad)
+        param = isinstance(tensors[i], torch.nn.Parameter)
+        dev = str(t.device)
+        if i in shared_of:
+            b, off = shared_of[i]
+            plan.entries.append(PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), list(t.stride()),
+                                             b, off, dev, rg, param))
+            continue
+        c = t.detach()
+        if not c.is_contiguous():
+            c = c.contiguous()
+        raw = c.reshape(-1).view(torch.uint8)
+        plan.blobs.append(PlannedBlob(raw, raw.numel(), dev))
+        plan.entries.append(PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), None,
+                                         len(plan.blobs) - 1, 0, dev, rg, param))
+    return plan
+
+
+def contiguous_strides(shape: list[int]) -> list[int]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return list(reversed(strides))
+
+
+def check_entry(e: Any, blob_nbytes: int, where: str) -> None:
+    """Refuse entries whose view does not fit in its blob (before anything is allocated)."""
+    if e.kind == "numpy":
+        itemsize = numpy_dtype_from_name(e.dtype).itemsize
+    else:
+        itemsize = dtype_from_name(e.dtype).itemsize
+    if len(e.shape) > 64:
+        raise IntegrityError(f"{where}: {len(e.shape)} dimensions")
+    stride = e.stride if e.stride is not None else contiguous_strides(e.shape)
+    if len(stride) != len(e.shape):
+        raise IntegrityError(f"{where}: shape and stride lengths differ")
+    if itemsize and e.offset % itemsize:
+        raise IntegrityError(f"{where}: offset {e.offset} is not a multiple of the element size")
+    numel = 1
+    for s in e.shape:
+        numel *= s
+    if numel == 0:
+        return
+    end = e.offset + _extent_elems(tuple(e.shape), tuple(stride)) * itemsize
+    if end > blob_nbytes:
+        raise IntegrityError(f"{where}: view needs {end} bytes, blob has {blob_nbytes}")
+
+
+def entry_to_tensor(e: Any, base: torch.Tensor) -> Any:
+    """The tensor (or numpy array) for entry ``e``, a view of ``base`` (1-D uint8)."""
+    if e.kind == "numpy":
+        ndt = numpy_dtype_from_name(e.dtype)
+        n = int(np.prod(e.shape, dtype=np.int64)) * ndt.itemsize
+        arr = base[e.offset : e.offset + n].cpu().numpy()
+        return arr.view(ndt).reshape(e.shape) if n else np.empty(e.shape, dtype=ndt)
+    dt = dtype_from_name(e.dtype)
+    if e.stride is None:
+        n = 1
+        for s in e.shape:
+            n *= s
+        n *= dt.itemsize
+        t = base[e.offset : e.offset + n].view(dt).reshape(e.shape)
+    else:
+        t = torch.empty(0, dtype=dt, device=base.device)
+        t.set_(base.untyped_storage(), (base.storage_offset() + e.offset) // dt.itemsize, e.shape, e.stride)
+    if e.parameter:
+        return torch.nn.Parameter(t, requires_grad=e.requires_grad)
+    if e.requires_grad and (dt.is_floating_point or dt.is_complex):
+        t.requires_grad_(True)
+    return t

@@ -1,0 +1,275 @@
+"""The state tree <-> a JSON value plus a list of tensors. No pickle unless asked for.
+
+Plain JSON stays plain: str, int, finite float, bool, None, lists, and dicts whose keys are str
+not starting with "$". Everything else is a one-key object whose key starts with "$":
+
+    {"$tensor": i}      torch tensor i of the manifest's tensor table (also numpy arrays)
+    {"$tuple": [...]}   {"$set": [...]}   {"$frozenset": [...]}
+    {"$dict": [[k, v], ...]}   a dict with non-str keys (int keys of optimizer state) or "$" keys
+    {"$odict": <dict>}  collections.OrderedDict (state_dict() returns one)
+    {"$float": "nan" | "inf" | "-inf" | "-0.0"}   {"$complex": [re, im]}
+    {"$bytes": base64}  {"$bytearray": base64}
+    {"$dtype": "float32"}  {"$device": "cuda:0"}  {"$size": [2, 3]}   torch.dtype/device/Size
+    {"$np": [dtype, base64]}   a numpy scalar (np.float32(1.5), ...)
+    {"$pickle": base64}  only with allow_pickle=True on save, and on load
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import math
+import pickle
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
+from ._tensors import check_tensor, numpy_dtype_from_name
+
+_TAGS = frozenset({"$tensor", "$tuple", "$set", "$frozenset", "$dict", "$odict", "$float",
+                   "$complex", "$bytes", "$bytearray", "$dtype", "$device", "$size", "$np", "$pickle"})
+_MAX_DEPTH = 200
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: Any, where: str) -> bytes:
+    if not isinstance(s, str):
+        raise IntegrityError(f"{where}: expected base64 text")
+    try:
+        return base64.b64decode(s, validate=True)
+    except ValueError:
+        raise IntegrityError(f"{where}: invalid base64") from None
+
+
+def _key_repr(k: Any) -> str:
+    return repr(k)
+
+
+def _describe(v: Any) -> str:
+    t = type(v)
+    if callable(v) and hasattr(v, "__name__"):
+        return f"a {'function' if t.__name__ == 'function' else t.__name__} ({getattr(v, '__qualname__', v.__name__)})"
+    return f"a {t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else f"a {t.__name__}"
+
+
+def _float(v: float) -> Any:
+    if math.isnan(v):
+        return {"$float": "nan"}
+    if math.isinf(v):
+        return {"$float": "inf" if v > 0 else "-inf"}
+    if v == 0.0 and math.copysign(1.0, v) < 0:
+        return {"$float": "-0.0"}
+    return v
+
+
+class Encoder:
+    """Encodes one state; collects tensors (in first-seen order) for the tensor table."""
+
+    def __init__(self, *, allow_pickle: bool = False, allow_tensors: bool = True) -> None:
+        self.allow_pickle = allow_pickle
+        self.allow_tensors = allow_tensors
+        self.tensors: list[Any] = []
+        self._tensor_ids: dict[int, int] = {}
+        self._stack: set[int] = set()
+
+    def encode(self, value: Any, path: str = "state") -> Any:
+        return self._enc(value, path, 0)
+
+    def _add_tensor(self, t: Any, path: str) -> dict[str, int]:
+        if not self.allow_tensors:
+            raise UnsupportedValueError(f"{path} is a tensor; tensors belong in the state, not here", path)
+        idx = self._tensor_ids.get(id(t))
+        if idx is None:
+            idx = self._tensor_ids[id(t)] = len(self.tensors)
+            self.tensors.append(t)
+        return {"$tensor": idx}
+
+    def _enc(self, v: Any, path: str, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            raise UnsupportedValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep", path)
+        t = type(v)
+        if v is None or t is bool or t is str:
+            return v
+        if t is int:
+            return v
+        if t is float:
+            return _float(v)
+        if isinstance(v, torch.Tensor):
+            check_tensor(v, path)
+            return self._add_tensor(v, path)
+        if t is np.ndarray:
+            if v.dtype.hasobject or v.dtype.fields is not None or v.dtype.kind not in "biufcSUmMV":
+                raise UnsupportedValueError(f"{path} is a numpy array of dtype {v.dtype}, which needs pickle", path)
+            return self._add_tensor(v, path)
+        if t in (list, tuple, dict, collections.OrderedDict, set, frozenset):
+            if id(v) in self._stack:
+                raise UnsupportedValueError(f"{path} contains itself (a reference cycle)", path)
+            self._stack.add(id(v))
+            try:
+                return self._container(v, t, path, depth)
+            finally:
+                self._stack.discard(id(v))
+        if t is complex:
+            return {"$complex": [_float(v.real), _float(v.imag)]}
+        if t is bytes:
+            return {"$bytes": _b64(v)}
+        if t is bytearray:
+            return {"$bytearray": _b64(bytes(v))}
+        if t is torch.dtype:
+            return {"$dtype": str(v).removeprefix("torch.")}
+        if t is torch.device:
+            return {"$device": str(v)}
+        if t is torch.Size:
+            return {"$size": list(v)}
+        if isinstance(v, np.generic) and not isinstance(v, np.object_) and v.dtype.kind in "biufcmM":
+            return {"$np": [v.dtype.str, _b64(v.tobytes())]}
+        if self.allow_pickle:
+            try:
+                return {"$pickle": _b64(pickle.dumps(v, protocol=4))}
+            except Exception as e:  # noqa: BLE001 - any pickling failure is the user's value
+                raise UnsupportedValueError(f"{path} ({_describe(v)}) cannot be pickled: {e}", path) from None
+        raise UnsupportedValueError(
+            f"{path} is {_describe(v)}, which ckptstore cannot store without pickle. Store plain data "
+            "instead (e.g. its name or its state_dict()), or pass allow_pickle=True to both save and load "
+            "if you trust every reader of this store.", path)
+
+    def _container(self, v: Any, t: type, path: str, depth: int) -> Any:
+        d = depth + 1
+        if t is list:
+            return [self._enc(x, f"{path}[{i}]", d) for i, x in enumerate(v)]
+        if t is tuple:
+            return {"$tuple": [self._enc(x, f"{path}[{i}]", d) for i, x in enumerate(v)]}
+        if t in (set, frozenset):
+            items = [self._enc(x, f"{path}{{{x!r}}}", d) for x in v]
+            return {"$set" if t is set else "$frozenset": items}
+        enc = self._dict(v, path, d)
+        return {"$odict": enc} if t is collections.OrderedDict else enc
+
+    def _dict(self, v: dict[Any, Any], path: str, depth: int) -> Any:
+        if all(type(k) is str and not k.startswith("$") for k in v):
+            return {k: self._enc(x, f"{path}[{k!r}]", depth) for k, x in v.items()}
+        pairs = []
+        for k, x in v.items():
+            kp = f"{path}[{_key_repr(k)}]"
+            if isinstance(k, (torch.Tensor, np.ndarray)):
+                raise UnsupportedValueError(f"{kp}: a tensor cannot be a dict key", kp)
+            pairs.append([self._enc(k, f"{kp} (key)", depth), self._enc(x, kp, depth)])
+        return {"$dict": pairs}
+
+
+class Decoder:
+    def __init__(self, tensors: list[Any], *, allow_pickle: bool = False) -> None:
+        self.tensors = tensors
+        self.allow_pickle = allow_pickle
+
+    def decode(self, node: Any) -> Any:
+        try:
+            return self._dec(node, "state")
+        except RecursionError:
+            raise IntegrityError("the manifest's state tree is nested too deeply") from None
+
+    def _dec(self, n: Any, where: str) -> Any:
+        if n is None or isinstance(n, (bool, int, float, str)):
+            return n
+        if isinstance(n, list):
+            return [self._dec(x, where) for x in n]
+        if not isinstance(n, dict):
+            raise IntegrityError(f"{where}: unexpected node {type(n).__name__}")
+        if len(n) == 1:
+            (k, a), = n.items()
+            if k in _TAGS:
+                return self._tagged(k, a, where)
+        if any(k.startswith("$") for k in n):
+            raise IntegrityError(f"{where}: unknown tag in {sorted(n)[:3]}")
+        return {k: self._dec(x, f"{where}[{k!r}]") for k, x in n.items()}
+
+    def _tagged(self, tag: str, a: Any, where: str) -> Any:
+        dec: Callable[[Any], Any] = lambda x: self._dec(x, where)  # noqa: E731
+        if tag == "$tensor":
+            if type(a) is not int or not 0 <= a < len(self.tensors):
+                raise IntegrityError(f"{where}: tensor index {a!r} out of range")
+            return self.tensors[a]
+        if tag == "$tuple":
+            return tuple(dec(x) for x in _as_list(a, where))
+        if tag == "$set":
+            return {dec(x) for x in _as_list(a, where)}
+        if tag == "$frozenset":
+            return frozenset(dec(x) for x in _as_list(a, where))
+        if tag == "$dict":
+            out = {}
+            for p in _as_list(a, where):
+                if not isinstance(p, list) or len(p) != 2:
+                    raise IntegrityError(f"{where}: $dict items must be [key, value] pairs")
+                try:
+                    out[dec(p[0])] = dec(p[1])
+                except TypeError:
+                    raise IntegrityError(f"{where}: unhashable dict key") from None
+            return out
+        if tag == "$odict":
+            inner = dec(a)
+            if not isinstance(inner, dict):
+                raise IntegrityError(f"{where}: $odict must hold a dict")
+            return collections.OrderedDict(inner)
+        if tag == "$float":
+            vals = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "-0.0": -0.0}
+            if a not in vals:
+                raise IntegrityError(f"{where}: bad $float {a!r}")
+            return vals[a]
+        if tag == "$complex":
+            re_, im = _as_list(a, where, 2)
+            return complex(float(dec(re_)), float(dec(im)))
+        if tag == "$bytes":
+            return _unb64(a, where)
+        if tag == "$bytearray":
+            return bytearray(_unb64(a, where))
+        if tag == "$dtype":
+            from ._tensors import dtype_from_name
+            return dtype_from_name(str(a))
+        if tag == "$device":
+            try:
+                return torch.device(str(a))
+            except RuntimeError:
+                raise IntegrityError(f"{where}: bad device {a!r}") from None
+        if tag == "$size":
+            vals = _as_list(a, where)
+            if not all(type(x) is int for x in vals):
+                raise IntegrityError(f"{where}: $size needs ints")
+            return torch.Size(vals)
+        if tag == "$np":
+            dt, data = _as_list(a, where, 2)
+            ndt = numpy_dtype_from_name(str(dt))
+            raw = _unb64(data, where)
+            if len(raw) != ndt.itemsize:
+                raise IntegrityError(f"{where}: numpy scalar has {len(raw)} bytes for {ndt}")
+            return np.frombuffer(raw, dtype=ndt)[0]
+        if tag == "$pickle":
+            if not self.allow_pickle:
+                raise PickleNotAllowedError(
+                    f"{where} was saved with allow_pickle=True; loading it runs pickle, which can execute "
+                    "code. Pass allow_pickle=True to load only if you trust this store.")
+            return pickle.loads(_unb64(a, where))  # noqa: S301 - explicit opt-in
+        raise IntegrityError(f"{where}: unknown tag {tag}")  # pragma: no cover
+
+
+def _as_list(a: Any, where: str, n: int | None = None) -> list[Any]:
+    if not isinstance(a, list) or (n is not None and len(a) != n):
+        raise IntegrityError(f"{where}: malformed tagged value")
+    return a
+
+
+def contains_pickle(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, list):
+            stack.extend(n)
+        elif isinstance(n, dict):
+            if "$pickle" in n and len(n) == 1:
+                return True
+            stack.extend(n.values())
+    return False
