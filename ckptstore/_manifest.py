@@ -181,3 +181,24 @@ def schema() -> dict[str, Any]:
         "manifest": Manifest.model_json_schema(mode="serialization"),
         "store": StoreConfig.model_json_schema(mode="serialization"),
     }
+
+
+def write_schema(folder: str) -> list[str]:
+    """Write ``manifest.schema.json`` and ``store.schema.json`` into ``folder``."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name, doc in schema().items():
+        path = os.path.join(folder, f"{name}.schema.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":  # python -m ckptstore._manifest docs/schema
+    import sys
+
+    print("\n".join(write_schema(sys.argv[1] if len(sys.argv) > 1 else "docs/schema")))

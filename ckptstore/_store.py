@@ -122,9 +122,11 @@ class Store:
 
     def _read_config(self) -> StoreConfig:
         if self._config is None:
+            if self._backend.root_state() == "file":
+                raise self._not_found()
             try:
                 data = self._backend.read(CONFIG_KEY)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 raise self._not_found() from None
             self._config = parse_store_config(data, f"{self._backend.describe(CONFIG_KEY)}")
         return self._config
@@ -308,7 +310,8 @@ class Store:
         total = sum(b.nbytes for b in plan.blobs)
         with byte_bar(total, f"saving step {step}", progress) as bar:
             res = write_blobs(self._backend, plan.blobs, codec=codec, index=index, chunk_size=self.chunk_size,
-                              pack_threshold=DEFAULT_PACK_THRESHOLD, pack_size=DEFAULT_PACK_SIZE,
+                              pack_threshold=min(DEFAULT_PACK_THRESHOLD, self.chunk_size // 2),
+                              pack_size=min(DEFAULT_PACK_SIZE, self.chunk_size),
                               workers=self.workers, progress=bar)
         self._backend.sync()  # objects' names are durable before the manifest exists
 

@@ -1,0 +1,43 @@
+"""The public surface: __all__ is honest, internals are private, the schema in docs/ is current."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import ckptstore
+from ckptstore._manifest import schema
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def test_all_is_honest():
+    for name in ckptstore.__all__:
+        assert hasattr(ckptstore, name), name
+    public = {n for n, v in vars(ckptstore).items()
+              if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"}
+    assert public <= set(ckptstore.__all__), public - set(ckptstore.__all__)
+
+
+def test_modules_are_private():
+    pkg = os.path.join(ROOT, "ckptstore")
+    for f in os.listdir(pkg):
+        if f.endswith(".py"):
+            assert f.startswith("_"), f"public module {f}: make it private and re-export names"
+
+
+def test_import_is_light():
+    """`import ckptstore` pulls in neither a framework nor a cloud client."""
+    code = ("import sys, ckptstore; bad=[m for m in ('transformers','lightning','s3fs','gcsfs','boto3')"
+            " if m in sys.modules]; print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_schema_in_docs_is_current():
+    for name, doc in schema().items():
+        with open(os.path.join(ROOT, "docs", "schema", f"{name}.schema.json"), encoding="utf-8") as f:
+            assert json.load(f) == doc, f"docs/schema/{name}.schema.json is stale: run python -m ckptstore._manifest docs/schema"
