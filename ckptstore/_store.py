@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import threading
@@ -417,7 +416,7 @@ def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
             raise ValueError(f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
         if isinstance(v, bool):
             raise ValueError(f"metric {k!r} must be a number, not a bool")
-        out[k] = f if not math.isnan(f) else math.nan
+        out[k] = f
     return out
 
 
