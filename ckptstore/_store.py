@@ -247,7 +247,14 @@ class Store:
             steps = sorted({k[0] for k in self._keys()})
             near = ", ".join(str(s) for s in steps[-10:]) or "none"
             raise CheckpointNotFoundError(f"no checkpoint at step {step} in {self.uri} (latest steps: {near})")
-        infos = [self._info(key, digest, self._manifest(key)) for _, digest, key in found]
+        infos, errors = [], []
+        for _, digest, key in found:
+            try:
+                infos.append(self._info(key, digest, self._manifest(key)))
+            except (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError) as e:
+                errors.append(e)
+        if not infos:
+            raise errors[0]
         return max(infos, key=lambda i: (i.created_at, i.id))
 
     def manifest(self, step: int | None = None, *, id: str | None = None) -> Manifest:

@@ -149,3 +149,12 @@ def test_verify(saved):
     with pytest.raises(ckptstore.IntegrityError):
         for step in (1, 2):
             store.verify(step, read_data=False)
+
+
+def test_damaged_duplicate_step_does_not_hide_the_good_one(store_uri):
+    good = ckptstore.save({"v": 1}, store_uri, step=3)
+    bad = ckptstore.save({"v": 2}, store_uri, step=3)
+    with open(os.path.join(store_uri, *bad.key.split("/")), "r+b") as f:
+        f.write(b"garbage")
+    assert ckptstore.info(store_uri, step=3).id == good.id
+    assert ckptstore.load(store_uri, step=3) == {"v": 1}
