@@ -77,12 +77,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_locks(backend: Backend) -> list[LockInfo]:
-    """Every lease file under ``locks/`` (other names there are ignored)."""
+def read_locks(backend: Backend, kind: str | None = None) -> list[LockInfo]:
+    """Every lease file under ``locks/`` (of ``kind``, when given; other names are ignored)."""
     out = []
     for key in backend.list(LOCKS_DIR):
         m = LOCK_KEY_RE.match(key)
-        if m is None:
+        if m is None or (kind is not None and m.group(1) != kind):
             continue
         host: str | None = None
         pid: int | None = None
@@ -116,8 +116,8 @@ def live_locks(backend: Backend, kind: str, *, exclude: Iterable[str] = (),
     skip = set(exclude)
     now = time.time()
     out = []
-    for lk in read_locks(backend):
-        if lk.key in skip or lk.kind != kind:
+    for lk in read_locks(backend, kind):
+        if lk.key in skip:
             continue
         if lk.stale(now, stale_after):
             if remove_stale:
