@@ -12,7 +12,8 @@ Order, and why it is safe against saves in other processes:
    cannot be read stops the sweep (we cannot know what it references).
 4. *Sweep*: delete unreferenced objects. Objects of manifests this run forgot are deleted at
    once; any other unreferenced object (an aborted save's data) only when its modification time
-   is older than ``grace`` seconds, and temporary files ``.<name>.tmp-*`` likewise.
+   is older than ``grace`` seconds; temporary files ``.<name>.tmp-*`` when older than both
+   ``grace`` and ``TEMP_MIN_AGE`` (ten minutes).
 
 The store's in-memory dedup index is dropped afterwards, so its next save cannot name a
 deleted object.
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ckptstore")
 
-#: unreferenced objects and temporary files younger than this are left alone (seconds)
+#: unreferenced objects younger than this are left alone (seconds)
 GRACE = 3600.0
+#: temporary files younger than this are left alone whatever the grace (a write in progress,
+#: including a lease being written, which no lease protects)
+TEMP_MIN_AGE = 600.0
 
 
 @dataclass
@@ -157,11 +161,12 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
                 if key not in removed_keys:
                     referenced.update(m.objects)
         now = time.time()
+        temp_age = max(grace, TEMP_MIN_AGE)
         doomed: list[tuple[str, int]] = []
         for key in backend.list(OBJECTS_DIR):
             if is_temporary(key):
                 age = _age(store, key, now)
-                if age is not None and age >= grace:
+                if age is not None and age >= temp_age:
                     doomed.append((key, -1))
                 continue
             digest = parse_object_key(key)
@@ -184,7 +189,7 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
             for key in backend.list(prefix):
                 if is_temporary(key):
                     age = _age(store, key, now)
-                    if age is not None and age >= grace:
+                    if age is not None and age >= temp_age:
                         doomed.append((key, -1))
         deleted: set[str] = set()
         last_check = time.time()
