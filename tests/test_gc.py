@@ -280,10 +280,11 @@ WRITER = textwrap.dedent("""
     import torch, ckptstore
     uri, n = sys.argv[1], int(sys.argv[2])
     store = ckptstore.Store(uri, chunk_size=64 << 10)
-    big = torch.arange(120_000, dtype=torch.float32)                   # several chunks, shared
-    rot = [torch.full((30_000,), float(k)) for k in range(4)]          # reappears every 4 saves
+    # blobs over 1 MiB are cut into 64 KiB chunks (one object each): many objects per save
+    big = torch.arange(300_000, dtype=torch.float32)                   # shared by every save
+    rot = [torch.full((300_000,), float(k)) for k in range(4)]         # reappears every 4 saves
     for i in range(n):
-        store.save({"big": big, "rot": rot[i % 4], "uniq": torch.full((25_000,), i + 0.5)}, step=i)
+        store.save({"big": big, "rot": rot[i % 4], "uniq": torch.full((300_000,), i + 0.5)}, step=i)
         time.sleep(0.02)
     print(json.dumps({"saved": n}))
 """)
@@ -318,11 +319,11 @@ def test_concurrent_writer_in_another_process_loses_nothing(tmp_path):
     store.gc(policy, grace=0)
     steps = [c.step for c in store.list()]
     assert steps == [s for s in range(n) if s % 3 == 0 or s == n - 1]
-    big = torch.arange(120_000, dtype=torch.float32)
+    big = torch.arange(300_000, dtype=torch.float32)
     for s in steps:
         got = store.load(step=s)
         assert torch.equal(got["big"], big)
-        assert torch.equal(got["rot"], torch.full((30_000,), float(s % 4)))
-        assert torch.equal(got["uniq"], torch.full((25_000,), s + 0.5))
+        assert torch.equal(got["rot"], torch.full((300_000,), float(s % 4)))
+        assert torch.equal(got["uniq"], torch.full((300_000,), s + 0.5))
     assert {parse_object_key(k) for k in objects_on_disk(root)} == referenced(store)
     assert read_locks(store.backend) == []
