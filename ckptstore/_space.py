@@ -207,10 +207,11 @@ class SaveGuard:
             if isinstance(exc, InsufficientSpaceError) and self.writing:
                 freed = self._remove_partial()
                 free = self.store.backend.free_bytes()
-                tail = (f" The {fmt_bytes(freed)} this save had written were removed again." if freed else "")
+                inner = str(exc).rstrip(".")
+                tail = f" The {fmt_bytes(freed)} this save had written were removed again." if freed else ""
                 raise InsufficientSpaceError(
-                    f"the disk at {self.store.backend.describe()} filled up during the save: {exc}.{tail} "
-                    "No checkpoint was committed and earlier ones are intact.", needed=None, free=free) from exc
+                    f"the disk at {self.store.backend.describe()} filled up during the save: {inner}.{tail}",
+                    needed=None, free=free) from exc
         finally:
             if lease is not None:
                 lease.release()
@@ -280,7 +281,10 @@ class SaveGuard:
             msg += f" plus a reserve of {fmt_bytes(guard.reserve)}"
         msg += f", but {what} only {fmt_bytes(max(free, 0))} ({free} bytes) free."
         r = self.made_room
-        if r is not None:
+        if r is not None and not r.removed:
+            msg += (" Making room removed nothing: the retention policy keeps every existing checkpoint "
+                    "(the newest is always kept while a new one is written).")
+        elif r is not None:
             msg += (f" Making room removed {len(r.removed)} checkpoint(s) and freed {fmt_bytes(r.freed_bytes)}"
                     + (f" ({r.deferred})" if r.deferred else "") + ".")
         msg += (" Nothing was written; earlier checkpoints are intact. Free space, apply a retention policy "

@@ -141,9 +141,15 @@ def test_quota_for_stores_without_free_space(monkeypatch):
         store.save({"w": rand(150_000, 0)}, step=0)  # 600 KB
         with pytest.raises(InsufficientSpaceError, match="a quota of 1.0 MiB leaves"):
             store.save({"w": rand(150_000, 1)}, step=1)
-        Store(uri, quota="1MiB", retention=Retention(keep_last=1), on_low_space="make_room").save(
-            {"w": rand(150_000, 1)}, step=1)
-        assert [c.step for c in Store(uri).list()] == [1]
+        # make_room never removes the newest existing checkpoint, so keep_last=1 frees nothing
+        with pytest.raises(InsufficientSpaceError, match="Making room removed nothing"):
+            Store(uri, quota="1MiB", retention=Retention(keep_last=1), on_low_space="make_room").save(
+                {"w": rand(150_000, 1)}, step=1)
+        roomy = Store(uri, quota="1300KiB", retention=Retention(keep_last=2), on_low_space="make_room")
+        for i in (1, 2, 3):
+            roomy.save({"w": rand(150_000, i)}, step=i)
+        assert [c.step for c in Store(uri).list()] == [2, 3]
+        assert torch.equal(Store(uri).load(step=2)["w"], rand(150_000, 2))
     finally:
         import fsspec
 
@@ -189,7 +195,8 @@ def small_fs(tmp_path):
 
 def test_real_enospc_mid_write_leaves_the_store_consistent(small_fs):
     root = small_fs / "store"
-    store = Store(root, on_low_space="ignore")  # no guard: let the disk really fill up
+    # no guard: let the disk really fill up; 1 MiB chunks, so part of a save lands before ENOSPC
+    store = Store(root, on_low_space="ignore", chunk_size=1 * MiB)
     saved = []
     with pytest.raises(InsufficientSpaceError) as ei:
         for i in range(10):
@@ -197,7 +204,7 @@ def test_real_enospc_mid_write_leaves_the_store_consistent(small_fs):
             saved.append(i)
     assert 2 <= len(saved) < 10
     msg = str(ei.value)
-    assert "filled up during the save" in msg and "earlier ones are intact" in msg
+    assert "filled up during the save" in msg and "earlier checkpoints are intact" in msg
     assert "removed again" in msg  # the partial data of the failed save was deleted
     again = Store(root)
     assert [c.step for c in again.list()] == saved
