@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_maintenance(sub: Any, common: Any) -> None:
-    """``show``, ``gc``, ``verify``, ``du`` (implemented in ckptstore/_commands.py)."""
+    """``show``, ``gc``, ``verify``, ``du`` (implemented in ckptstore/_commands.py and _fsck.py)."""
     from . import _commands as c
+    from . import _fsck
 
     show = sub.add_parser("show", help="one checkpoint in detail: config, metrics, RNG, tensors")
     common(show)
@@ -103,7 +104,8 @@ def _add_maintenance(sub: Any, common: Any) -> None:
     gc.add_argument("--keep-last", type=c.positive_int, metavar="N", help="keep the N newest checkpoints")
     gc.add_argument("--keep-best", type=c.parse_keep_best, metavar="METRIC:min|max[:K]",
                     help="keep the K (default 1) best checkpoints by METRIC")
-    gc.add_argument("--keep-every", type=c.positive_int, metavar="K", help="keep checkpoints whose step is a multiple of K")
+    gc.add_argument("--keep-every", type=c.positive_int, metavar="K",
+                    help="keep checkpoints whose step is a multiple of K")
     gc.add_argument("--keep-within", type=c.duration_arg, metavar="DURATION",
                     help="keep checkpoints created within DURATION (7d, 12h, 1d12h) of the newest")
     gc.add_argument("--keep-tag", action="append", metavar="TAG",
@@ -122,7 +124,7 @@ def _add_maintenance(sub: Any, common: Any) -> None:
     verify.add_argument("--step", type=int, help="only the checkpoint(s) at this step (default: all)")
     verify.add_argument("--read-data", action="store_true", help="read every object and check its hash")
     verify.add_argument("--json", action="store_true", help="print JSON")
-    verify.set_defaults(func=c.cmd_verify)
+    verify.set_defaults(func=_fsck.cmd_verify)
 
     du = sub.add_parser("du", help="space per checkpoint: logical size vs bytes actually stored")
     common(du)

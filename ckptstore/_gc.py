@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
 from ._info import CheckpointInfo
-from ._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, object_key, parse_object_key
+from ._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ._locks import LOCKS_DIR, Lease, acquire_gc
 from ._manifest import Manifest
 from ._retention import Retention, RetentionPlan, plan
@@ -261,7 +261,7 @@ def apply_after_save(store: "Store", override: Retention | None = None) -> GcRep
     return report
 
 
-__all__ = ["GRACE", "GcReport", "apply_after_save", "object_key", "run_gc", "sweep"]
+__all__ = ["GRACE", "GcReport", "apply_after_save", "resolve_policy", "run_gc", "set_stored_policy", "sweep"]
 
 
 # -- the policy a store applies ---------------------------------------------------------------

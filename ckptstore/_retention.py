@@ -121,7 +121,8 @@ class Retention:
 
     def is_empty(self) -> bool:
         """True when no rule can ever remove a checkpoint (only tags, or nothing)."""
-        return self.keep_last is None and self.keep_best is None and self.keep_every is None and self.keep_within is None
+        rules = (self.keep_last, self.keep_best, self.keep_every, self.keep_within)
+        return all(r is None for r in rules)
 
     def describe(self) -> str:
         parts = []
