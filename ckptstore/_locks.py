@@ -150,8 +150,9 @@ class Lease:
                            "refreshed": time.time()}).encode()
 
     def write(self) -> None:
+        # visibility to other processes is what matters, not durability: after a crash the
+        # holder is gone and its lease is stale anyway, so no folder fsync here
         self.backend.write(self.key, self._doc())
-        self.backend.sync()
         self._last_ok = time.time()
 
     def start_refreshing(self) -> None:
@@ -188,7 +189,6 @@ class Lease:
             self._thread.join(timeout=5)
         try:
             self.backend.delete(self.key)
-            self.backend.sync()
         except OSError as e:
             log.warning("cannot remove lease %s: %s (it goes stale on its own)", self.key, e)
 
