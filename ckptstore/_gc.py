@@ -224,14 +224,15 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
 
 def run_gc(store: "Store", policy: Retention | None, *, dry_run: bool = False, grace: float | None = None,
            wait: float = 0.0, exclude: Iterable[str] = (), protect: Iterable[str] = (),
-           incoming: CheckpointInfo | None = None, sweep_objects: bool = True) -> GcReport:
+           incoming: CheckpointInfo | None = None, sweep_objects: bool = True,
+           infos: list[CheckpointInfo] | None = None) -> GcReport:
     """Plan with ``policy`` (None: forget nothing), forget, then sweep.
 
     ``incoming``: a checkpoint about to be saved, planned as if present (the disk-space guard's
     "make room"); it is never removed since it does not exist yet.
     """
     grace = GRACE if grace is None else grace
-    infos = store.list()
+    infos = store.list() if infos is None else infos
     the_plan: RetentionPlan | None = None
     removed: list[CheckpointInfo] = []
     if policy is not None:
@@ -255,7 +256,7 @@ def apply_after_save(store: "Store", override: Retention | None = None) -> GcRep
     infos = store.list()
     if not plan(infos, policy).remove:
         return None
-    report = run_gc(store, policy, wait=0.0)
+    report = run_gc(store, policy, wait=0.0, infos=infos)
     if report.deferred:
         log.info("retention after save: %s", report.deferred)
     return report
@@ -270,9 +271,11 @@ def stored_policy(store: "Store") -> Retention | None:
     from ._manifest import parse_store_config
     from ._layout import CONFIG_KEY
 
-    if not store.exists():
+    try:
+        data = store.backend.read(CONFIG_KEY)
+    except FileNotFoundError:
         return None
-    cfg = parse_store_config(store.backend.read(CONFIG_KEY), store.backend.describe(CONFIG_KEY))
+    cfg = parse_store_config(data, store.backend.describe(CONFIG_KEY))
     with store._lock:
         store._config = cfg
     return None if cfg.retention is None else Retention.from_json(cfg.retention)
