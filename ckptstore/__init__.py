@@ -13,8 +13,10 @@ from ._errors import (BackendUnavailableError, CheckpointExistsError, Checkpoint
                       CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
                       ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
                       UnsupportedFormatError, UnsupportedValueError)
+from ._gc import GcReport
 from ._info import CheckpointInfo
 from ._manifest import Manifest, RngState
+from ._retention import Retention, RetentionPlan
 from ._rng import capture_rng_state, restore_rng_state
 from ._store import Store
 
@@ -30,11 +32,14 @@ __all__ = [
     "CheckpointNotFoundError",
     "CkptstoreError",
     "DeviceUnavailableError",
+    "GcReport",
     "InsufficientSpaceError",
     "IntegrityError",
     "Manifest",
     "ObjectMissingError",
     "PickleNotAllowedError",
+    "Retention",
+    "RetentionPlan",
     "RngState",
     "StorageError",
     "Store",

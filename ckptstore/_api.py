@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from ._devices import MapLocation
 from ._info import CheckpointInfo
+from ._retention import Retention
 from ._store import Store
 
 URI = "str | os.PathLike[str]"
@@ -27,6 +28,7 @@ def save(
     allow_pickle: bool = False,
     progress: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    keep: Retention | None = None,
 ) -> CheckpointInfo:
     """Save ``state`` as a new checkpoint in the store at ``uri`` (created if needed).
 
@@ -35,7 +37,8 @@ def save(
     """
     with Store(uri, storage_options=storage_options) as store:
         return store.save(state, step=step, epoch=epoch, config=config, metrics=metrics, tags=tags, meta=meta,
-                          rng=rng, compression=compression, allow_pickle=allow_pickle, progress=progress)
+                          rng=rng, compression=compression, allow_pickle=allow_pickle, progress=progress,
+                          keep=keep)
 
 
 def load(

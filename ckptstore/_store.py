@@ -8,7 +8,7 @@ import platform
 import threading
 import warnings
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
@@ -28,6 +28,10 @@ from ._rng import capture_rng_state, restore_rng_state
 from ._tensors import entry_to_tensor, dtype_from_name, plan_tensors
 from ._tree import Decoder, Encoder, contains_pickle
 from ._writer import DedupIndex, planned_device_sync, write_blobs
+
+if TYPE_CHECKING:
+    from ._gc import GcReport
+    from ._retention import Retention, RetentionPlan
 
 log = logging.getLogger("ckptstore")
 
@@ -61,6 +65,10 @@ class Store:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         workers: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        retention: "Retention | None" = None,
+        on_low_space: str = "fail",
+        reserve: int | str = 0,
+        quota: int | str | None = None,
         **more_storage_options: Any,
     ) -> None:
         if isinstance(uri, Store):
@@ -77,6 +85,12 @@ class Store:
         self._index: DedupIndex | None = None
         self._config: StoreConfig | None = None
         self._lock = threading.RLock()
+        self._index_keys: set[str] | None = None  # manifests present when the index was last checked
+        from ._gc import _check_policy
+        from ._space import SpaceGuard
+
+        self.retention = None if retention is None else _check_policy(retention)
+        self.space = SpaceGuard.make(on_low_space, reserve, quota)
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Store":
@@ -285,8 +299,12 @@ class Store:
         compression: str | bool | None = None,
         allow_pickle: bool = False,
         progress: bool | None = None,
+        keep: "Retention | None" = None,
     ) -> CheckpointInfo:
-        """Write ``state`` as a new checkpoint; returns when it is committed and durable."""
+        """Write ``state`` as a new checkpoint; returns when it is committed and durable.
+
+        Then the retention policy (``keep``, else the Store's ``retention``, else the one stored
+        with ``set_retention``) removes what it does not keep; the new checkpoint is never removed."""
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise ValueError(f"step must be a non-negative int, not {step!r}")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
@@ -307,39 +325,48 @@ class Store:
         rng_state = capture_rng_state() if rng else None
 
         self._ensure_store()
-        with self._lock:
-            parent = self.latest()
-            index = self._dedup_index()
-        if step is None:
-            step = parent.step + 1 if parent is not None else 0
-        planned_device_sync(plan.blobs)
-        total = sum(b.nbytes for b in plan.blobs)
-        with byte_bar(total, f"saving step {step}", progress) as bar:
-            res = write_blobs(self._backend, plan.blobs, codec=codec, index=index, chunk_size=self.chunk_size,
-                              pack_threshold=min(DEFAULT_PACK_THRESHOLD, self.chunk_size // 2),
-                              pack_size=min(DEFAULT_PACK_SIZE, self.chunk_size),
-                              workers=self.workers, progress=bar)
-        self._backend.sync()  # objects' names are durable before the manifest exists
+        from ._space import SaveGuard
 
-        tensors = [TensorEntry(kind=e.kind, dtype=e.dtype, shape=e.shape, stride=e.stride, blob=e.blob,
-                               offset=e.offset, device=e.device, requires_grad=e.requires_grad,
-                               parameter=e.parameter) for e in plan.entries]
-        stats = Stats(logical_bytes=total, stored_bytes=sum(i.size for i in res.objects.values()),
-                      new_bytes=res.new_bytes, new_objects=res.new_objects)
-        m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
-                     metrics=metric_values, tags=tag_list, meta=meta_tree, rng=rng_state,
-                     producer={"ckptstore": _version(), "torch": torch.__version__,
-                               "python": platform.python_version()},
-                     parent=parent.id if parent is not None else None, tree=tree, tensors=tensors,
-                     blobs=res.blobs, objects=dict(sorted(res.objects.items())), stats=stats)
-        data = dump(m)
-        digest = _hashing.digest(data)
-        key = manifest_key(step, digest)
-        self._backend.write(key, data)  # the commit point
-        self._backend.sync()
-        with self._lock:
-            self._manifests[key] = m
-            index.add_manifest(m)
+        with SaveGuard(self, keep) as guard:
+            with self._lock:
+                parent = self.latest()
+                index = self._dedup_index()
+            if step is None:
+                step = parent.step + 1 if parent is not None else 0
+            planned_device_sync(plan.blobs)
+            total = sum(b.nbytes for b in plan.blobs)
+            index = guard.check_space(plan.blobs, codec, index, step=step, metrics=metric_values, tags=tag_list,
+                                      parent=parent, chunk_size=self.chunk_size,
+                                      pack_threshold=min(DEFAULT_PACK_THRESHOLD, self.chunk_size // 2))
+            with byte_bar(total, f"saving step {step}", progress) as bar:
+                res = write_blobs(self._backend, plan.blobs, codec=codec, index=index, chunk_size=self.chunk_size,
+                                  pack_threshold=min(DEFAULT_PACK_THRESHOLD, self.chunk_size // 2),
+                                  pack_size=min(DEFAULT_PACK_SIZE, self.chunk_size),
+                                  workers=self.workers, progress=bar)
+            self._backend.sync()  # objects' names are durable before the manifest exists
+
+            tensors = [TensorEntry(kind=e.kind, dtype=e.dtype, shape=e.shape, stride=e.stride, blob=e.blob,
+                                   offset=e.offset, device=e.device, requires_grad=e.requires_grad,
+                                   parameter=e.parameter) for e in plan.entries]
+            stats = Stats(logical_bytes=total, stored_bytes=sum(i.size for i in res.objects.values()),
+                          new_bytes=res.new_bytes, new_objects=res.new_objects)
+            m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
+                         metrics=metric_values, tags=tag_list, meta=meta_tree, rng=rng_state,
+                         producer={"ckptstore": _version(), "torch": torch.__version__,
+                                   "python": platform.python_version()},
+                         parent=parent.id if parent is not None else None, tree=tree, tensors=tensors,
+                         blobs=res.blobs, objects=dict(sorted(res.objects.items())), stats=stats)
+            data = dump(m)
+            digest = _hashing.digest(data)
+            key = manifest_key(step, digest)
+            guard.confirm(res.objects)
+            self._backend.write(key, data)  # the commit point
+            self._backend.sync()
+            with self._lock:
+                self._manifests[key] = m
+                index.add_manifest(m)
+            guard.committed(key)
+        self._apply_retention(keep)
         return self._info(key, digest, m)
 
     # -- load -------------------------------------------------------------------------------
@@ -409,6 +436,55 @@ class Store:
                 if not self._backend.exists(object_key(key)):
                     raise ObjectMissingError(f"{where}: object {key} is missing", key)
 
+
+    # -- retention and garbage collection (ckptstore/_gc.py, _retention.py) -----------------
+    def set_retention(self, policy: "Retention | None") -> None:
+        """Store ``policy`` in ``ckptstore.json`` (None removes it): every writer applies it after
+        each save, and ``ckptstore gc`` applies it when given no rules."""
+        from ._gc import set_stored_policy
+
+        set_stored_policy(self, policy)
+
+    def get_retention(self) -> "Retention | None":
+        """The policy saves apply: the Store's ``retention``, else the stored one, else None."""
+        from ._gc import resolve_policy
+
+        return resolve_policy(self)
+
+    def plan_retention(self, policy: "Retention | None" = None) -> "RetentionPlan":
+        """What ``policy`` (default: ``get_retention()``) keeps and removes, and why. Changes nothing."""
+        from ._gc import resolve_policy
+        from ._retention import Retention, plan
+
+        return plan(self.list(), resolve_policy(self, policy) or Retention())
+
+    def gc(self, policy: "Retention | None" = None, *, dry_run: bool = False, grace: float | None = None,
+           wait: float = 60.0) -> "GcReport":
+        """Forget the checkpoints ``policy`` (default: ``get_retention()``; none: forget nothing)
+        removes, then delete objects no checkpoint references. Waits up to ``wait`` seconds for
+        saves in other processes to finish before deleting objects (else defers that part)."""
+        from ._gc import resolve_policy, run_gc
+
+        self._read_config()
+        return run_gc(self, resolve_policy(self, policy), dry_run=dry_run, grace=grace, wait=wait)
+
+    def prune(self, *, dry_run: bool = False, grace: float | None = None, wait: float = 60.0) -> "GcReport":
+        """Delete objects no checkpoint references (those of aborted saves only once older than
+        ``grace`` seconds, default one hour) and stale temporary files. Forgets nothing."""
+        from ._gc import run_gc
+
+        self._read_config()
+        return run_gc(self, None, dry_run=dry_run, grace=grace, wait=wait)
+
+    def _apply_retention(self, keep: "Retention | None") -> None:
+        """After a committed save: apply retention; a failure here never fails the save."""
+        from ._gc import apply_after_save
+
+        try:
+            apply_after_save(self, keep)
+        except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, do not raise
+            warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
+                          stacklevel=3)
 
 def _metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}

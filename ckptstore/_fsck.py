@@ -1,0 +1,113 @@
+"""``ckptstore verify``: check many checkpoints, reading each shared object only once.
+
+Structure first (the manifest validates and its tables agree: ``check_manifest``), then every
+object: present (default) or, with ``--read-data``, its size, its hash, and that it decodes to
+bytes matching its raw hash. A problem is reported for every checkpoint that uses the object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _hashing
+from ._codec import get_codec
+from ._commands import _open
+from ._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from ._layout import object_key
+from ._manifest import Manifest
+from ._progress import byte_bar
+from ._reader import check_manifest
+from ._store import Store
+
+
+def _check_object(store: Store, key: str, m: Manifest, read_data: bool) -> str | None:
+    """None when the object is sound, else what is wrong."""
+    backend = store.backend
+    info = m.objects[key]
+    if not read_data:
+        return None if backend.exists(object_key(key)) else "missing"
+    try:
+        data = backend.read(object_key(key))
+    except FileNotFoundError:
+        return "missing"
+    if len(data) != info.size:
+        return f"has {len(data)} bytes, expected {info.size}"
+    if _hashing.digest(data) != key:
+        return "does not match its hash"
+    try:
+        raw = get_codec(info.codec).decode(data, info.raw_size)
+    except (IntegrityError, ValueError) as e:
+        return f"does not decode: {e}"
+    if info.raw_hash is not None and _hashing.digest(raw) != info.raw_hash:
+        return "decodes to bytes that do not match their hash"
+    return None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    results: list[dict[str, Any]] = []
+    with _open(args) as store:
+        store._read_config()
+        selected: list[tuple[int, str, str]] = []
+        for step, digest, key in store._keys():
+            if args.step is not None and step != args.step:
+                continue
+            selected.append((step, digest, key))
+        if args.step is not None and not selected:
+            raise CheckpointNotFoundError(f"no checkpoint at step {args.step} in {store.uri}")
+        manifests: dict[str, Manifest] = {}
+        for step, digest, key in selected:
+            where = f"step {step} ({digest[:12]})"
+            try:
+                m = store._manifest(key)
+                check_manifest(m, where)
+            except (IntegrityError, UnsupportedFormatError) as e:
+                results.append({"step": step, "id": digest, "ok": False, "problems": [str(e)]})
+                continue
+            except CheckpointNotFoundError:
+                continue
+            manifests[key] = m
+        owner: dict[str, Manifest] = {}
+        for m in manifests.values():
+            for k in m.objects:
+                owner.setdefault(k, m)
+        total = sum(m.objects[k].size for k, m in owner.items()) if args.read_data else len(owner)
+        bad: dict[str, str] = {}
+        with byte_bar(total, "verifying", sys.stderr.isatty()) as bar:
+            def one(k: str) -> tuple[str, str | None]:
+                r = _check_object(store, k, owner[k], args.read_data)
+                if bar:
+                    bar(owner[k].objects[k].size if args.read_data else 1)
+                return k, r
+
+            with ThreadPoolExecutor(max_workers=store.workers) as pool:
+                for k, r in pool.map(one, list(owner)):
+                    if r is not None:
+                        bad[k] = r
+        for step, digest, key in selected:
+            if key not in manifests:
+                continue
+            m = manifests[key]
+            errs = [f"object {k} {bad[k]}" for k in m.objects if k in bad]
+            results.append({"step": step, "id": digest, "ok": not errs, "problems": errs})
+    results.sort(key=lambda r: (r["step"], r["id"]))
+    for r in results:
+        problems.extend(f"step {r['step']} ({r['id'][:12]}): {p}" for p in r["problems"])
+    if args.json:
+        print(json.dumps({"read_data": args.read_data, "checkpoints": results, "ok": not problems}, indent=2))
+        return 1 if problems else 0
+    what = "structure and every byte" if args.read_data else "structure and object presence"
+    for r in results:
+        status = "ok" if r["ok"] else "DAMAGED: " + "; ".join(r["problems"][:3]) + (
+            f" (+{len(r['problems']) - 3} more)" if len(r["problems"]) > 3 else "")
+        print(f"step {r['step']:<10} {r['id'][:12]}  {status}")
+    n_bad = sum(1 for r in results if not r["ok"])
+    print(f"checked {len(results)} checkpoint(s) ({what}): "
+          + ("all ok" if not n_bad else f"{n_bad} damaged"))
+    if not results and args.step is None:
+        print("the store has no checkpoints")
+    return 1 if problems else 0

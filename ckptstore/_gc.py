@@ -1,0 +1,311 @@
+"""Garbage collection: forget checkpoints a retention plan removes, then sweep objects no
+manifest references (mark and sweep; docs/format.md, "Deleting").
+
+Order, and why it is safe against saves in other processes:
+
+1. *Forget*: delete the removed checkpoints' manifests (always safe: a manifest is only read).
+2. Take a ``gc`` lease and wait until no live ``save`` lease exists (``_locks``). A save holds
+   its lease from before it builds its dedup index until its manifest is written, and a save that
+   starts now sees our lease and waits; so no save is between "decided to reuse object X" and
+   "committed a manifest naming X" while we sweep.
+3. *Mark*: read every manifest present now; every object they name is live. A manifest that
+   cannot be read stops the sweep (we cannot know what it references).
+4. *Sweep*: delete unreferenced objects. Objects of manifests this run forgot are deleted at
+   once; any other unreferenced object (an aborted save's data) only when its modification time
+   is older than ``grace`` seconds; temporary files ``.<name>.tmp-*`` when older than both
+   ``grace`` and ``TEMP_MIN_AGE`` (ten minutes).
+
+The store's in-memory dedup index is dropped afterwards, so its next save cannot name a
+deleted object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from ._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from ._info import CheckpointInfo
+from ._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
+from ._locks import LOCKS_DIR, Lease, acquire_gc
+from ._manifest import Manifest
+from ._retention import Retention, RetentionPlan, plan
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+log = logging.getLogger("ckptstore")
+
+#: unreferenced objects younger than this are left alone (seconds)
+GRACE = 3600.0
+#: temporary files younger than this are left alone whatever the grace (a write in progress,
+#: including a lease being written, which no lease protects)
+TEMP_MIN_AGE = 600.0
+
+
+@dataclass
+class GcReport:
+    """What a gc (or prune) did, or with ``dry_run`` would do."""
+
+    plan: RetentionPlan | None
+    removed: list[CheckpointInfo] = field(default_factory=list)
+    """Checkpoints forgotten (dry run: that would be)."""
+    deleted_objects: int = 0
+    freed_bytes: int = 0
+    """Bytes of objects deleted (dry run: that would be)."""
+    deleted_temp: int = 0
+    young_objects: int = 0
+    """Unreferenced objects left because they are younger than the grace period."""
+    young_bytes: int = 0
+    deferred: str | None = None
+    """Why objects were not swept (a save in progress), or None."""
+    problems: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        verb = "would free" if self.dry_run else "freed"
+        rm = "would remove" if self.dry_run else "removed"
+        out = (f"{rm} {len(self.removed)} checkpoint(s), {self.deleted_objects} object(s); "
+               f"{verb} {self.freed_bytes} bytes")
+        if self.young_objects:
+            out += f"; left {self.young_objects} unreferenced object(s) younger than the grace period"
+        if self.deferred:
+            out += f"; sweep deferred: {self.deferred}"
+        return out
+
+
+def _mark(store: "Store") -> tuple[set[str], list[str], dict[str, Manifest]]:
+    """(referenced object keys, problems, manifests by key) from every manifest present now."""
+    referenced: set[str] = set()
+    problems: list[str] = []
+    manifests: dict[str, Manifest] = {}
+    for step, _digest, key in store._keys():
+        try:
+            m = store._manifest(key)
+        except CheckpointNotFoundError:
+            continue
+        except (IntegrityError, UnsupportedFormatError) as e:
+            problems.append(f"cannot read checkpoint manifest at step {step} ({key}): {e}")
+            continue
+        manifests[key] = m
+        referenced.update(m.objects)
+    return referenced, problems, manifests
+
+
+def _forget(store: "Store", infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    done = []
+    for info in infos:
+        store.backend.delete(info.key)
+        done.append(info)
+    if done:
+        store.backend.sync()
+        with store._lock:
+            for info in done:
+                store._manifests.pop(info.key, None)
+            store._index = None
+    return done
+
+
+def _objects_of(store: "Store", infos: Iterable[CheckpointInfo]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for info in infos:
+        try:
+            m = store._manifest(info.key)
+        except (CheckpointNotFoundError, IntegrityError, UnsupportedFormatError):
+            continue
+        for k, oi in m.objects.items():
+            out[k] = oi.size
+    return out
+
+
+def _age(store: "Store", key: str, now: float) -> float | None:
+    try:
+        mt = store.backend.mtime(key)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    return None if mt is None else now - mt
+
+
+def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: float, wait: float,
+          exclude: Iterable[str] = (), dry_run: bool = False,
+          progress: Callable[[int], None] | None = None) -> None:
+    """Steps 2-4 of the module docstring, adding to ``report``. ``known``: objects (key -> size)
+    of manifests this run forgot; they skip the grace period."""
+    backend = store.backend
+    lease: Lease | None = None
+    if not dry_run:
+        lease, busy = acquire_gc(backend, wait=wait, exclude=exclude)
+        if lease is None:
+            report.deferred = ("a save is in progress (" + "; ".join(b.describe() for b in busy[:3]) +
+                               "); run gc again later to free the space")
+            return
+    try:
+        referenced, problems, manifests = _mark(store)
+        if problems:
+            report.problems.extend(problems)
+            report.deferred = "some manifests cannot be read, so no object was deleted (run `ckptstore verify`)"
+            return
+        if dry_run:
+            # the plan's removals are not forgotten yet: what only they reference is garbage
+            removed_keys = {i.key for i in report.removed}
+            referenced = set()
+            for key, m in manifests.items():
+                if key not in removed_keys:
+                    referenced.update(m.objects)
+        now = time.time()
+        temp_age = max(grace, TEMP_MIN_AGE)
+        doomed: list[tuple[str, int]] = []
+        for key in backend.list(OBJECTS_DIR):
+            if is_temporary(key):
+                age = _age(store, key, now)
+                if age is not None and age >= temp_age:
+                    doomed.append((key, -1))
+                continue
+            digest = parse_object_key(key)
+            if digest is None or digest in referenced:
+                continue
+            if digest in known:
+                doomed.append((key, known[digest]))
+                continue
+            age = _age(store, key, now)
+            try:
+                size = backend.size(key)
+            except (FileNotFoundError, OSError):
+                continue
+            if age is not None and age >= grace:
+                doomed.append((key, size))
+            else:
+                report.young_objects += 1
+                report.young_bytes += size
+        for prefix in (MANIFESTS_DIR, LOCKS_DIR):
+            for key in backend.list(prefix):
+                if is_temporary(key):
+                    age = _age(store, key, now)
+                    if age is not None and age >= temp_age:
+                        doomed.append((key, -1))
+        deleted: set[str] = set()
+        last_check = time.time()
+        for key, size in doomed:
+            if lease is not None and time.time() - last_check > 1.0:
+                if not lease.held():
+                    report.deferred = "the gc lease was lost (this process was paused too long); run gc again"
+                    break
+                last_check = time.time()
+            if not dry_run:
+                backend.delete(key)
+            if size < 0:
+                report.deleted_temp += 1
+                continue
+            report.deleted_objects += 1
+            report.freed_bytes += size
+            d = parse_object_key(key)
+            if d is not None:
+                deleted.add(d)
+            if progress:
+                progress(1)
+        if not dry_run and doomed:
+            backend.sync()
+            with store._lock:
+                if store._index is not None:
+                    store._index.forget_objects(deleted)
+                store._index = None
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def run_gc(store: "Store", policy: Retention | None, *, dry_run: bool = False, grace: float | None = None,
+           wait: float = 0.0, exclude: Iterable[str] = (), protect: Iterable[str] = (),
+           incoming: CheckpointInfo | None = None, sweep_objects: bool = True,
+           infos: list[CheckpointInfo] | None = None) -> GcReport:
+    """Plan with ``policy`` (None: forget nothing), forget, then sweep.
+
+    ``incoming``: a checkpoint about to be saved, planned as if present (the disk-space guard's
+    "make room"); it is never removed since it does not exist yet.
+    """
+    grace = GRACE if grace is None else grace
+    infos = store.list() if infos is None else infos
+    the_plan: RetentionPlan | None = None
+    removed: list[CheckpointInfo] = []
+    if policy is not None:
+        cps = infos + ([incoming] if incoming is not None else [])
+        the_plan = plan(cps, policy, protect=tuple(protect))
+        removed = [c for c in the_plan.remove if incoming is None or c.id != incoming.id]
+    report = GcReport(plan=the_plan, dry_run=dry_run)
+    known = _objects_of(store, removed)
+    report.removed = removed if dry_run else _forget(store, removed)
+    if sweep_objects:
+        sweep(store, report, known=known, grace=grace, wait=wait, exclude=exclude, dry_run=dry_run)
+    return report
+
+
+def apply_after_save(store: "Store", override: Retention | None = None) -> GcReport | None:
+    """Retention after a committed save: forget what the plan removes and sweep, without waiting
+    for other writers (their data is swept by a later gc). None when no policy applies."""
+    policy = resolve_policy(store, override)
+    if policy is None or policy.is_empty():
+        return None
+    infos = store.list()
+    if not plan(infos, policy).remove:
+        return None
+    report = run_gc(store, policy, wait=0.0, infos=infos)
+    if report.deferred:
+        log.info("retention after save: %s", report.deferred)
+    return report
+
+
+__all__ = ["GRACE", "GcReport", "apply_after_save", "resolve_policy", "run_gc", "set_stored_policy", "sweep"]
+
+
+# -- the policy a store applies ---------------------------------------------------------------
+def stored_policy(store: "Store") -> Retention | None:
+    """The policy in ``ckptstore.json`` (read afresh: another process may have changed it)."""
+    from ._manifest import parse_store_config
+    from ._layout import CONFIG_KEY
+
+    try:
+        data = store.backend.read(CONFIG_KEY)
+    except FileNotFoundError:
+        return None
+    cfg = parse_store_config(data, store.backend.describe(CONFIG_KEY))
+    with store._lock:
+        store._config = cfg
+    return None if cfg.retention is None else Retention.from_json(cfg.retention)
+
+
+def resolve_policy(store: "Store", override: Retention | None = None) -> Retention | None:
+    """``override`` (``save(keep=...)``), else ``Store(retention=...)``, else the stored policy."""
+    if override is not None:
+        return _check_policy(override)
+    if store.retention is not None:
+        return store.retention
+    return stored_policy(store)
+
+
+def _check_policy(policy: object) -> Retention:
+    if not isinstance(policy, Retention):
+        raise TypeError(f"a retention policy is a ckptstore.Retention, not {type(policy).__name__}")
+    return policy
+
+
+def set_stored_policy(store: "Store", policy: Retention | None) -> None:
+    """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically."""
+    from ._layout import CONFIG_KEY
+    from ._manifest import StoreConfig, dump
+
+    if policy is not None:
+        _check_policy(policy)
+    cfg = store._ensure_store()
+    new = StoreConfig.model_validate({**cfg.model_dump(), "retention": None if policy is None else policy.to_json()})
+    store.backend.write(CONFIG_KEY, dump(new))
+    store.backend.sync()
+    with store._lock:
+        store._config = new
