@@ -16,7 +16,7 @@ from . import _hashing
 from ._backend import Backend, open_backend
 from ._codec import resolve_compression
 from ._devices import MapLocation, Placement
-from ._errors import (CheckpointNotFoundError, IntegrityError, StoreNotFoundError,
+from ._errors import (CheckpointNotFoundError, IntegrityError, ObjectMissingError, StoreNotFoundError,
                       UnsupportedFormatError)
 from ._info import CheckpointInfo
 from ._layout import CONFIG_KEY, MANIFESTS_DIR, manifest_key, parse_manifest_key
@@ -394,7 +394,14 @@ class Store:
                 "execute code. Pass allow_pickle=True only if you trust this store.")
         check_manifest(m, where)
         with byte_bar(m.stats.logical_bytes, f"loading step {info.step}", progress) as bar:
-            bufs = read_blobs(self._backend, m, where=where, workers=self.workers, verify=verify, progress=bar)
+            try:
+                bufs = read_blobs(self._backend, m, where=where, workers=self.workers, verify=verify, progress=bar)
+            except ObjectMissingError as e:
+                if not self._backend.exists(info.key):
+                    raise CheckpointNotFoundError(
+                        f"{where} was removed (by retention or gc) while it was being loaded; "
+                        "load another checkpoint") from e
+                raise
         tensors = _materialize(m, bufs, placement)
         if placement.kept_on_cpu:
             warnings.warn(

@@ -158,3 +158,21 @@ def test_damaged_duplicate_step_does_not_hide_the_good_one(store_uri):
         f.write(b"garbage")
     assert ckptstore.info(store_uri, step=3).id == good.id
     assert ckptstore.load(store_uri, step=3) == {"v": 1}
+
+
+def test_checkpoint_removed_during_load_is_not_called_damaged(store_uri, monkeypatch):
+    info = ckptstore.save({"w": torch.randn(1000)}, store_uri, step=1)
+    store = ckptstore.Store(store_uri)
+    real_read = store.backend.read
+
+    def read_then_vanish(key):
+        if key.startswith("objects/"):
+            # a concurrent gc removes the checkpoint between the manifest read and the data read
+            os.unlink(os.path.join(store_uri, *info.key.split("/")))
+            for p in _objects(store_uri):
+                os.unlink(p)
+        return real_read(key)
+
+    monkeypatch.setattr(store.backend, "read", read_then_vanish)
+    with pytest.raises(ckptstore.CheckpointNotFoundError, match="was removed"):
+        store.load(1)
