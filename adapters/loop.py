@@ -171,7 +171,7 @@ class Checkpointer:
         self._completed: int | None = None
         self._epoch: int | None = None
         self._epoch_done = False
-        self._requested: int | None = None     # step of the last save requested (never twice)
+        self._requested: set[int] = set()      # steps saved or being saved: never twice
         self._last_saved: CheckpointInfo | None = None
         self._best_value: float | None = None
         self._best: CheckpointInfo | None = None
@@ -331,7 +331,8 @@ class Checkpointer:
         meta = info.meta or {}
         epoch_done = bool(meta.get("epoch_done", False))
         next_epoch = (info.epoch + 1 if epoch_done else info.epoch) if info.epoch is not None else 0
-        self._completed = self._requested = info.step
+        self._completed = info.step
+        self._requested.add(info.step)
         self._epoch, self._epoch_done = info.epoch, epoch_done
         self._last_saved = info
         self._seconds_before = float(meta.get("train_seconds", 0.0) or 0.0)
@@ -403,7 +404,7 @@ class Checkpointer:
         if sig is not None:
             triggers.append(f"signal:{sig.name}")
         saved = False
-        if triggers and done != self._requested and (self._objects or self._extra is not None):
+        if triggers and done not in self._requested and (self._objects or self._extra is not None):
             self._save(done, triggers, metrics if values is None else values)
             saved = True
         if sig is not None:
@@ -424,7 +425,7 @@ class Checkpointer:
         if values and self.save_best and self.keep_best and self.keep_best[0] in values \
                 and self._better(values[self.keep_best[0]]):
             triggers.append("best")
-        if triggers and self._completed != self._requested:
+        if triggers and self._completed not in self._requested:
             self._save(self._completed, triggers, values)
             return True
         return False
@@ -439,7 +440,7 @@ class Checkpointer:
         if done is None:
             raise RuntimeError("no step known yet: pass step= (the number of completed steps)")
         self._completed = max(done, self._completed or 0)
-        if done == self._requested:
+        if done in self._requested:
             return False
         self._save(done, ["manual"], _metric_values(metrics) if metrics else None, tags)
         if wait:
@@ -506,11 +507,15 @@ class Checkpointer:
         if self.keep_best is not None and metrics and self.keep_best[0] in metrics \
                 and self._better(metrics[self.keep_best[0]]):
             self._best_value = metrics[self.keep_best[0]]
-        self._requested = done
+        self._requested.add(done)
         self._last_save_time = self._clock()
         state = self._gather()
         if self._staging is None:
-            self._committed(self.store.save(state, **kw))
+            try:
+                self._committed(self.store.save(state, **kw))
+            except BaseException:
+                self._requested.discard(done)
+                raise
             return
         self._job.wait()  # at most one save in flight; raises the previous one's error
         snap = self._staging.snapshot(state, defer=self._deferrable())
@@ -521,8 +526,7 @@ class Checkpointer:
                 snap.wait()
                 self._committed(self.store.save(snap.tree, **kw))
             except BaseException:
-                if self._requested == done:
-                    self._requested = None  # not saved: a later request for this step may retry
+                self._requested.discard(done)  # not saved: a later request for this step may retry
                 raise
             finally:
                 if self._snap is snap:
@@ -566,7 +570,7 @@ class Checkpointer:
         if self._closed:
             return
         try:
-            if final and self.save_on_close and self._completed is not None and self._completed != self._requested \
+            if final and self.save_on_close and self._completed is not None and self._completed not in self._requested \
                     and (self._objects or self._extra is not None) and not self._job_failed():
                 self._save(self._completed, ["final"], None)
             self._job.wait()
