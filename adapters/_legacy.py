@@ -43,10 +43,10 @@ EPOCH_KEYS = ("epoch", "epochs", "current_epoch")
 CONFIG_KEYS = ("config", "cfg", "args", "hparams", "hyper_parameters", "training_config", "train_config")
 
 _STEP_RES = (
-    re.compile(r"(?:global[_-]?step|steps?|iters?|iterations?|it)[_\-=]?(\d+)", re.IGNORECASE),
-    re.compile(r"(?:checkpoint|ckpt)[_\-=]?(\d+)", re.IGNORECASE),
+    re.compile(r"(?<![a-z])(?:global[_-]?step|steps?|iters?|iterations?|it)[_\-=]?(\d+)", re.IGNORECASE),
+    re.compile(r"(?<![a-z])(?:checkpoint|ckpt)[_\-=]?(\d+)", re.IGNORECASE),
 )
-_EPOCH_RE = re.compile(r"(?:epochs?|ep)[_\-=]?(\d+)", re.IGNORECASE)
+_EPOCH_RE = re.compile(r"(?<![a-z])(?:epochs?|ep)[_\-=]?(\d+)", re.IGNORECASE)
 
 
 def parse_step_from_name(name: str) -> tuple[int | None, int | None]:
