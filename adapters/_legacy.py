@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -27,6 +26,7 @@ import ckptstore
 from ckptstore import CheckpointInfo, PickleNotAllowedError, Store
 
 from ._drift import plain_config
+from ._warn import warn
 
 __all__ = ["import_torch_file", "parse_step_from_name", "normalize_legacy"]
 
@@ -145,8 +145,9 @@ def import_torch_file(
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PickleNotAllowedError(
-            f"{p} holds Python objects beyond tensors and plain data, which loading with weights_only=True refuses "
-            f"({first}). If you trust this file, import it with weights_only=False (unpickling can run code).") from None
+            f"{p} holds Python objects beyond tensors and plain data, which loading with weights_only=True "
+            f"refuses ({first}). If you trust this file, import it with weights_only=False (unpickling can run "
+            "code).") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ckptstore.IntegrityError(f"{p} is not a readable torch.save file: {e}") from None
     name_step, name_epoch = parse_step_from_name(p)
@@ -157,14 +158,14 @@ def import_torch_file(
     use_step = step if step is not None else (c_step if c_step is not None else name_step)
     use_epoch = epoch if epoch is not None else (c_epoch if c_epoch is not None else name_epoch)
     if use_step is None:
-        warnings.warn(f"ckptstore: {os.path.basename(p)} records no step; it is numbered after the store's newest "
-                      "checkpoint (pass step= to choose)", stacklevel=2)
+        warn(f"ckptstore: {os.path.basename(p)} records no step; it is numbered after the store's newest "
+                      "checkpoint (pass step= to choose)")
     all_tags = list(tags)
     if "final" in os.path.basename(p).lower() and "final" not in all_tags:
         all_tags.append("final")
     meta = {"imported_from": os.path.abspath(p), "imported_bytes": os.path.getsize(p)}
     own = not isinstance(uri, Store)
-    store = Store(uri, storage_options=storage_options) if own else uri
+    store = uri if isinstance(uri, Store) else Store(uri, storage_options=storage_options)
     try:
         return store.save(state, step=use_step, epoch=use_epoch, config=config, tags=all_tags, meta=meta,
                           rng=False, progress=False)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import ckptstore
 from ckptstore import CheckpointInfo, CheckpointNotFoundError, IntegrityError, Store
+
+from ._warn import warn as _warn
 
 log = logging.getLogger("ckptstore.loop")
 
@@ -120,7 +121,7 @@ def find_resumable(
             continue
         found = Resumable(c, state, tuple(skipped))
         if skipped and warn:
-            warnings.warn(fallback_message(found, store.uri), ResumeFallbackWarning, stacklevel=2)
+            _warn(fallback_message(found, store.uri), ResumeFallbackWarning)
         return found
     if skipped:
         names = "; ".join(f"step {d.step} ({d.short_id}): {d.reason}" for d in skipped)

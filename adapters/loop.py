@@ -38,6 +38,7 @@ from ._legacy import import_torch_file
 from ._resume import DamagedCheckpoint, ResumeFallbackWarning, Resumable, find_resumable, load_into
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, _say
 from ._staging import StagingBuffers, storage_key, tensor_bytes
+from ._warn import warn
 
 __all__ = ["Checkpointer", "ConfigDrift", "ConfigDriftWarning", "DamagedCheckpoint", "ResumeFallbackWarning",
            "ResumeInfo", "Resumable", "find_resumable", "import_torch_file"]
@@ -310,8 +311,8 @@ class Checkpointer:
             raise ValueError(f"checkpoint step {info.step} in {self.uri} has none of {sorted(self._objects)} "
                              f"(it has {sorted(state)}); was it written by a Checkpointer?")
         if missing:
-            warnings.warn(f"ckptstore: checkpoint step {info.step} has no state for {', '.join(missing)}; "
-                          "they start fresh", stacklevel=2)
+            warn(f"ckptstore: checkpoint step {info.step} has no state for {', '.join(missing)}; "
+                          "they start fresh")
         saved_extra = state.get("extra")
         if isinstance(self._extra, dict) and isinstance(saved_extra, Mapping):
             self._extra.update(saved_extra)
@@ -321,9 +322,9 @@ class Checkpointer:
                 warnings.simplefilter("always")
                 rng_skipped = ckptstore.restore_rng(info)
             if rng_skipped:
-                warnings.warn(f"ckptstore: resumed step {info.step} on a machine without "
+                warn(f"ckptstore: resumed step {info.step} on a machine without "
                               f"{', '.join(rng_skipped)}: those RNG states were not restored (random "
-                              "streams on them will differ from an uninterrupted run)", stacklevel=2)
+                              "streams on them will differ from an uninterrupted run)")
             for w in caught:
                 if not str(w.message).startswith("RNG states not restored"):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -352,13 +353,13 @@ class Checkpointer:
             msg = f"ckptstore: the config changed since checkpoint step {info.step}: {drift.describe()}"
             if self.config_drift == "raise" and drift.risky:
                 raise ValueError(msg + ". Pass config_drift='warn' to resume anyway.")
-            warnings.warn(msg, ConfigDriftWarning, stacklevel=3)
+            warn(msg, ConfigDriftWarning)
         return drift
 
     def _init_best(self) -> None:
         if self.keep_best is None:
             return
-        metric, mode = self.keep_best[0], self.keep_best[1]
+        metric = self.keep_best[0]
         for i in self.store.list():
             v = i.metrics.get(metric)
             if v is not None and not math.isnan(v) and self._better(v):
@@ -471,8 +472,8 @@ class Checkpointer:
             if self.keep_last is not None or self.keep_best is not None:
                 Retention = getattr(ckptstore, "Retention", None)
                 if Retention is None:
-                    warnings.warn("ckptstore: this version has no retention yet; keep_last/keep_best are not "
-                                  "applied and every checkpoint is kept", stacklevel=4)
+                    warn("ckptstore: this version has no retention yet; keep_last/keep_best are not "
+                                  "applied and every checkpoint is kept")
                 else:
                     kw: dict[str, Any] = {}
                     if self.keep_last is not None:
