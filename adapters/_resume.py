@@ -99,6 +99,9 @@ def find_resumable(
         state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
         return Resumable(info, state)
     if not store.exists():
+        backend = getattr(store, "backend", None)
+        if backend is not None and backend.root_state() == "file":
+            store.list()  # raises StoreNotFoundError: "<path> is a file, not a checkpoint store ..."
         return None
     good = store.list()
     candidates: list[tuple[int, int, Any]] = [(i.step, 0, i) for i in good]

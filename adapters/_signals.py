@@ -51,6 +51,7 @@ class SignalCatcher:
         self.message = message
         self.received: signal.Signals | None = None
         self.aborted = False
+        self._pid = os.getpid()
         self._previous: dict[signal.Signals, Any] = {}
         self.installed = False
 
@@ -65,6 +66,7 @@ class SignalCatcher:
             log.warning("ckptstore: not in the main thread, so no emergency save on %s",
                         "/".join(s.name for s in self.signals))
             return False
+        self._pid = os.getpid()
         for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -90,6 +92,9 @@ class SignalCatcher:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         sig = signal.Signals(signum)
+        if os.getpid() != self._pid:  # a forked child (a DataLoader worker) inherited the handler
+            self._delegate(sig, frame)
+            return
         if self.received is not None:
             if sig == signal.SIGINT:
                 self.aborted = True
@@ -99,8 +104,15 @@ class SignalCatcher:
         self.received = sig
         _say(self.message.format(name=sig.name) + "\n")
 
-    def clear(self) -> None:
-        self.received = None
+    def _delegate(self, sig: signal.Signals, frame: FrameType | None) -> None:
+        prev = self._previous.get(sig, signal.SIG_DFL)
+        if callable(prev):
+            prev(int(sig), frame)
+        elif prev == signal.SIG_DFL or prev is None:
+            if sig == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
 
 
 def _say(text: str) -> None:

@@ -160,6 +160,7 @@ class Checkpointer:
         self.store: Store = uri if isinstance(uri, Store) else Store(
             uri, compression=compression, storage_options=storage_options)
         self._retention, self._retention_built = retention, retention is not None
+        self._takes_keep: bool | None = None
         self._signals = SignalCatcher(signals)
         self._signal_handled = False
         self.stop_requested = False
@@ -494,7 +495,9 @@ class Checkpointer:
                                   allow_pickle=self.allow_pickle, progress=False)
         policy = self._policy()
         if policy is not None:
-            if "keep" not in inspect.signature(self.store.save).parameters:
+            if self._takes_keep is None:
+                self._takes_keep = "keep" in inspect.signature(self.store.save).parameters
+            if not self._takes_keep:
                 raise TypeError("this ckptstore's Store.save() does not take keep=; cannot apply retention")
             kw["keep"] = policy
         return kw
@@ -570,11 +573,14 @@ class Checkpointer:
         the save in flight, restore the signal handlers. Raises a background save's error."""
         if self._closed:
             return
+        if self._signals.aborted:  # Ctrl+C twice: leave now, do not wait for anything
+            final = False
         try:
             if final and self.save_on_close and self._completed is not None and self._completed not in self._requested \
                     and (self._objects or self._extra is not None) and not self._job_failed():
                 self._save(self._completed, ["final"], None)
-            self._job.wait()
+            if not self._signals.aborted:
+                self._job.wait()
         finally:
             self._closed = True
             self._signals.restore()

@@ -323,3 +323,10 @@ def test_checkpoint_rewritten_after_fallback_verifies(tmp_path: Path) -> None:
     ck.step(1)
     ck.close()
     ckptstore.Store(tmp_path).verify(id=ck.last_saved.id)  # type: ignore[union-attr]
+
+
+def test_a_file_given_as_the_store_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "checkpoint_step_4000.pt"
+    torch.save({"model": {}}, f)
+    with pytest.raises(ckptstore.StoreNotFoundError, match="is a file, not a checkpoint store"):
+        Checkpointer(f, signals=()).resume(model=torch.nn.Linear(2, 2))

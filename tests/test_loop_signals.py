@@ -98,3 +98,27 @@ def test_ctrl_c_in_a_real_process_saves_and_exits_130(tmp_path: Path) -> None:
     assert "not reached" not in p.stdout and "Traceback" not in p.stderr
     assert "got SIGINT" in p.stderr and "saved step 7" in p.stderr
     assert ckptstore.info(tmp_path).step == 7
+
+
+def test_forked_child_does_not_take_over_the_parents_signals(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time, torch
+        from ckptstore.adapters.loop import Checkpointer
+        ck = Checkpointer({str(tmp_path)!r})
+        ck.step(0, model=torch.nn.Linear(2, 2))
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # like a DataLoader worker: SIGTERM must end it as it would without ckptstore
+            os.write(w, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.read(r, 1)
+        time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.WIFSIGNALED(status) and os.WTERMSIG(status))
+        ck.close(final=False)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert f"child {int(signal.SIGTERM)}" in p.stdout and "got SIGTERM" not in p.stderr
