@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import ckptstore
-from ckptstore import CheckpointInfo, CheckpointNotFoundError, IntegrityError, Store
+from ckptstore import CheckpointInfo, CheckpointNotFoundError, IntegrityError, Store, StoreNotFoundError
 
 from ._warn import warn as _warn
 
@@ -98,10 +98,12 @@ def find_resumable(
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
         return Resumable(info, state)
+    backend = getattr(store, "backend", None)
+    if backend is not None and backend.root_state() == "file":
+        raise StoreNotFoundError(
+            f"{store.uri} is a file, not a checkpoint store. Give a folder (or bucket prefix) for the store; to bring "
+            "a torch.save file into one, use ckptstore.adapters.loop.import_torch_file().", path=store.uri)
     if not store.exists():
-        backend = getattr(store, "backend", None)
-        if backend is not None and backend.root_state() == "file":
-            store.list()  # raises StoreNotFoundError: "<path> is a file, not a checkpoint store ..."
         return None
     good = store.list()
     candidates: list[tuple[int, int, Any]] = [(i.step, 0, i) for i in good]
