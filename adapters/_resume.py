@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -22,7 +23,8 @@ log = logging.getLogger("ckptstore.loop")
 # docs/format.md, "Layout": manifests/<step as 20 digits>-<64 hex>.json
 _MANIFEST_KEY = re.compile(r"^manifests/([0-9]{20})-([0-9a-f]{64})\.json$")
 
-__all__ = ["DamagedCheckpoint", "ResumeFallbackWarning", "Resumable", "find_resumable", "load_into"]
+__all__ = ["DamagedCheckpoint", "ResumeFallbackWarning", "Resumable", "find_resumable", "load_into",
+           "restore_into"]
 
 
 class ResumeFallbackWarning(UserWarning):
@@ -175,3 +177,36 @@ def load_into(state: Mapping[str, Any], objects: Mapping[str, Any]) -> tuple[lis
             _load_one(obj, sub, name)
         restored.append(name)
     return restored, missing
+
+
+def restore_into(found: Resumable, objects: Mapping[str, Any], extra: Any, *, rng: bool = True,
+                 uri: str = "") -> tuple[list[str], list[str], list[str]]:
+    """Apply a loaded checkpoint in the Checkpointer layout: each object's ``load_state_dict``,
+    ``extra`` (a dict) updated in place with the saved extras, and the RNG states (``rng``).
+    Warns about objects the checkpoint lacks and RNG states this machine cannot take.
+    Returns (restored names, missing names, RNG kinds not restored)."""
+    info, state = found.info, found.state
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint step {info.step} in {uri} holds a {type(state).__name__}, not the dict a "
+                         "Checkpointer writes; load it with ckptstore.load() instead")
+    restored, missing = load_into(state, objects)
+    if objects and not restored:
+        raise ValueError(f"checkpoint step {info.step} in {uri} has none of {sorted(objects)} (it has "
+                         f"{sorted(state)}); was it written by a Checkpointer?")
+    if missing:
+        _warn(f"ckptstore: checkpoint step {info.step} has no state for {', '.join(missing)}; they start fresh")
+    saved_extra = state.get("extra")
+    if isinstance(extra, dict) and isinstance(saved_extra, Mapping):
+        extra.update(saved_extra)
+    skipped: list[str] = []
+    if rng and info.rng is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            skipped = ckptstore.restore_rng(info)
+        if skipped:
+            _warn(f"ckptstore: resumed step {info.step} on a machine without {', '.join(skipped)}: those RNG "
+                  "states were not restored (random streams on them will differ from an uninterrupted run)")
+        for w in caught:
+            if not str(w.message).startswith("RNG states not restored"):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return restored, missing, skipped

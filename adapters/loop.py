@@ -16,13 +16,10 @@ returns the index to continue from. See docs/adapters.md.
 
 from __future__ import annotations
 
-import atexit
-import inspect
 import logging
 import math
 import os
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -32,12 +29,13 @@ import torch
 import ckptstore
 from ckptstore import CheckpointInfo, Store
 
-from ._background import BackgroundJob
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
 from ._legacy import import_torch_file
-from ._resume import DamagedCheckpoint, ResumeFallbackWarning, Resumable, find_resumable, load_into
+from ._options import keep_best_option, metric_values, positive
+from ._resume import DamagedCheckpoint, ResumeFallbackWarning, Resumable, find_resumable, restore_into
+from ._saver import Saver, build_retention
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, _say
-from ._staging import StagingBuffers, storage_key, tensor_bytes
+from ._staging import storage_key
 from ._warn import warn
 
 __all__ = ["Checkpointer", "ConfigDrift", "ConfigDriftWarning", "DamagedCheckpoint", "ResumeFallbackWarning",
@@ -66,35 +64,6 @@ class ResumeInfo:
     rng_skipped: tuple[str, ...]
     extra: Any = field(default=None, repr=False)
     state: Any = field(default=None, repr=False)
-
-
-def _keep_best(v: Any) -> tuple[Any, ...] | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = (v, "min")
-    if not (isinstance(v, (tuple, list)) and 2 <= len(v) <= 3 and isinstance(v[0], str) and v[1] in ("min", "max")
-            and (len(v) == 2 or (isinstance(v[2], int) and v[2] >= 1))):
-        raise ValueError(f"keep_best must be (metric, 'min' | 'max') or (metric, mode, k), not {v!r}")
-    return tuple(v)
-
-
-def _positive(name: str, v: Any, kind: type = int) -> Any:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or v <= 0):
-        raise ValueError(f"{name} must be a positive {kind.__name__} or None, not {v!r}")
-    return v
-
-
-def _metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    out = {}
-    for k, v in (metrics or {}).items():
-        if isinstance(v, torch.Tensor):
-            v = v.detach().float().item()
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"metric {k!r} must be a number or a one-element tensor, not {type(v).__name__}") from None
-    return out
 
 
 class Checkpointer:
@@ -140,12 +109,12 @@ class Checkpointer:
         storage_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.every_steps = _positive("every_steps", every_steps)
-        self.every_seconds = _positive("every_seconds", every_seconds, float)
-        self.total_steps = _positive("total_steps", total_steps)
+        self.every_steps = positive("every_steps", every_steps)
+        self.every_seconds = positive("every_seconds", every_seconds, float)
+        self.total_steps = positive("total_steps", total_steps)
         self.on_epoch_end = bool(on_epoch_end)
-        self.keep_last = _positive("keep_last", keep_last)
-        self.keep_best = _keep_best(keep_best)
+        self.keep_last = positive("keep_last", keep_last)
+        self.keep_best = keep_best_option(keep_best)
         self.save_best = bool(save_best) and self.keep_best is not None
         if config_drift not in ("warn", "raise", "ignore"):
             raise ValueError(f"config_drift must be 'warn', 'raise' or 'ignore', not {config_drift!r}")
@@ -159,14 +128,12 @@ class Checkpointer:
         self._owns_store = not isinstance(uri, Store)
         self.store: Store = uri if isinstance(uri, Store) else Store(
             uri, compression=compression, storage_options=storage_options)
-        self._retention, self._retention_built = retention, retention is not None
-        self._takes_keep: bool | None = None
         self._signals = SignalCatcher(signals)
         self._signal_handled = False
         self.stop_requested = False
-        self._job = BackgroundJob()
-        self._staging = StagingBuffers() if self.async_save else None
-        self._snap: Any = None  # the snapshot whose deferred copies the next optimizer step waits for
+        self._saver = Saver(self.store, async_save=self.async_save, retention=retention,
+                            retention_factory=lambda: build_retention(self.keep_last, self.keep_best))
+        self._saver.aborted = lambda: self._signals.aborted
         self._hooks: dict[int, Any] = {}
         self._objects: dict[str, Any] = {}
         self._extra: Any = None
@@ -184,7 +151,6 @@ class Checkpointer:
         self._closed = False
         self._aborted = False
         self._reserved = False
-        self._atexit = _weak_atexit(self)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -211,7 +177,8 @@ class Checkpointer:
 
     @property
     def saving(self) -> bool:
-        return self._job.busy
+        """True while a background save is in flight."""
+        return self._saver.busy
 
     def __repr__(self) -> str:
         return f"Checkpointer({self.uri!r}, every_steps={self.every_steps}, async_save={self.async_save})"
@@ -250,8 +217,8 @@ class Checkpointer:
 
         def before_step(*_: Any) -> None:
             me = ref()
-            if me is not None and me._snap is not None:
-                me._snap.barrier()
+            if me is not None:
+                me._saver.barrier()
 
         self._hooks[id(opt)] = (opt, opt.register_step_pre_hook(before_step))
 
@@ -304,31 +271,9 @@ class Checkpointer:
             log.info("ckptstore: nothing to resume in %s; starting at step 0", self.uri)
             return 0
         info, state = found.info, found.state
-        if not isinstance(state, Mapping):
-            raise ValueError(f"checkpoint step {info.step} in {self.uri} holds a {type(state).__name__}, not the "
-                             "dict a Checkpointer writes; load it with ckptstore.load() instead")
-        restored, missing = load_into(state, self._objects)
-        if self._objects and not restored:
-            raise ValueError(f"checkpoint step {info.step} in {self.uri} has none of {sorted(self._objects)} "
-                             f"(it has {sorted(state)}); was it written by a Checkpointer?")
-        if missing:
-            warn(f"ckptstore: checkpoint step {info.step} has no state for {', '.join(missing)}; "
-                          "they start fresh")
+        restored, missing, rng_skipped = restore_into(found, self._objects, self._extra, rng=self.restore_rng,
+                                                      uri=self.uri)
         saved_extra = state.get("extra")
-        if isinstance(self._extra, dict) and isinstance(saved_extra, Mapping):
-            self._extra.update(saved_extra)
-        rng_skipped: list[str] = []
-        if self.restore_rng and info.rng is not None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                rng_skipped = ckptstore.restore_rng(info)
-            if rng_skipped:
-                warn(f"ckptstore: resumed step {info.step} on a machine without "
-                              f"{', '.join(rng_skipped)}: those RNG states were not restored (random "
-                              "streams on them will differ from an uninterrupted run)")
-            for w in caught:
-                if not str(w.message).startswith("RNG states not restored"):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         drift = self._check_drift(info)
         meta = info.meta or {}
         epoch_done = bool(meta.get("epoch_done", False))
@@ -386,8 +331,9 @@ class Checkpointer:
         if epoch is not None and epoch != self._epoch:
             self._epoch, self._epoch_done = epoch, False
         self._completed = done = step + 1
-        if self.async_save and not self._reserved:
-            self._reserve()
+        if self.async_save and not self._reserved and self._objects:
+            self._reserved = True
+            self._saver.reserve(self._gather())
         triggers = []
         if save:
             triggers.append("manual")
@@ -399,7 +345,7 @@ class Checkpointer:
             triggers.append("final")
         values = None
         if self.save_best and metrics and self.keep_best and self.keep_best[0] in metrics:
-            values = _metric_values(metrics)
+            values = metric_values(metrics)
             if self._better(values[self.keep_best[0]]):
                 triggers.append("best")
         sig = self._signals.received if not self._signal_handled else None
@@ -423,7 +369,7 @@ class Checkpointer:
         if self._completed is None:
             raise RuntimeError("call step() after each step before epoch_end(), so the step is known")
         triggers = ["epoch_end"] if self.on_epoch_end else []
-        values = _metric_values(metrics) if metrics else None
+        values = metric_values(metrics) if metrics else None
         if values and self.save_best and self.keep_best and self.keep_best[0] in values \
                 and self._better(values[self.keep_best[0]]):
             triggers.append("best")
@@ -444,100 +390,41 @@ class Checkpointer:
         self._completed = max(done, self._completed or 0)
         if done in self._requested:
             return False
-        self._save(done, ["manual"], _metric_values(metrics) if metrics else None, tags)
+        self._save(done, ["manual"], metric_values(metrics) if metrics else None, tags)
         if wait:
             self.wait()
         return True
 
     def wait(self) -> CheckpointInfo | None:
         """Wait for the save in flight; raise its error. Returns the last committed checkpoint."""
-        self._job.wait()
+        self._saver.wait()
         return self._last_saved
 
     # -- saving ---------------------------------------------------------------------------
     def _check(self) -> None:
         if self._closed:
             raise RuntimeError("this Checkpointer is closed")
-        if not self._job.busy:
-            self._job.raise_error()  # a background save failed since the last call
-
-    def _reserve(self) -> None:
-        if self._staging is not None and self._objects:
-            self._reserved = True
-            nbytes, cuda = tensor_bytes(self._gather())
-            self._staging.reserve(nbytes, cuda=cuda)
-
-    def _policy(self) -> Any:
-        if not self._retention_built:
-            self._retention_built = True
-            if self.keep_last is not None or self.keep_best is not None:
-                Retention = getattr(ckptstore, "Retention", None)
-                if Retention is None:
-                    warn("ckptstore: this version has no retention yet; keep_last/keep_best are not "
-                                  "applied and every checkpoint is kept")
-                else:
-                    kw: dict[str, Any] = {}
-                    if self.keep_last is not None:
-                        kw["keep_last"] = self.keep_last
-                    if self.keep_best is not None:
-                        kw["keep_best"] = self.keep_best
-                    self._retention = Retention(**kw)
-        return self._retention
-
-    def _save_kwargs(self, done: int, triggers: list[str], metrics: Any, tags: Iterable[str]) -> dict[str, Any]:
-        meta: dict[str, Any] = {"trigger": "+".join(triggers), "epoch_done": self._epoch_done,
-                                "train_seconds": round(self._seconds_before + time.monotonic() - self._started, 3)}
-        if self.total_steps is not None:
-            meta["total_steps"] = self.total_steps
-            meta["progress"] = round(min(1.0, done / self.total_steps), 6)
-        kw: dict[str, Any] = dict(step=done, epoch=self._epoch, config=self.config, metrics=metrics,
-                                  tags=(*self.tags, *tags), meta=meta, rng=ckptstore.capture_rng_state(),
-                                  allow_pickle=self.allow_pickle, progress=False)
-        policy = self._policy()
-        if policy is not None:
-            if self._takes_keep is None:
-                self._takes_keep = "keep" in inspect.signature(self.store.save).parameters
-            if not self._takes_keep:
-                raise TypeError("this ckptstore's Store.save() does not take keep=; cannot apply retention")
-            kw["keep"] = policy
-        return kw
+        self._saver.raise_error()  # a background save failed since the last call
 
     def _save(self, done: int, triggers: list[str], metrics: Any, tags: Iterable[str] = ()) -> None:
         if not self._objects and self._extra is None:
             raise RuntimeError("nothing to save: pass model=, optimizer=... to resume() or step()")
         if metrics is not None:
-            metrics = _metric_values(metrics)
-        kw = self._save_kwargs(done, triggers, metrics, tags)
+            metrics = metric_values(metrics)
+        meta: dict[str, Any] = {"trigger": "+".join(triggers), "epoch_done": self._epoch_done,
+                                "train_seconds": round(self._seconds_before + time.monotonic() - self._started, 3)}
+        if self.total_steps is not None:
+            meta["total_steps"] = self.total_steps
+            meta["progress"] = round(min(1.0, done / self.total_steps), 6)
         if self.keep_best is not None and metrics and self.keep_best[0] in metrics \
                 and self._better(metrics[self.keep_best[0]]):
             self._best_value = metrics[self.keep_best[0]]
         self._requested.add(done)
         self._last_save_time = self._clock()
-        state = self._gather()
-        if self._staging is None:
-            try:
-                self._committed(self.store.save(state, **kw))
-            except BaseException:
-                self._requested.discard(done)
-                raise
-            return
-        self._job.wait()  # at most one save in flight; raises the previous one's error
-        snap = self._staging.snapshot(state, defer=self._deferrable())
-        self._snap = snap
-
-        def write() -> None:
-            try:
-                snap.wait()
-                self._committed(self.store.save(snap.tree, **kw))
-            except BaseException:
-                self._requested.discard(done)  # not saved: a later request for this step may retry
-                raise
-            finally:
-                if self._snap is snap:
-                    self._snap = None
-                snap.release()
-
-        self._job.submit(write)
+        self._saver.save(self._gather(), on_commit=self._committed, on_fail=lambda: self._requested.discard(done),
+                         defer=self._deferrable(), step=done, epoch=self._epoch, config=self.config,
+                         metrics=metrics, tags=(*self.tags, *tags), meta=meta, rng=ckptstore.capture_rng_state(),
+                         allow_pickle=self.allow_pickle)
 
     def _committed(self, info: CheckpointInfo) -> None:
         self._last_saved = info
@@ -556,7 +443,7 @@ class Checkpointer:
         self._signal_handled = True
         self.stop_requested = True
         try:
-            self._job.wait()
+            self._saver.wait()
         finally:
             if self._last_saved is not None and self._last_saved.step == self._completed:
                 _say(f"ckptstore: saved step {self._last_saved.step} ({self._last_saved.short_id}) to {self.uri} "
@@ -576,37 +463,18 @@ class Checkpointer:
         if self._signals.aborted:  # Ctrl+C twice: leave now, do not wait for anything
             final = False
         try:
-            if final and self.save_on_close and self._completed is not None and self._completed not in self._requested \
-                    and (self._objects or self._extra is not None) and not self._job_failed():
+            if final and self.save_on_close and self._completed is not None \
+                    and self._completed not in self._requested and (self._objects or self._extra is not None) \
+                    and not self._saver.failed:
                 self._save(self._completed, ["final"], None)
-            if not self._signals.aborted:
-                self._job.wait()
         finally:
             self._closed = True
             self._signals.restore()
             for _, handle in self._hooks.values():
                 handle.remove()
             self._hooks.clear()
-            if self._staging is not None and not self._job.busy:
-                self._staging.close()
-            if self._owns_store and not self._job.busy:
-                self.store.close()
-            atexit.unregister(self._atexit)
-
-    def _job_failed(self) -> bool:
-        return self._job._error is not None
-
-
-def _weak_atexit(ckpt: Checkpointer) -> Callable[[], None]:
-    ref = weakref.ref(ckpt)
-
-    def at_exit() -> None:
-        me = ref()
-        if me is not None and not me._closed and not me._signals.aborted:
             try:
-                me._job.wait()
-            except Exception as e:  # noqa: BLE001 - the interpreter is exiting; say what failed
-                _say(f"ckptstore: the last background save failed: {e}\n")
-
-    atexit.register(at_exit)
-    return at_exit
+                self._saver.close(wait=not self._signals.aborted)
+            finally:
+                if self._owns_store and not self._saver.busy:
+                    self.store.close()

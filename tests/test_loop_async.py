@@ -129,7 +129,7 @@ def test_background_error_surfaces_on_next_call(tmp_path: Path) -> None:
     ck = Checkpointer(store, every_steps=2, async_save=True, signals=())
     ck.step(0, model=m, optimizer=opt)
     ck.step(1)  # starts the save that fails
-    ck._job._thread.join()  # type: ignore[union-attr]
+    ck._saver.job._thread.join()  # type: ignore[union-attr]
     with pytest.raises(ckptstore.StorageError, match="disk on fire"):
         ck.step(2)
     store.fail = None
@@ -156,7 +156,7 @@ def test_staging_is_reused_and_bounded(tmp_path: Path) -> None:
     for i in range(4):
         _train(m, opt)
         ck.step(i, model=m, optimizer=opt)
-    staging = ck._staging
+    staging = ck._saver.staging
     assert staging is not None
     ck.wait()
     state_bytes = sum(t.numel() * t.element_size() for t in m.state_dict().values()) + sum(
