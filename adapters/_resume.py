@@ -8,10 +8,11 @@ manifests that are damaged: ``Store.list()`` leaves those out, and a fallback mu
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ckptstore
 from ckptstore import CheckpointInfo, CheckpointNotFoundError, IntegrityError, Store, StoreNotFoundError
@@ -52,6 +53,10 @@ class Resumable:
     state: Any = field(repr=False)
     skipped: tuple[DamagedCheckpoint, ...] = ()
 
+    def __iter__(self) -> Iterator[Any]:
+        """``info, state = find_resumable(...)``"""
+        return iter((self.info, self.state))
+
 
 def _damaged_manifests(store: Store, good: set[str]) -> list[tuple[int, str]]:
     backend = getattr(store, "backend", None)
@@ -76,7 +81,7 @@ def _manifest_problem(store: Store, digest: str) -> str | None:
 
 
 def find_resumable(
-    store: Store,
+    store: Store | str | os.PathLike[str],
     *,
     step: int | None = None,
     id: str | None = None,
@@ -84,7 +89,8 @@ def find_resumable(
     allow_pickle: bool = False,
     warn: bool = True,
 ) -> Resumable | None:
-    """Load the checkpoint to resume from.
+    """Load the checkpoint to resume from (``store``: a Store or a URI). The result unpacks as
+    ``info, state``.
 
     With ``step`` or ``id``: exactly that checkpoint; a missing or damaged one raises
     (``CheckpointNotFoundError`` / ``IntegrityError``): it was asked for by name.
@@ -96,6 +102,10 @@ def find_resumable(
     none verifies, raises ``IntegrityError`` rather than silently starting over.
     Storage errors (``StorageError``) and format errors propagate: they do not mean damage.
     """
+    if not isinstance(store, Store):
+        with Store(store) as opened:
+            return find_resumable(opened, step=step, id=id, map_location=map_location, allow_pickle=allow_pickle,
+                                  warn=warn)
     if step is not None or id is not None:
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)

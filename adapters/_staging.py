@@ -52,7 +52,9 @@ def _cuda_ok(err: Any) -> bool:
 
 
 class _Arena:
-    """One flat uint8 host buffer; page-locked with cudaHostRegister (exact size) when asked."""
+    """One flat uint8 host buffer; page-locked with cudaHostRegister when asked (exact size: the
+    caching pinned allocator behind ``pin_memory=True`` rounds up to a power of two, which is
+    the fallback)."""
 
     def __init__(self, nbytes: int, pin: bool) -> None:
         self.nbytes = nbytes
@@ -60,7 +62,8 @@ class _Arena:
         self.tensor = torch.empty(nbytes, dtype=torch.uint8)
         if pin:
             try:
-                err = torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), nbytes, 0)
+                # 1 = cudaHostRegisterPortable: pinned for every device's context
+                err = torch.cuda.cudart().cudaHostRegister(self.tensor.data_ptr(), nbytes, 1)
                 self.registered = _cuda_ok(err)
             except Exception:  # noqa: BLE001 - fall back to the caching pinned allocator
                 self.registered = False

@@ -330,3 +330,11 @@ def test_a_file_given_as_the_store_is_a_clear_error(tmp_path: Path) -> None:
     torch.save({"model": {}}, f)
     with pytest.raises(ckptstore.StoreNotFoundError, match="is a file, not a checkpoint store"):
         Checkpointer(f, signals=()).resume(model=torch.nn.Linear(2, 2))
+
+
+def test_find_resumable_takes_a_uri_and_unpacks(tmp_path: Path) -> None:
+    _three_checkpoints(tmp_path)
+    found = find_resumable(str(tmp_path))
+    assert found is not None
+    info, state = found
+    assert info.step == 3 and set(state) == {"model", "optimizer"} and found.skipped == ()
