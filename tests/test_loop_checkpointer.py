@@ -338,3 +338,19 @@ def test_find_resumable_takes_a_uri_and_unpacks(tmp_path: Path) -> None:
     assert found is not None
     info, state = found
     assert info.step == 3 and set(state) == {"model", "optimizer"} and found.skipped == ()
+
+
+def test_rng_states_from_another_device_kind_are_accounted_for(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    model = torch.nn.Linear(2, 2)
+    rng = ckptstore.capture_rng_state()
+    from_gpu = rng.model_copy(update={"cuda": [rng.torch[:24]]})  # as written on a one-GPU machine
+    ckptstore.Store(tmp_path).save({"model": model.state_dict()}, step=5, rng=from_gpu)
+    torch.manual_seed(1234)
+    ck = Checkpointer(tmp_path, signals=())
+    with pytest.warns(UserWarning, match=r"without cuda \(1 device states saved, 0 devices here\)"):
+        assert ck.resume(model=model) == 5
+    assert ck.resumed is not None and ck.resumed.rng_skipped == ("cuda (1 device states saved, 0 devices here)",)
+    assert torch.equal(torch.get_rng_state(), torch.frombuffer(
+        bytearray(__import__("base64").b64decode(rng.torch)), dtype=torch.uint8))  # the CPU state was applied
