@@ -149,7 +149,6 @@ class Checkpointer:
         self._seconds_before = 0.0
         self.resumed: ResumeInfo | None = None
         self._closed = False
-        self._aborted = False
         self._reserved = False
 
     # -- properties ---------------------------------------------------------------------
@@ -188,6 +187,13 @@ class Checkpointer:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(final=exc_type is None)
+
+    def __del__(self) -> None:  # a Checkpointer dropped without close(): give the signals back
+        try:
+            if not getattr(self, "_closed", True):
+                self._signals.restore()
+        except Exception:  # noqa: BLE001 - never raise from __del__
+            pass
 
     # -- tracking -------------------------------------------------------------------------
     def _track(self, objects: Mapping[str, Any], extra: Any) -> None:

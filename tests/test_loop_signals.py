@@ -122,3 +122,14 @@ def test_forked_child_does_not_take_over_the_parents_signals(tmp_path: Path) -> 
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert f"child {int(signal.SIGTERM)}" in p.stdout and "got SIGTERM" not in p.stderr
+
+
+def test_with_block_ending_in_an_exception_restores_handlers_without_saving(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ZeroDivisionError):
+        with Checkpointer(tmp_path, signals=("SIGTERM",)) as ck:
+            ck.step(0, model=torch.nn.Linear(2, 2))
+            assert signal.getsignal(signal.SIGTERM) != before
+            1 / 0
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not list(tmp_path.glob("manifests/*.json"))  # no "final" save of a state broken mid-step
