@@ -69,6 +69,8 @@ class _Arena:
                 self.registered = False
             if not self.registered:
                 self.tensor = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        else:
+            self.tensor.zero_()  # touch every page now (in the reserving thread), not during a save
         self.pinned = pin
         self.array = self.tensor.numpy()
 

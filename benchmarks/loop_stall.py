@@ -79,17 +79,19 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
     with tempfile.TemporaryDirectory(prefix="ckptstore-bench-", dir=args.dir) as d:
         ck = Checkpointer(os.path.join(d, "store"), every_steps=every, async_save=mode != "sync",
                           overlap_copy=mode == "overlap", save_on_close=False, signals=())
-        times, calls, saved = [], [], []
+        times, calls, saved, busy = [], [], [], []
         for i in range(steps):
             sync(device)
             t0 = time.perf_counter()
             train_step(model, opt, x)
             t1 = time.perf_counter()
+            was_busy = ck.saving
             s = ck.step(i, model=model, optimizer=opt)
             calls.append(time.perf_counter() - t1)
             sync(device)
             times.append(time.perf_counter() - t0)
             saved.append(s)
+            busy.append(was_busy)
         t0 = time.perf_counter()
         ck.close()
         drain = time.perf_counter() - t0
@@ -100,7 +102,8 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
             "first_stall_s": round(stalls[0], 4) if stalls else None,
             "steady_stall_s": round(statistics.median(stalls[1:]), 4) if len(stalls) > 1 else None,
             "stalls_s": [round(s, 4) for s in stalls], "close_wait_s": round(drain, 3),
-            "save_call_s": [round(c, 4) for c, s in zip(calls, saved) if s]}
+            "save_call_s": [round(c, 4) for c, s in zip(calls, saved) if s],
+            "saves_that_waited_for_the_previous": sum(1 for b, s in zip(busy, saved) if s and b)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_mode(m, args, device) for m in args.modes.split(",")]
     print(f"device {device}, state {rows[0]['state_mib']} MiB, reference copy into preallocated "
           f"{'pinned ' if device.type == 'cuda' else ''}host buffers: {ref:.3f} s")
-    print("stall = a saving step's time minus the median non-saving step; call = time inside ckpt.step()")
+    print("stall = a saving step's time minus the median non-saving step; call = time inside ckpt.step(); "
+          "waited = saves that first waited for the previous one to finish writing")
     head = (f"{'mode':8} {'step s':>7} {'1st stall':>10} {'steady stall':>13} {'x copy':>7} {'1st call':>9} "
-            f"{'steady call':>12} {'close s':>8}")
+            f"{'steady call':>12} {'close s':>8} {'waited':>7}")
     print(head)
     for r in rows:
         st = r["steady_stall_s"]
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         c = r["save_call_s"]
         print(f"{r['mode']:8} {r['step_s']:7.3f} {r['first_stall_s'] or 0:10.3f} {st or 0:13.3f} {ratio:>7} "
               f"{c[0] if c else 0:9.3f} {statistics.median(c[1:]) if len(c) > 1 else 0:12.3f} "
-              f"{r['close_wait_s']:8.3f}")
+              f"{r['close_wait_s']:8.3f} {r['saves_that_waited_for_the_previous']:7d}")
     out = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
            "cpus": os.cpu_count(), "reference_copy_s": round(ref, 4), "args": vars(args), "results": rows,
            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
