@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 from ._devices import MapLocation
 from ._info import CheckpointInfo
 from ._retention import Retention
+from ._manifest import RngState
 from ._store import Store
 
 URI = "str | os.PathLike[str]"
@@ -23,7 +24,7 @@ def save(
     metrics: Mapping[str, Any] | None = None,
     tags: Iterable[str] = (),
     meta: Mapping[str, Any] | None = None,
-    rng: bool = True,
+    rng: "bool | RngState" = True,
     compression: str | bool | None = None,
     allow_pickle: bool = False,
     progress: bool | None = None,

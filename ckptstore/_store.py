@@ -20,7 +20,7 @@ from ._errors import (CheckpointNotFoundError, IntegrityError, ObjectMissingErro
                       UnsupportedFormatError)
 from ._info import CheckpointInfo
 from ._layout import CONFIG_KEY, MANIFESTS_DIR, manifest_key, parse_manifest_key
-from ._manifest import (Manifest, Stats, StoreConfig, TensorEntry, dump, parse_manifest,
+from ._manifest import (Manifest, RngState, Stats, StoreConfig, TensorEntry, dump, parse_manifest,
                         parse_store_config)
 from ._progress import byte_bar
 from ._reader import check_manifest, read_blobs
@@ -295,7 +295,7 @@ class Store:
         metrics: Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
-        rng: bool = True,
+        rng: bool | RngState = True,
         compression: str | bool | None = None,
         allow_pickle: bool = False,
         progress: bool | None = None,
@@ -304,7 +304,10 @@ class Store:
         """Write ``state`` as a new checkpoint; returns when it is committed and durable.
 
         Then the retention policy (``keep``, else the Store's ``retention``, else the one stored
-        with ``set_retention``) removes what it does not keep; the new checkpoint is never removed."""
+        with ``set_retention``) removes what it does not keep; the new checkpoint is never removed.
+
+        ``rng``: True records the RNG states now; an ``RngState`` (from ``capture_rng_state()``)
+        records one captured earlier (a background save of a state staged at an earlier step)."""
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise ValueError(f"step must be a non-negative int, not {step!r}")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
@@ -322,7 +325,7 @@ class Store:
         config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config, "config")
         meta_tree = Encoder(allow_tensors=False).encode(dict(meta or {}), "meta")
         plan = plan_tensors(enc.tensors)
-        rng_state = capture_rng_state() if rng else None
+        rng_state = rng if isinstance(rng, RngState) else (capture_rng_state() if rng else None)
 
         self._ensure_store()
         from ._space import SaveGuard

@@ -1,8 +1,14 @@
-"""ckptstore demo: train, get interrupted, resume from the newest checkpoint, finish.
+"""ckptstore demo: train, get interrupted, resume.
 
-Run:  python examples/demo_train.py [--store ./demo-runs/demo] [--steps 300]
-It runs the training twice in child processes: the first is killed part-way (as a cluster
-time limit or a Colab disconnect would), the second resumes from the store and finishes.
+    python examples/demo_train.py                # the whole story: run 1 is interrupted, run 2 resumes
+    python examples/demo_train.py --train        # one plain training run (resumes if it can)
+    python examples/demo_train.py --train --interrupt-at 120   # ... that presses Ctrl+C on itself
+
+A tiny character-level model learns to predict the next letter of a few sentences. The
+training loop uses ckptstore.adapters.loop.Checkpointer: a checkpoint every 50 steps
+(written in the background), the last 3 kept, and an emergency checkpoint when Ctrl+C
+(SIGINT), SIGTERM or SIGUSR1 arrives. Running the same command again continues where it
+stopped. Runs in a few seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -14,78 +20,83 @@ import signal
 import subprocess
 import sys
 
-import torch
+TEXT = ("the quick brown fox jumps over the lazy dog. "
+        "a checkpoint saved is a night of training not lost. "
+        "pack my box with five dozen liquor jugs. ") * 20
+CONTEXT, STEPS, EVERY = 8, 300, 50
 
-import ckptstore
 
+def train(store: str, interrupt_at: int | None) -> int:
+    import torch
 
-def train(store_uri: str, total_steps: int, save_every: int) -> None:
+    from ckptstore.adapters.loop import Checkpointer
+
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    torch.set_num_threads(1)
+    chars = sorted(set(TEXT))
+    data = torch.tensor([chars.index(c) for c in TEXT])
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(len(chars), 16), torch.nn.Flatten(),
+        torch.nn.Linear(16 * CONTEXT, 128), torch.nn.GELU(), torch.nn.Linear(128, len(chars)))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-    store = ckptstore.Store(store_uri)
-    start, history = 0, []
-    if store.exists() and store.latest() is not None:
-        state = store.load(map_location="auto", restore_rng=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = state["step"], state["loss_history"]
-        print(f"[train] resumed from checkpoint at step {start} (loss {history[-1]:.4f})", flush=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=STEPS)
+    history: dict[str, list[float]] = {"loss": []}
+
+    ckpt = Checkpointer(store, every_steps=EVERY, keep_last=3, async_save=True, total_steps=STEPS,
+                        config={"model": "char-mlp", "context": CONTEXT, "lr": 3e-3, "batch_size": 64})
+    start = ckpt.resume(model=model, optimizer=opt, scheduler=sched, extra=history)
+    if ckpt.resumed is None:
+        print(f"no checkpoint in {store}: training from scratch for {STEPS} steps")
     else:
-        print("[train] no checkpoint found: starting from scratch", flush=True)
-    w_true = torch.linspace(-1, 1, 32)
-    for step in range(start, total_steps):
-        x = torch.randn(64, 32)
-        y = (x @ w_true).unsqueeze(1) + 0.01 * torch.randn(64, 1)
-        loss = torch.nn.functional.mse_loss(model(x), y)
+        r = ckpt.resumed
+        why = r.info.meta.get("trigger", "?")
+        print(f"resumed from step {start} (checkpoint {r.info.short_id}, saved by trigger '{why}'); "
+              f"last loss {history['loss'][-1]:.3f}; {STEPS - start} steps to go")
+    for step in range(start, STEPS):
+        idx = torch.randint(0, len(data) - CONTEXT - 1, (64,))
+        x = torch.stack([data[i:i + CONTEXT] for i in idx.tolist()])
+        y = data[idx + CONTEXT]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        history.append(loss.item())
-        if (step + 1) % save_every == 0 or step + 1 == total_steps:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "step": step + 1, "loss_history": history}
-            info = store.save(state, step=step + 1, metrics={"loss": loss.item()},
-                              meta={"total_steps": total_steps})
-            print(f"[train] step {step + 1}/{total_steps} loss {loss.item():.4f} "
-                  f"saved {info.short_id} ({info.new_bytes} new bytes)", flush=True)
-    print(f"[train] finished at step {total_steps}, final loss {history[-1]:.4f}", flush=True)
+        history["loss"].append(loss.item())
+        saved = ckpt.step(step, metrics={"loss": loss.item()})
+        if (step + 1) % EVERY == 0 or saved:
+            print(f"step {step + 1:4d}  loss {loss.item():.3f}" + ("  (checkpoint)" if saved else ""), flush=True)
+        if interrupt_at is not None and step + 1 == interrupt_at:
+            print(f"-- pressing Ctrl+C (SIGINT) on ourselves after step {step + 1} --", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)
+    ckpt.close()
+    tail = history["loss"][-20:]
+    print(f"finished: {STEPS} steps, final loss {sum(tail) / len(tail):.3f} (mean of the last 20 steps)")
+    return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default="./demo-runs/demo")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--save-every", type=int, default=25)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        train(args.store, args.steps, args.save_every)
-        return 0
-    shutil.rmtree(args.store, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--child", "--store", args.store, "--steps", str(args.steps),
-           "--save-every", str(args.save_every)]
-    print(f"== run 1: training into {args.store}; it will be killed part-way ==")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    kill_after = args.steps // 2
-    for line in proc.stdout:  # type: ignore[union-attr]
-        print(line, end="")
-        if line.startswith("[train] step ") and int(line.split()[2].split("/")[0]) >= kill_after:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    print(f"== run 1 killed (exit {proc.returncode}) ==\n")
-    print("== checkpoints in the store ==")
-    subprocess.run([sys.executable, "-m", "ckptstore", "ls", args.store], check=True)
-    print("\n== run 2: same command; it resumes on its own ==")
-    rc = subprocess.call(cmd)
-    print("\n== done ==" if rc == 0 else f"run 2 failed ({rc})")
-    return rc
+def story(store: str, interrupt_at: int) -> int:
+    me = [sys.executable, os.path.abspath(__file__), "--train", "--store", store]
+    shutil.rmtree(store, ignore_errors=True)
+    print(f"== run 1: training into {store}; it will be interrupted at step {interrupt_at}", flush=True)
+    rc = subprocess.call(me + ["--interrupt-at", str(interrupt_at)])
+    print(f"== run 1 exited with status {rc} (130 = stopped by Ctrl+C, after its emergency checkpoint)\n", flush=True)
+    print("== run 2: the same command again", flush=True)
+    rc2 = subprocess.call(me)
+    print(f"\n== checkpoints now in {store} (ckptstore ls):", flush=True)
+    subprocess.call([sys.executable, "-m", "ckptstore", "ls", store])
+    return 0 if rc == 128 + signal.SIGINT and rc2 == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", default=os.path.join(".", "demo-runs", "demo"), help="where checkpoints go")
+    ap.add_argument("--train", action="store_true", help="one training run instead of the whole story")
+    ap.add_argument("--interrupt-at", type=int, default=None, help="send ourselves SIGINT after this step")
+    a = ap.parse_args(argv)
+    if a.train:
+        return train(a.store, a.interrupt_at)
+    return story(a.store, a.interrupt_at or 130)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
