@@ -62,12 +62,13 @@ class Store:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         workers: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        retries: int | None = None,
         **more_storage_options: Any,
     ) -> None:
         if isinstance(uri, Store):
             raise TypeError("Store() takes a URI; you passed a Store")
         options = {**(storage_options or {}), **more_storage_options}
-        self._backend: Backend = open_backend(uri, options)
+        self._backend: Backend = open_backend(uri, options, retries=retries)
         self.compression = resolve_compression(compression)
         if not isinstance(chunk_size, int) or chunk_size < (64 << 10):
             raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
