@@ -15,6 +15,7 @@ import torch
 
 from . import _hashing
 from ._backend import Backend, open_backend
+from ._backup import Backup, Mirror, as_backup
 from ._codec import resolve_compression
 from ._devices import MapLocation, Placement
 from ._errors import (CheckpointNotFoundError, IntegrityError, StoreNotFoundError,
@@ -63,6 +64,7 @@ class Store:
         workers: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         retries: int | None = None,
+        backup: "str | os.PathLike[str] | Backup | None" = None,
         **more_storage_options: Any,
     ) -> None:
         if isinstance(uri, Store):
@@ -79,6 +81,8 @@ class Store:
         self._index: DedupIndex | None = None
         self._config: StoreConfig | None = None
         self._lock = threading.RLock()
+        b = as_backup(backup)
+        self._mirror: Mirror | None = Mirror(self, b) if b is not None else None
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Store":
@@ -88,7 +92,10 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Drop caches. The store holds no open files between calls."""
+        """Drop caches and wait for pending backup copies (see ``Backup.close_timeout``). The store
+        holds no open files between calls and stays usable."""
+        if self._mirror is not None:
+            self._mirror.close()
         with self._lock:
             self._manifests.clear()
             self._index = None
@@ -103,6 +110,17 @@ class Store:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+    @property
+    def backup(self) -> Mirror | None:
+        """The backup mirror (``.flush()``, ``.status``), or None."""
+        return self._mirror
+
+    def copy_to(self, dst: Any, **kwargs: Any) -> Any:
+        """Copy checkpoints to another store: ``ckptstore.copy_checkpoints(self, dst, ...)``."""
+        from ._copy import copy_checkpoints
+
+        return copy_checkpoints(self, dst, **kwargs)
 
     # -- store config -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -126,7 +144,9 @@ class Store:
             try:
                 data = self._backend.read(CONFIG_KEY)
             except FileNotFoundError:
-                raise self._not_found() from None
+                if self._mirror is None or not self._mirror.restore_into(self):
+                    raise self._not_found() from None
+                data = self._backend.read(CONFIG_KEY)  # the restore created the store
             self._config = parse_store_config(data, f"{self._backend.describe(CONFIG_KEY)}")
         return self._config
 
@@ -332,7 +352,10 @@ class Store:
         with self._lock:
             self._manifests[key] = m
             index.add_manifest(m)
-        return self._info(key, digest, m)
+        info = self._info(key, digest, m)
+        if self._mirror is not None:
+            self._mirror.submit(info)  # copied in the background; never blocks or fails the save
+        return info
 
     # -- load -------------------------------------------------------------------------------
     def load(
