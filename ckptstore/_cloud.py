@@ -84,8 +84,9 @@ class FsspecBackend(Backend):
                                "bucket's access rights (storage_options / environment).") from e
         except Exception as e:  # network stacks raise many unrelated types
             detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise StorageError(f"{what}: {detail}. Nothing new was committed; check the endpoint and "
-                               f"the network, then retry (retries={self.retries}).") from e
+            raise StorageError(f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
+                               "credentials and the network, then try again; raise retries= for a flaky "
+                               "link.") from e
 
     # -- reads ------------------------------------------------------------------------------
     def root_state(self) -> str:

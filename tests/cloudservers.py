@@ -168,7 +168,7 @@ def new_s3_bucket(url: str) -> Target:
     import s3fs
 
     name = bucket_name()
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **s3_options(url))
+    fs = s3fs.S3FileSystem(use_listings_cache=False, **s3_options(url))
     fs.mkdir(name)
     return Target(f"s3://{name}/store", s3_options(url))
 
@@ -177,6 +177,30 @@ def new_gcs_bucket(url: str) -> Target:
     import gcsfs
 
     name = bucket_name()
-    fs = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False, **gcs_options(url))
+    fs = gcsfs.GCSFileSystem(use_listings_cache=False, **gcs_options(url))
     fs.mkdir(name)
     return Target(f"gs://{name}/store", gcs_options(url))
+
+
+# -- one server of each kind per test run, shared by every test module, stopped at exit ------------
+_RUNNING: dict[str, Server] = {}
+
+
+def shared(kind: str) -> Server:
+    """The test run's server of ``kind`` ("moto", "rclone", "fake-gcs"), started on first use."""
+    s = _RUNNING.get(kind)
+    if s is None or s.proc.poll() is not None:
+        start = {"moto": start_moto, "rclone": start_rclone_s3, "fake-gcs": start_fake_gcs}[kind]
+        s = _RUNNING[kind] = start()
+    return s
+
+
+def stop_all() -> None:
+    for s in list(_RUNNING.values()):
+        s.stop()
+    _RUNNING.clear()
+
+
+import atexit as _atexit  # noqa: E402
+
+_atexit.register(stop_all)
