@@ -64,6 +64,9 @@ class FsspecBackend(Backend):
         self.retries = DEFAULT_RETRIES if retries is None else retries
         self.object_store = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
         self.create_only = _accepts_mode(fs)
+        # s3fs's cat_file first asks for the size (a HEAD) to split big reads into ranges; the
+        # store reads many objects in parallel already, so one GET per object is enough
+        self._cat_kw = {"max_concurrency": 1} if _accepts(getattr(fs, "_cat_file", None), "max_concurrency") else {}
         #: multipart part size (S3) / resumable chunk size (GCS); objects of at least twice this
         #: size (S3) or this size (GCS) go up in parts. None keeps the library default (50 MiB).
         self.part_size = part_size
@@ -100,7 +103,7 @@ class FsspecBackend(Backend):
 
     def read(self, key: str) -> bytes:
         with self._errors(f"cannot read {self.describe(key)}"):
-            return bytes(self.fs.cat_file(self._path(key)))
+            return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -203,13 +206,19 @@ class FsspecBackend(Backend):
                 return
 
 
-def _accepts_mode(fs: Any) -> bool:
+def _accepts(fn: Any, name: str) -> bool:
     import inspect
 
+    if fn is None:
+        return False
     try:
-        return "mode" in inspect.signature(fs.pipe_file).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _accepts_mode(fs: Any) -> bool:
+    return _accepts(fs.pipe_file, "mode")
 
 
 # -- S3 and GCS ---------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ def s3_options(options: dict[str, Any], retries: int) -> dict[str, Any]:
     """s3fs options with bounded retries and listings cache off, unless the caller set them."""
     opts = dict(options)
     config = dict(opts.get("config_kwargs") or {})
-    config.setdefault("retries", {"max_attempts": retries + 1, "mode": "standard"})
+    config.setdefault("retries", {"max_attempts": retries, "mode": "standard"})  # retries after the first try
     config.setdefault("connect_timeout", 10)
     opts["config_kwargs"] = config
     opts.setdefault("use_listings_cache", False)
