@@ -69,7 +69,7 @@ def _cmd_cp(args: argparse.Namespace) -> int:
         args.src, args.dst, steps=args.step, ids=args.id, all=args.all, latest=args.latest,
         src_options={**shared, **options(args.src_option)}, dst_options={**shared, **options(args.dst_option)},
         retries=args.retries, workers=args.workers, readback=args.readback,
-        progress=False if args.quiet else None)
+        progress=False if args.quiet else (True if sys.stderr.isatty() else None))
     if args.json:
         print(json.dumps({
             "copied": [{"id": i.id, "step": i.step} for i in result.copied],

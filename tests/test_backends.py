@@ -39,6 +39,8 @@ class TestS3Moto(BackendContract):
 
 
 class TestGCSFake(BackendContract):
+    ENFORCES_CREATE_ONLY_IN_PARTS = False
+    PART_SIZE = 1 << 20  # a multiple of 256 KiB
     @pytest.fixture
     def target(self) -> cs.Target:
         return cs.new_gcs_bucket(cs.shared("fake-gcs").url)
