@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Union
 
 from ._errors import CheckpointNotFoundError, CkptstoreError, StoreNotFoundError
@@ -95,7 +95,6 @@ class MirrorStatus:
     last_error: str | None
     last_success: float | None = None
     failures: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 _LIVE: "weakref.WeakSet[Mirror]" = weakref.WeakSet()
@@ -219,22 +218,25 @@ class Mirror:
                         self._pending.pop(i.id, None)
                     self._copied += copied
                     self._last_success = time.time()
-                    if self._failures:
-                        log.warning("backup to %s works again; %d checkpoint(s) caught up", self.backup.uri, len(batch))
-                    self._failures = 0
+                    recovered, self._failures = self._failures, 0
                     self._last_error = None
                 else:
+                    recovered = 0
                     self._failures += 1
                     self._last_error = f"{type(err).__name__}: {err}"
                     self._next_attempt = time.monotonic() + self.backup.retry_interval
-                    self._report(err)
+                first_failure = self._failures == 1
                 self._cond.notify_all()
+            if err is not None:
+                self._report(err, first_failure)
+            elif recovered:
+                log.warning("backup to %s works again; %d checkpoint(s) caught up", self.backup.uri, copied)
 
-    def _report(self, err: BaseException) -> None:
+    def _report(self, err: BaseException, first: bool) -> None:
         msg = (f"backup to {self.backup.uri} failed ({type(err).__name__}: {err}); training goes on, "
                f"the copy is retried in {self.backup.retry_interval:g} s or after the next save")
         log.warning(msg)
-        if self._failures == 1:  # once per failure streak
+        if first:  # once per failure streak
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _mirror_store(self) -> "Store":

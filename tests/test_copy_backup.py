@@ -223,3 +223,21 @@ def test_load_with_fallback(tmp_path: Any) -> None:
         assert _same(ckptstore.load(primary, step=1, fallback=drive.uri), _state(1))
     with pytest.raises(ckptstore.CheckpointNotFoundError):
         ckptstore.load(primary, step=7, fallback=drive.uri)
+
+
+def test_bad_arguments_are_refused_early(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="keep_last"):
+        ckptstore.Backup(str(tmp_path), keep_last=0)
+    with pytest.raises(TypeError, match="backup must be"):
+        ckptstore.Store(str(tmp_path / "s"), backup=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retries"):
+        ckptstore.Store("memory://x/y", retries=-1)
+    with pytest.raises(ValueError, match="latest"):
+        ckptstore.copy_checkpoints(_fill(str(tmp_path / "a"), [1]).uri, str(tmp_path / "b"), latest=0)
+    with pytest.raises(ckptstore.StoreNotFoundError):
+        ckptstore.copy_checkpoints(str(tmp_path / "nothing"), str(tmp_path / "b"))
+    empty = ckptstore.Store(str(tmp_path / "empty"))
+    info = empty.save({"w": torch.ones(1)}, step=0)
+    empty.forget(id=info.id)
+    with pytest.raises(ckptstore.CheckpointNotFoundError, match="no checkpoints to copy"):
+        ckptstore.copy_checkpoints(empty, str(tmp_path / "b"))
