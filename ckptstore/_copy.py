@@ -11,6 +11,7 @@ only what is still missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Union
 
 from . import _hashing
-from ._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError
+from ._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError, StorageError
 from ._info import CheckpointInfo
 from ._layout import OBJECTS_DIR, MANIFESTS_DIR, object_key, parse_manifest_key, parse_object_key
 from ._manifest import Manifest, parse_manifest
@@ -111,6 +112,14 @@ def copy_checkpoints(
             d.close()
 
 
+def _save_lease(store: Store) -> Any:
+    try:
+        from ._locks import acquire_save  # type: ignore[import-not-found]  # leases: retention issue
+    except ImportError:
+        return contextlib.nullcontext()
+    return acquire_save(store.backend)
+
+
 class _Copier:
     def __init__(self, src: Store, dst: Store, workers: int, readback: bool) -> None:
         self.src, self.dst = src, dst
@@ -154,6 +163,12 @@ class _Copier:
 
     def run(self, chosen: list[CheckpointInfo], progress: bool | None) -> CopyResult:
         self.dst._ensure_store()
+        # a copy is a save at the destination: it decides to reuse objects there, so it holds a
+        # save lease (when this ckptstore has leases) until its last manifest is written
+        with _save_lease(self.dst) as lease:
+            return self._run(chosen, progress, lease)
+
+    def _run(self, chosen: list[CheckpointInfo], progress: bool | None, lease: Any) -> CopyResult:
         have_objects = {h for h in map(parse_object_key, self.dst.backend.list(OBJECTS_DIR)) if h is not None}
         have_manifests = {k for k in self.dst.backend.list(MANIFESTS_DIR) if parse_manifest_key(k) is not None}
         plans = []
@@ -184,6 +199,10 @@ class _Copier:
                         present.append(dataclasses.replace(info, uri=self.dst.uri))
                         continue
                     self.dst.backend.sync()  # objects durable before the manifest names them
+                    if lease is not None and hasattr(lease, "held") and not lease.held():
+                        raise StorageError(f"copy to {self.dst.uri} paused too long: its save lease expired, so "
+                                           "a gc may have removed objects it meant to reuse. Run the copy again "
+                                           "(it resumes).")
                     self.dst.backend.write(info.key, raw)
                     self.dst.backend.sync()
                     copied.append(dataclasses.replace(info, uri=self.dst.uri))
