@@ -212,7 +212,6 @@ class Mirror:
                 err = e
             with self._cond:
                 self._busy = False
-                self._attempts_done += 1
                 if err is None:
                     for i in batch:
                         self._pending.pop(i.id, None)
@@ -226,11 +225,13 @@ class Mirror:
                     self._last_error = f"{type(err).__name__}: {err}"
                     self._next_attempt = time.monotonic() + self.backup.retry_interval
                 first_failure = self._failures == 1
-                self._cond.notify_all()
-            if err is not None:
+            if err is not None:  # reported outside the lock, before flush() sees the attempt end
                 self._report(err, first_failure)
             elif recovered:
                 log.warning("backup to %s works again; %d checkpoint(s) caught up", self.backup.uri, copied)
+            with self._cond:
+                self._attempts_done += 1
+                self._cond.notify_all()
 
     def _report(self, err: BaseException, first: bool) -> None:
         msg = (f"backup to {self.backup.uri} failed ({type(err).__name__}: {err}); training goes on, "

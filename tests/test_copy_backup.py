@@ -91,7 +91,7 @@ def test_interrupted_copy_leaves_dst_consistent_and_a_rerun_resumes(tmp_path: An
         puts = {"n": 0}
 
         def after_two_puts(req: Any) -> bool:
-            if req.method == "PUT":
+            if req.method == "PUT" and "/objects/" in req.path:
                 puts["n"] += 1
                 return puts["n"] > 2
             return False
