@@ -93,13 +93,13 @@ class FsspecBackend(Backend):
 
     # -- reads ------------------------------------------------------------------------------
     def root_state(self) -> str:
+        # fs.info, not isdir/exists: those answer False on any error, even a dead endpoint
         with self._errors(f"cannot reach {self.uri}"):
             try:
-                if self.fs.isdir(self.root):
-                    return "dir"
-                return "file" if self.fs.exists(self.root) else "missing"
+                kind = self.fs.info(self.root).get("type")
             except FileNotFoundError:
                 return "missing"
+        return "file" if kind == "file" else "dir"
 
     def read(self, key: str) -> bytes:
         with self._errors(f"cannot read {self.describe(key)}"):
