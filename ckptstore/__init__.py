@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 from ._api import info, list_checkpoints, load, save
+from ._backup import Backup
+from ._copy import CopyResult, copy_checkpoints
 from ._devices import Accelerators, auto_device
 from ._errors import (BackendUnavailableError, CheckpointExistsError, CheckpointNotFoundError,
                       CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
@@ -26,11 +28,13 @@ restore_rng = restore_rng_state
 
 __all__ = [
     "Accelerators",
+    "Backup",
     "BackendUnavailableError",
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CkptstoreError",
+    "CopyResult",
     "DeviceUnavailableError",
     "GcReport",
     "InsufficientSpaceError",
@@ -49,6 +53,7 @@ __all__ = [
     "__version__",
     "auto_device",
     "capture_rng_state",
+    "copy_checkpoints",
     "info",
     "list_checkpoints",
     "load",

@@ -53,8 +53,20 @@ def load(
     verify: bool = True,
     progress: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    fallback: str | os.PathLike[str] | None = None,
+    fallback_options: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Load a checkpoint's state (the newest unless ``step`` or ``id`` is given)."""
+    """Load a checkpoint's state (the newest unless ``step`` or ``id`` is given).
+
+    With ``fallback`` (a backup store's URI), a primary that has no store or not that checkpoint
+    is skipped and the checkpoint is loaded from the fallback, with a warning."""
+    if fallback is not None:
+        from ._backup import load_with_fallback
+
+        return load_with_fallback(uri, fallback, step=step, id=id, storage_options=storage_options,
+                                  fallback_options=fallback_options, map_location=map_location,
+                                  restore_rng=restore_rng, allow_pickle=allow_pickle, verify=verify,
+                                  progress=progress)
     with Store(uri, storage_options=storage_options) as store:
         return store.load(step, id=id, map_location=map_location, restore_rng=restore_rng,
                           allow_pickle=allow_pickle, verify=verify, progress=progress)

@@ -3,8 +3,9 @@
 A backend knows nothing of tensors or manifests. Keys are "/"-separated paths relative to the
 store root. Writes are atomic: a reader sees all of the new bytes under a key or none of them.
 ``LocalBackend`` does its own durable write (temp file in the destination folder, fsync,
-``os.replace``, fsync of the folder); every other fsspec protocol goes through ``FsspecBackend``,
-whose unit of atomicity is one ``pipe_file`` (a single PUT on object stores).
+``os.replace``, fsync of the folder) and recognises a dead FUSE mount (Google Drive); every other
+fsspec protocol goes through ``FsspecBackend`` (``_cloud.py``), whose unit of atomicity is one
+``pipe_file`` (a single PUT or completed multipart upload on object stores).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 import threading
 from abc import ABC, abstractmethod
 from typing import Any, Union
@@ -21,6 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._errors import BackendUnavailableError, InsufficientSpaceError, StorageError
+from ._mounts import DRIVE_TRASH_NOTE, Mount, dead_mount_message, find_mount, is_dead_mount_error
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -30,10 +33,19 @@ class Backend(ABC):
 
     #: the URI the store was opened with, for messages
     uri: str
+    #: True when ``write(..., if_absent=True)`` asks the storage itself to refuse an existing key
+    #: (O_EXCL-like); correctness never depends on it (keys are content-addressed)
+    create_only: bool = False
 
     @abstractmethod
     def read(self, key: str) -> bytes:
         """All bytes under ``key``; ``FileNotFoundError`` when absent."""
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from ``offset`` (fewer at the end of the object)."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset={offset}, length={length}")
+        return self.read(key)[offset : offset + length]
 
     @abstractmethod
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
@@ -76,8 +88,13 @@ class Backend(ABC):
     def describe(self, key: str = "") -> str:
         return self.uri.rstrip("/") + ("/" + key if key else "")
 
+    def delete_note(self) -> str | None:
+        """A note for whoever deletes here (e.g. gc on a Google Drive mount, whose deletions go to
+        the Drive trash and still count against the quota); None when there is nothing to say."""
+        return None
 
-def _storage_error(e: OSError, what: str) -> OSError:
+
+def _storage_error(e: OSError, what: str, path: str | None = None) -> OSError:
     """Turn an OSError from the storage into a ckptstore error that says what to do."""
     if isinstance(e, (StorageError, InsufficientSpaceError)):
         return e
@@ -86,11 +103,8 @@ def _storage_error(e: OSError, what: str) -> OSError:
             f"{what}: no space left on the device ({e}). Nothing was committed and earlier "
             "checkpoints are intact; free space or apply a retention policy, then save again."
         )
-    if e.errno == errno.ENOTCONN:
-        return StorageError(
-            f"{what}: the mount is disconnected ({e}). If this is a Google Drive mount, remount it "
-            "(drive.mount(..., force_remount=True)) and save again."
-        )
+    if is_dead_mount_error(e):
+        return StorageError(dead_mount_message(what, path or e.filename or "", e))
     return StorageError(f"{what}: {e}")
 
 
@@ -103,6 +117,7 @@ class LocalBackend(Backend):
         self._dirty: set[str] = set()
         self._made: set[str] = set()
         self._lock = threading.Lock()
+        self._mount: Mount | None | bool = False
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -110,10 +125,32 @@ class LocalBackend(Backend):
     def describe(self, key: str = "") -> str:
         return self._path(key) if key else self.root
 
+    def _stat(self, path: str) -> os.stat_result | None:
+        """``os.stat`` that answers None for a missing path and raises a StorageError for a dead
+        mount (where ``os.path.exists`` would quietly say False)."""
+        try:
+            return os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise _storage_error(e, f"cannot access {path}", path) from e
+
     def root_state(self) -> str:
-        if os.path.isdir(self.root):
-            return "dir"
-        return "file" if os.path.exists(self.root) else "missing"
+        st = self._stat(self.root)
+        if st is None:
+            return "missing"
+        return "dir" if stat.S_ISDIR(st.st_mode) else "file"
+
+    @property
+    def mount(self) -> Mount | None:
+        """The mount the store lives on (None when unknown)."""
+        if self._mount is False:
+            self._mount = find_mount(self.root)
+        return self._mount  # type: ignore[return-value]
+
+    def delete_note(self) -> str | None:
+        m = self.mount
+        return DRIVE_TRASH_NOTE if m is not None and m.is_drive else None
 
     def read(self, key: str) -> bytes:
         try:
@@ -122,7 +159,20 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise
         except OSError as e:
-            raise _storage_error(e, f"cannot read {self._path(key)}") from e
+            raise _storage_error(e, f"cannot read {self._path(key)}", self._path(key)) from e
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset={offset}, length={length}")
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise _storage_error(e, f"cannot read {path}", path) from e
 
     def _ensure_dir(self, d: str) -> None:
         if d in self._made:
@@ -143,7 +193,7 @@ class LocalBackend(Backend):
 
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
         path = self._path(key)
-        if if_absent and os.path.exists(path):
+        if if_absent and self._stat(path) is not None:
             return False
         d, name = os.path.split(path)
         tmp = os.path.join(d, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -164,7 +214,7 @@ class LocalBackend(Backend):
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise _storage_error(e, f"cannot write {path}") from e
+            raise _storage_error(e, f"cannot write {path}", path) from e
         with self._lock:
             self._dirty.add(d)
         return True
@@ -181,17 +231,22 @@ class LocalBackend(Backend):
                 os.fsync(fd)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse
-                    raise _storage_error(e, f"cannot fsync folder {d}") from e
+                    raise _storage_error(e, f"cannot fsync folder {d}", d) from e
             finally:
                 os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self._path(key))
+        return self._stat(self._path(key)) is not None
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
         out: list[str] = []
-        for dirpath, _dirs, files in os.walk(base):
+
+        def failed(e: OSError) -> None:
+            if not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+                raise _storage_error(e, f"cannot list {e.filename or base}", e.filename or base) from e
+
+        for dirpath, _dirs, files in os.walk(base, onerror=failed):
             rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for f in files:
                 out.append(f"{rel}/{f}" if rel != "." else f)
@@ -204,119 +259,62 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return
         except OSError as e:
-            raise _storage_error(e, f"cannot delete {path}") from e
+            raise _storage_error(e, f"cannot delete {path}", path) from e
         with self._lock:
             self._dirty.add(os.path.dirname(path))
 
     def size(self, key: str) -> int:
-        return os.stat(self._path(key)).st_size
+        st = self._stat(self._path(key))
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", self._path(key))
+        return st.st_size
 
     def mtime(self, key: str) -> float | None:
-        return os.stat(self._path(key)).st_mtime
+        st = self._stat(self._path(key))
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", self._path(key))
+        return st.st_mtime
 
     def free_bytes(self) -> int | None:
         p = self.root
-        while not os.path.exists(p):
+        while self._stat(p) is None:
             parent = os.path.dirname(p)
             if parent == p:
                 return None
             p = parent
-        return shutil.disk_usage(p).free
+        try:
+            return shutil.disk_usage(p).free
+        except OSError as e:
+            raise _storage_error(e, f"cannot read the free space of {p}", p) from e
 
     def local_path(self, key: str) -> str | None:
         return self._path(key)
 
 
-class FsspecBackend(Backend):
-    """Any fsspec filesystem; one ``pipe_file`` per object is the atomic unit."""
-
-    def __init__(self, fs: Any, root: str, uri: str) -> None:
-        self.fs = fs
-        self.root = root.rstrip("/")
-        self.uri = uri
-
-    def _path(self, key: str) -> str:
-        return f"{self.root}/{key}" if key else self.root
-
-    def root_state(self) -> str:
-        try:
-            if self.fs.isdir(self.root):
-                return "dir"
-            return "file" if self.fs.exists(self.root) else "missing"
-        except OSError:
-            return "missing"
-
-    def read(self, key: str) -> bytes:
-        try:
-            return self.fs.cat_file(self._path(key))
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise _storage_error(e, f"cannot read {self.describe(key)}") from e
-
-    def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
-        path = self._path(key)
-        if if_absent and self.fs.exists(path):
-            return False
-        payload = data if isinstance(data, bytes) else bytes(data)
-        try:
-            try:
-                self.fs.pipe_file(path, payload)
-            except FileNotFoundError:
-                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.pipe_file(path, payload)
-        except OSError as e:
-            raise _storage_error(e, f"cannot write {self.describe(key)}") from e
-        return True
-
-    def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(key)))
-
-    def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        try:
-            found = self.fs.find(base)
-        except FileNotFoundError:
-            return []
-        root = self.fs._strip_protocol(self.root).rstrip("/")
-        out = []
-        for p in found:
-            p = self.fs._strip_protocol(p)
-            if p.startswith(root + "/"):
-                out.append(p[len(root) + 1 :])
-        return out
-
-    def delete(self, key: str) -> None:
-        try:
-            self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            return
-
-    def size(self, key: str) -> int:
-        return int(self.fs.size(self._path(key)))
-
-    def mtime(self, key: str) -> float | None:
-        try:
-            return self.fs.modified(self._path(key)).timestamp()
-        except (NotImplementedError, AttributeError, ValueError):
-            return None
-
-
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
-def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
+def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+                 retries: int | None = None) -> Backend:
     """The backend for a URI: a local path or ``file://`` gives ``LocalBackend``, anything else
-    an ``FsspecBackend`` (``memory://``, ``s3://``, ``gs://``, ...)."""
+    an ``FsspecBackend`` (``memory://``, ``s3://``, ``gs://``, ...). ``retries`` bounds how often
+    one storage request is retried on a transient error (S3 and GCS; default 3)."""
     if isinstance(uri, os.PathLike):
         uri = os.fspath(uri)
     if not isinstance(uri, str) or not uri:
         raise TypeError(f"a store URI must be a non-empty string or path, not {uri!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
     options = dict(storage_options or {})
+    proto = uri.split("://", 1)[0] if "://" in uri and "::" not in uri else None
     try:
+        if proto in _EXTRAS:
+            from ._cloud import open_object_store
+
+            return open_object_store(uri, proto, options, retries=retries)
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except ImportError as e:
-        proto = uri.split("://", 1)[0]
+        proto = proto or uri.split("://", 1)[0]
         extra = _EXTRAS.get(proto)
         hint = f'pip install "ckptstore[{extra}]"' if extra else "install the fsspec package for it"
         raise BackendUnavailableError(f"cannot open {uri!r}: {e}. To use {proto}://, {hint}.") from None
@@ -324,4 +322,14 @@ def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | 
         raise ValueError(f"cannot open store URI {uri!r}: {e}") from None
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(path, uri=uri)
-    return FsspecBackend(fs, path, uri)
+    from ._cloud import FsspecBackend
+
+    return FsspecBackend(fs, path, uri, retries=retries)
+
+
+def __getattr__(name: str) -> Any:  # FsspecBackend moved to _cloud.py; keep the old import working
+    if name == "FsspecBackend":
+        from ._cloud import FsspecBackend
+
+        return FsspecBackend
+    raise AttributeError(name)

@@ -14,6 +14,7 @@ import torch
 
 from . import _hashing
 from ._backend import Backend, open_backend
+from ._backup import Backup, Mirror, as_backup
 from ._codec import resolve_compression
 from ._devices import MapLocation, Placement
 from ._errors import (CheckpointNotFoundError, IntegrityError, ObjectMissingError, StoreNotFoundError,
@@ -69,12 +70,14 @@ class Store:
         on_low_space: str = "fail",
         reserve: int | str = 0,
         quota: int | str | None = None,
+        retries: int | None = None,
+        backup: "str | os.PathLike[str] | Backup | None" = None,
         **more_storage_options: Any,
     ) -> None:
         if isinstance(uri, Store):
             raise TypeError("Store() takes a URI; you passed a Store")
         options = {**(storage_options or {}), **more_storage_options}
-        self._backend: Backend = open_backend(uri, options)
+        self._backend: Backend = open_backend(uri, options, retries=retries)
         self.compression = resolve_compression(compression)
         if not isinstance(chunk_size, int) or chunk_size < (64 << 10):
             raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
@@ -91,6 +94,8 @@ class Store:
 
         self.retention = None if retention is None else _check_policy(retention)
         self.space = SpaceGuard.make(on_low_space, reserve, quota)
+        b = as_backup(backup)
+        self._mirror: Mirror | None = Mirror(self, b) if b is not None else None
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "Store":
@@ -100,7 +105,10 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Drop caches. The store holds no open files between calls."""
+        """Drop caches and wait for pending backup copies (see ``Backup.close_timeout``). The store
+        holds no open files between calls and stays usable."""
+        if self._mirror is not None:
+            self._mirror.close()
         with self._lock:
             self._manifests.clear()
             self._index = None
@@ -115,6 +123,17 @@ class Store:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+    @property
+    def backup(self) -> Mirror | None:
+        """The backup mirror (``.flush()``, ``.status``), or None."""
+        return self._mirror
+
+    def copy_to(self, dst: Any, **kwargs: Any) -> Any:
+        """Copy checkpoints to another store: ``ckptstore.copy_checkpoints(self, dst, ...)``."""
+        from ._copy import copy_checkpoints
+
+        return copy_checkpoints(self, dst, **kwargs)
 
     # -- store config -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -140,7 +159,9 @@ class Store:
             try:
                 data = self._backend.read(CONFIG_KEY)
             except (FileNotFoundError, NotADirectoryError):
-                raise self._not_found() from None
+                if self._mirror is None or not self._mirror.restore_into(self):
+                    raise self._not_found() from None
+                data = self._backend.read(CONFIG_KEY)  # the restore created the store
             self._config = parse_store_config(data, f"{self._backend.describe(CONFIG_KEY)}")
         return self._config
 
@@ -370,7 +391,10 @@ class Store:
                 index.add_manifest(m)
             guard.committed(key)
         self._apply_retention(keep)
-        return self._info(key, digest, m)
+        info = self._info(key, digest, m)
+        if self._mirror is not None:
+            self._mirror.submit(info)  # copied in the background; never blocks or fails the save
+        return info
 
     # -- load -------------------------------------------------------------------------------
     def load(

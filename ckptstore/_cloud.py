@@ -1,0 +1,286 @@
+"""Object stores (S3, GCS) and every other fsspec protocol: ``FsspecBackend``.
+
+The unit of atomicity is one ``pipe_file``: a single PUT, a completed multipart upload, or one
+GCS upload. There is no rename; the commit protocol of docs/format.md needs none.
+
+Create-only writes (``write(..., if_absent=True)``) ask the server to refuse an existing key
+(S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``) but correctness never depends on it:
+objects are named by the hash of their bytes and manifests by the hash of theirs, so a server
+that ignores the precondition overwrites a key with identical bytes. When the server does refuse
+(``FileExistsError``), the existing bytes are read back and compared. That resolves the
+*ambiguous write*: our PUT landed, the response was lost, the client retried and was told the key
+exists. Same bytes: success. A damaged copy under a hash name is replaced.
+
+Retries are bounded and configurable (``retries``, default 3): for S3 through botocore's
+standard retry mode (plus one s3fs-level retry for broken response bodies), for GCS by a small
+subclass of ``gcsfs.GCSFileSystem`` whose request retry count and backoff follow ``retries``
+(gcsfs itself retries 6 times with up to 32 s between attempts). Every failure surfaces as a
+:class:`~ckptstore.StorageError` naming the URI; a missing key stays ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any, Iterator
+
+import fsspec
+
+from . import _hashing
+from ._backend import Backend, Buffer
+from ._errors import CkptstoreError, StorageError
+from ._layout import parse_manifest_key, parse_object_key
+
+log = logging.getLogger("ckptstore")
+
+DEFAULT_RETRIES = 3
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+
+
+def _protocols(fs: Any) -> set[str]:
+    p = getattr(fs, "protocol", ())
+    return {p} if isinstance(p, str) else set(p)
+
+
+def _self_hash(key: str) -> str | None:
+    """The hash a key's content must have, for keys named by their content."""
+    h = parse_object_key(key)
+    if h is not None:
+        return h
+    parsed = parse_manifest_key(key)
+    return parsed[1] if parsed is not None else None
+
+
+class FsspecBackend(Backend):
+    """Any fsspec filesystem (``memory://``, ``s3://``, ``gs://``, ...)."""
+
+    def __init__(self, fs: Any, root: str, uri: str, *, retries: int | None = None,
+                 part_size: int | None = None) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.uri = uri
+        self.retries = DEFAULT_RETRIES if retries is None else retries
+        self.object_store = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
+        self.create_only = _accepts_mode(fs)
+        # s3fs's cat_file first asks for the size (a HEAD) to split big reads into ranges; the
+        # store reads many objects in parallel already, so one GET per object is enough
+        self._cat_kw = {"max_concurrency": 1} if _accepts(getattr(fs, "_cat_file", None), "max_concurrency") else {}
+        #: multipart part size (S3) / resumable chunk size (GCS); objects of at least twice this
+        #: size (S3) or this size (GCS) go up in parts. None keeps the library default (50 MiB).
+        self.part_size = part_size
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Let ``FileNotFoundError``/``FileExistsError`` through; everything else becomes a
+        StorageError that names the URI and what to check."""
+        try:
+            yield
+        except (FileNotFoundError, FileExistsError, CkptstoreError):
+            raise
+        except PermissionError as e:
+            raise StorageError(f"{what}: permission denied ({e}). Check the credentials and the "
+                               "bucket's access rights (storage_options / environment).") from e
+        except Exception as e:  # network stacks raise many unrelated types
+            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise StorageError(f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
+                               "credentials and the network, then try again; raise retries= for a flaky "
+                               "link.") from e
+
+    # -- reads ------------------------------------------------------------------------------
+    def root_state(self) -> str:
+        # fs.info, not isdir/exists: those answer False on any error, even a dead endpoint
+        with self._errors(f"cannot reach {self.uri}"):
+            try:
+                kind = self.fs.info(self.root).get("type")
+            except FileNotFoundError:
+                return "missing"
+        return "file" if kind == "file" else "dir"
+
+    def read(self, key: str) -> bytes:
+        with self._errors(f"cannot read {self.describe(key)}"):
+            return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset={offset}, length={length}")
+        if length == 0:
+            return b""
+        with self._errors(f"cannot read {self.describe(key)}"):
+            return bytes(self.fs.cat_file(self._path(key), start=offset, end=offset + length))
+
+    def exists(self, key: str) -> bool:
+        with self._errors(f"cannot check {self.describe(key)}"):
+            try:
+                self.fs.info(self._path(key))
+                return True
+            except FileNotFoundError:
+                return False
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        with self._errors(f"cannot list {self.describe(prefix)}"):
+            try:
+                found = self.fs.find(base)
+            except FileNotFoundError:
+                return []
+        root = self.fs._strip_protocol(self.root).rstrip("/")
+        out = []
+        for p in found:
+            p = self.fs._strip_protocol(p)
+            if p.startswith(root + "/"):
+                out.append(p[len(root) + 1 :])
+        return out
+
+    def size(self, key: str) -> int:
+        with self._errors(f"cannot stat {self.describe(key)}"):
+            return int(self.fs.size(self._path(key)))
+
+    def mtime(self, key: str) -> float | None:
+        with self._errors(f"cannot stat {self.describe(key)}"):
+            try:
+                return float(self.fs.modified(self._path(key)).timestamp())
+            except (NotImplementedError, AttributeError, ValueError, KeyError):
+                return None
+
+    # -- writes -----------------------------------------------------------------------------
+    def _pipe(self, key: str, payload: bytes, create: bool) -> None:
+        path = self._path(key)
+        kw: dict[str, Any] = {}
+        if create and self.create_only:
+            kw["mode"] = "create"
+        if self.part_size and self.object_store:
+            kw["chunksize"] = self.part_size
+        with self._errors(f"cannot write {self.describe(key)}"):
+            try:
+                self.fs.pipe_file(path, payload, **kw)
+            except FileNotFoundError:
+                if self.object_store:
+                    bucket = self.fs._strip_protocol(self.root).split("/", 1)[0]
+                    raise StorageError(f"cannot write {self.describe(key)}: the bucket {bucket!r} does not "
+                                       "exist (or is not visible with these credentials). Create it first."
+                                       ) from None
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.pipe_file(path, payload, **kw)
+
+    def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
+        payload = data if isinstance(data, bytes) else bytes(data)
+        if if_absent and not self.create_only and self.exists(key):
+            return False
+        try:
+            self._pipe(key, payload, create=if_absent)
+            return True
+        except FileExistsError:
+            if not if_absent:
+                raise StorageError(f"cannot write {self.describe(key)}: the storage refused to overwrite it") from None
+            return self._resolve_existing(key, payload)
+
+    def _resolve_existing(self, key: str, payload: bytes) -> bool:
+        """A create-only write found the key taken: by identical bytes (an earlier save, or our
+        own PUT whose response was lost: the ambiguous write), by a damaged copy of a
+        content-named key (replaced), or by other content (left alone: ``if_absent``)."""
+        try:
+            existing = self.read(key)
+        except FileNotFoundError:  # deleted in between: write it plainly
+            self._pipe(key, payload, create=False)
+            return True
+        if existing == payload:
+            log.debug("%s already holds these bytes", self.describe(key))
+            return False
+        expected = _self_hash(key)
+        if expected is not None and _hashing.digest(existing) != expected and _hashing.digest(payload) == expected:
+            log.warning("replacing %s: its bytes do not match the hash in its name (damaged)", self.describe(key))
+            self._pipe(key, payload, create=False)
+            return True
+        return False
+
+    def delete(self, key: str) -> None:
+        with self._errors(f"cannot delete {self.describe(key)}"):
+            try:
+                self.fs.rm_file(self._path(key))
+            except FileNotFoundError:
+                return
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    if fn is None:
+        return False
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _accepts_mode(fs: Any) -> bool:
+    return _accepts(fs.pipe_file, "mode")
+
+
+# -- S3 and GCS ---------------------------------------------------------------------------------
+
+def s3_options(options: dict[str, Any], retries: int) -> dict[str, Any]:
+    """s3fs options with bounded retries and listings cache off, unless the caller set them."""
+    opts = dict(options)
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("retries", {"max_attempts": retries, "mode": "standard"})  # retries after the first try
+    config.setdefault("connect_timeout", 10)
+    opts["config_kwargs"] = config
+    opts.setdefault("use_listings_cache", False)
+    return opts
+
+
+def open_object_store(uri: str, proto: str, options: dict[str, Any], *, retries: int | None = None) -> Backend:
+    n = DEFAULT_RETRIES if retries is None else retries
+    if proto in ("s3", "s3a"):
+        fs, path = fsspec.core.url_to_fs(uri, **s3_options(options, n))
+        fs.retries = 1 if n == 0 else 2  # s3fs's own loop: one more try for a broken response body
+        return FsspecBackend(fs, path, uri, retries=n)
+    cls = _bounded_gcs_class()
+    opts = dict(options)
+    opts.setdefault("use_listings_cache", False)
+    fsspec.config.apply_config(cls, opts)
+    fs = cls(ckptstore_retries=n, **opts)
+    return FsspecBackend(fs, cls._strip_protocol(uri), uri, retries=n)
+
+
+_GCS_CLASS: Any = None
+
+
+def _bounded_gcs_class() -> Any:
+    """``gcsfs.GCSFileSystem`` with ``retries``-bounded request retries and a short backoff."""
+    global _GCS_CLASS
+    if _GCS_CLASS is not None:
+        return _GCS_CLASS
+    import gcsfs
+    from gcsfs.retry import HttpError, RETRIABLE_EXCEPTIONS, is_retriable
+
+    inner = getattr(gcsfs.GCSFileSystem._request, "__wrapped__", None)
+
+    class BoundedGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
+        def __init__(self, *args: Any, ckptstore_retries: int = DEFAULT_RETRIES, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.ckptstore_retries = ckptstore_retries
+
+        if inner is not None:
+            async def _request(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
+                attempts = self.ckptstore_retries + 1
+                for attempt in range(attempts):
+                    try:
+                        return await inner(self, *args, **kwargs)
+                    except (FileNotFoundError, FileExistsError, ValueError, PermissionError):
+                        raise
+                    except Exception as e:
+                        transient = ((isinstance(e, HttpError) and is_retriable(e))
+                                     or isinstance(e, RETRIABLE_EXCEPTIONS) or isinstance(e, asyncio.TimeoutError))
+                        if not transient or attempt == attempts - 1:
+                            raise
+                        log.debug("GCS request failed (%s), retry %d of %d", e, attempt + 1, attempts - 1)
+                        await asyncio.sleep(min(0.5 * 2**attempt, 10.0) * (0.5 + random.random()))
+
+    _GCS_CLASS = BoundedGCSFileSystem
+    return _GCS_CLASS
