@@ -45,8 +45,22 @@ def run(job: dict) -> dict:
 
     from ckptstore.adapters.transformers import CkptstoreCallback
 
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    try:
+        return _run(job)
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.set_num_threads(before[1])
+
+
+def _run(job: dict) -> dict:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from ckptstore.adapters.transformers import CkptstoreCallback
+
     model, train, evaluation = build()
     strategy = job.get("strategy", "steps")
     args = TrainingArguments(
