@@ -50,11 +50,16 @@ def run_jobs(script: str, jobs: list[dict], tmp: Path, *, kill_after: str | None
 
 
 def damage_newest(uri: str | os.PathLike[str]) -> ckptstore.CheckpointInfo:
-    """Flip bytes in an object only the newest checkpoint references; returns that checkpoint."""
+    """Flip bytes in an object that the newest checkpoint references and no checkpoint of an
+    earlier step does; returns the newest checkpoint."""
     with ckptstore.Store(uri) as store:
         infos = store.list()
-        newest, before = infos[-1], infos[-2]
-        mine = set(store.manifest(id=newest.id).objects) - set(store.manifest(id=before.id).objects)
+        newest = infos[-1]
+        older: set[str] = set()
+        for i in infos:
+            if i.step < newest.step:
+                older |= set(store.manifest(id=i.id).objects)
+        mine = set(store.manifest(id=newest.id).objects) - older
     assert mine, "the newest checkpoint shares every object with the one before it"
     key = sorted(mine)[0]
     path = Path(uri) / "objects" / key[:2] / key
