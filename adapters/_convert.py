@@ -103,6 +103,20 @@ def safe_torch_load(source: str | os.PathLike[str] | bytes, *, allow_pickle: boo
             return torch.load(opened(), map_location="cpu", weights_only=True)
 
 
+def why_refused(source: str | os.PathLike[str] | bytes, error: BaseException) -> str:
+    """A short reason why :func:`safe_torch_load` refused a file: the classes it needs."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint
+        needed = []
+    unsafe = [n for n in needed if not _is_safe_global(n)]
+    if unsafe:
+        return "it needs " + ", ".join(unsafe[:4]) + (" and more" if len(unsafe) > 4 else "")
+    text = " ".join(str(error).split())
+    return text[:160] or type(error).__name__
+
+
 # -- plain types ---------------------------------------------------------------------------------
 
 def _type_name(v: Any) -> str:

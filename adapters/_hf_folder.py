@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ._convert import safe_torch_load
+from ._convert import safe_torch_load, why_refused
 
 FORMAT = "hf-checkpoint-folder/1"
 JSON_INLINE_MAX = 1 << 20  # larger JSON files (big tokenizer.json) are kept as bytes, deduplicated
@@ -79,9 +79,8 @@ def read_entry(path: str, rel: str, *, allow_pickle: bool = False) -> tuple[dict
         except Exception as e:  # noqa: BLE001 - any refusal means "not plain data"
             if allow_pickle:
                 return {"kind": "pickle", "data": _bytes_tensor(data)}, None
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            return None, (f"{rel} is a pickle that holds more than tensors and plain data ({first}); "
-                          "it was left out. Pass allow_pickle=True to keep it byte for byte.")
+            return None, (f"{rel} was left out: it is a pickle that holds more than tensors and plain data "
+                          f"({why_refused(data, e)}). Pass allow_pickle=True (--allow-pickle) to keep it byte for byte.")
     return {"kind": "bytes", "data": _bytes_tensor(data)}, None
 
 
