@@ -34,10 +34,18 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
 _CKPT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+_WEIGHT_FILE_RE = re.compile(r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)$")
+
+
 def is_hf_folder(path: str | os.PathLike[str]) -> bool:
+    """A Trainer ``checkpoint-N`` folder, or a ``save_pretrained`` model folder."""
     p = os.fspath(path)
-    return os.path.isdir(p) and (os.path.isfile(os.path.join(p, "trainer_state.json"))
-                                 or bool(_CKPT_DIR_RE.match(os.path.basename(p.rstrip("/")))))
+    if not os.path.isdir(p):
+        return False
+    if os.path.isfile(os.path.join(p, "trainer_state.json")) or _CKPT_DIR_RE.match(os.path.basename(p.rstrip("/"))):
+        return True
+    names = os.listdir(p)
+    return ("config.json" in names or "adapter_config.json" in names) and any(_WEIGHT_FILE_RE.match(n) for n in names)
 
 
 def is_hf_state(state: Any) -> bool:
@@ -80,7 +88,8 @@ def read_entry(path: str, rel: str, *, allow_pickle: bool = False) -> tuple[dict
             if allow_pickle:
                 return {"kind": "pickle", "data": _bytes_tensor(data)}, None
             return None, (f"{rel} was left out: it is a pickle that holds more than tensors and plain data "
-                          f"({why_refused(data, e)}). Pass allow_pickle=True (--allow-pickle) to keep it byte for byte.")
+                          f"({why_refused(data, e)}). Pass allow_pickle=True (--allow-pickle) to keep it "
+                          "byte for byte.")
     return {"kind": "bytes", "data": _bytes_tensor(data)}, None
 
 

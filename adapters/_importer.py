@@ -62,7 +62,7 @@ def _plain_metrics(obj: Any) -> dict[str, float]:
             if isinstance(k, str) and any(h in k.lower() for h in _METRIC_HINTS):
                 if isinstance(v, float) and math.isfinite(v):
                     out[k] = v
-                elif hasattr(v, "numel") and getattr(v, "numel")() == 1 and v.is_floating_point():
+                elif hasattr(v, "numel") and v.numel() == 1 and v.is_floating_point():
                     out[k] = float(v.item())
     return out
 
@@ -109,8 +109,9 @@ def _import_file(store: ckptstore.Store, path: str, *, step: int | None, epoch: 
         if allow_pickle:
             raise ckptstore.UnsupportedFormatError(f"cannot read {path} as a torch.save file: {e}") from None
         raise ckptstore.PickleNotAllowedError(
-            f"{path} holds more than tensors and plain data ({why_refused(path, e)}). Importing it means unpickling it, "
-            "which can run code from the file: pass --allow-pickle (allow_pickle=True) only if you trust it."
+            f"{path} holds more than tensors and plain data ({why_refused(path, e)}). Importing it means "
+            "unpickling it, which can run code from the file: pass --allow-pickle (allow_pickle=True) only if "
+            "you trust it."
         ) from None
     name = os.path.basename(path)
     if is_lightning(obj):

@@ -28,8 +28,12 @@ from typing import Any, Mapping
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
-from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+
+try:
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"ckptstore.adapters.lightning needs lightning: pip install 'ckptstore[lightning]' ({e})") from e
 
 import ckptstore
 
@@ -97,6 +101,8 @@ class CkptstoreCheckpointIO(CheckpointIO):
                  storage_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if isinstance(uri, ckptstore.Store):
+            if retention is not None:
+                raise ValueError("give the retention policy to the Store you pass, not to CkptstoreCheckpointIO")
             self._store: ckptstore.Store | None = uri
         else:
             kw: dict[str, Any] = {"compression": compression, "storage_options": dict(storage_options or {})}

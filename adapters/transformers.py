@@ -25,7 +25,11 @@ import warnings
 from typing import Any, Mapping
 
 import torch
-from transformers import TrainerCallback
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"ckptstore.adapters.transformers needs transformers: pip install 'ckptstore[hf]' ({e})") from e
 
 import ckptstore
 

@@ -41,9 +41,7 @@ def build(seed: int = 0):
 
 def run(job: dict) -> dict:
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from ckptstore.adapters.transformers import CkptstoreCallback
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
@@ -56,7 +54,6 @@ def run(job: dict) -> dict:
 
 
 def _run(job: dict) -> dict:
-    import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from ckptstore.adapters.transformers import CkptstoreCallback

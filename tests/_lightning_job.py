@@ -58,7 +58,6 @@ def run(job: dict) -> dict:
     """job: store, dir, epochs, ckpt_path (None | "last" | a path), announce, final (path or None),
     plain (use the stock ModelCheckpoint)."""
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from ckptstore.adapters.lightning import CkptstoreCheckpointIO, CkptstoreModelCheckpoint

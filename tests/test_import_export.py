@@ -116,8 +116,14 @@ def test_hf_checkpoint_folder_import_export_resume(tmp_path: Path) -> None:
 
     assert main(["export", str(tmp_path / "store"), "--step", "3", str(tmp_path / "exp")]) == 0
     loaded = GPT2LMHeadModel.from_pretrained(str(tmp_path / "exp"))  # a plain HF model folder too
-    assert torch.equal(loaded.transformer.wte.weight,
-                       load_file(str(tmp_path / "out" / "checkpoint-3" / "model.safetensors"))["transformer.wte.weight"])
+    at3 = load_file(str(tmp_path / "out" / "checkpoint-3" / "model.safetensors"))
+    assert torch.equal(loaded.transformer.wte.weight, at3["transformer.wte.weight"])
+    loaded.save_pretrained(str(tmp_path / "pretrained"))  # a save_pretrained folder imports too
+    assert main(["import", str(tmp_path / "pretrained"), str(tmp_path / "models")]) == 0
+    assert main(["export", str(tmp_path / "models"), str(tmp_path / "models-out")]) == 0
+    again = GPT2LMHeadModel.from_pretrained(str(tmp_path / "models-out"))
+    assert torch.equal(again.transformer.h[0].mlp.c_fc.weight, loaded.transformer.h[0].mlp.c_fc.weight)
+
     fresh, _, _ = _hf_job.build()
     t = trainer(fresh, tmp_path / "out2")
     t.train(resume_from_checkpoint=str(tmp_path / "exp"))
