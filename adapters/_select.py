@@ -13,7 +13,8 @@ import ckptstore
 
 
 def find_resumable(store: ckptstore.Store, *, step: int | None = None, id: str | None = None,
-                   map_location: Any = "auto") -> tuple[ckptstore.CheckpointInfo, Any] | None:
+                   map_location: Any = "auto", allow_pickle: bool = False
+                   ) -> tuple[ckptstore.CheckpointInfo, Any] | None:
     """(info, state) of the checkpoint to resume from, every byte verified, or None when the
     store has no checkpoint (or does not exist yet).
 
@@ -23,25 +24,31 @@ def find_resumable(store: ckptstore.Store, *, step: int | None = None, id: str |
     """
     if step is not None or id is not None:
         info = store.info(step, id=id)
-        return info, store.load(id=info.id, map_location=map_location)
+        return info, store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
     if not store.exists():
         return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         infos = store.list()  # damaged manifests are left out with a warning
-    bad: list[str] = [str(w.message) for w in caught]
+    bad: list[str] = []
     for w in caught:
-        if not str(w.message).startswith("skipping checkpoint"):
+        text = str(w.message)
+        if text.startswith("skipping checkpoint"):  # an unreadable manifest: name it in the fallback
+            bad.append(text.replace("skipping checkpoint at ", "", 1))
+        else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for info in reversed(infos):
         try:
-            state = store.load(id=info.id, map_location=map_location)
-        except (ckptstore.IntegrityError, ckptstore.CheckpointNotFoundError, ckptstore.UnsupportedFormatError) as e:
-            bad.append(f"checkpoint step {info.step} ({info.short_id}) is damaged: {e}")
+            state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
+        except ckptstore.CheckpointNotFoundError:  # removed meanwhile (retention in another process)
+            continue
+        except ckptstore.IntegrityError as e:
+            bad.append(f"step {info.step} ({info.short_id}) is damaged: {e}")
             continue
         if bad:
-            warnings.warn("; ".join(bad) + f". Resuming from step {info.step} ({info.short_id}) instead.",
-                          stacklevel=2)
+            warnings.warn(f"ckptstore: the newest checkpoint in {store.uri}, " + "; ".join(bad)
+                          + f". Resuming from step {info.step} ({info.short_id}) instead; the steps after it "
+                          "will run again.", stacklevel=2)
         return info, state
     if bad:
         raise ckptstore.IntegrityError(f"no checkpoint in {store.uri} can be read back: " + "; ".join(bad))

@@ -21,6 +21,7 @@ resolve by the recorded path, then by file name; an existing local file is loade
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from datetime import datetime, timezone
@@ -117,6 +118,8 @@ class CkptstoreCheckpointIO(CheckpointIO):
         self._warned_fresh = False
         #: RNG states recorded with the checkpoint last loaded (CkptstoreModelCheckpoint applies them)
         self.pending_rng: Any = None
+        #: the run's total optimizer steps when known (set by CkptstoreModelCheckpoint), for progress
+        self.total_steps: int | None = None
         #: the record of the last checkpoint this plugin committed
         self.last_saved: ckptstore.CheckpointInfo | None = None
 
@@ -157,7 +160,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
     def last_path(self) -> str | None:
         """A path for ``fit(ckpt_path=...)`` naming the newest checkpoint that reads back whole
         (it is read and verified now, and kept for the load that follows), or None."""
-        found = find_resumable(self.store, map_location="cpu")
+        found = find_resumable(self.store, map_location="cpu", allow_pickle=self.allow_pickle)
         if found is None:
             return None
         info, state = found
@@ -181,6 +184,9 @@ class CkptstoreCheckpointIO(CheckpointIO):
         epoch = checkpoint.get("epoch")
         meta = {"framework": "lightning", "path": p, "name": os.path.basename(p), "plain_fixes": fixes,
                 "lightning": checkpoint.get("pytorch-lightning_version")}
+        if self.total_steps and isinstance(step, int):
+            meta["total_steps"] = self.total_steps
+            meta["progress"] = round(min(1.0, step / self.total_steps), 6)
         info = self.store.save(plain, step=int(step) if isinstance(step, int) else None,
                                epoch=int(epoch) if isinstance(epoch, int) else None, metrics=_metrics(checkpoint),
                                meta=meta, allow_pickle=self.allow_pickle)
@@ -245,6 +251,11 @@ class CkptstoreModelCheckpoint(ModelCheckpoint):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         _store_io(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        total = trainer.estimated_stepping_batches
+        known = isinstance(total, (int, float)) and math.isfinite(total)
+        _store_io(trainer).total_steps = int(total) if known else None
 
     def _find_last_checkpoints(self, trainer: Any) -> set[str]:
         path = _store_io(trainer).last_path()

@@ -241,8 +241,12 @@ class CkptstoreCallback(TrainerCallback):
         for reason in skipped:
             warnings.warn(reason, stacklevel=3)
         prog = progress_of(tree, os.path.basename(folder))
-        meta = {"framework": "transformers", "folder": os.path.basename(folder), "epoch_float": prog["epoch_float"],
-                "max_steps": getattr(state, "max_steps", None), "skipped": skipped}
+        meta: dict[str, Any] = {"framework": "transformers", "folder": os.path.basename(folder),
+                                "epoch_float": prog["epoch_float"], "skipped": skipped}
+        total = getattr(state, "max_steps", None)
+        if isinstance(total, int) and total > 0:
+            meta["total_steps"] = total
+            meta["progress"] = round(min(1.0, state.global_step / total), 6)
         config = json.loads(args.to_json_string())
         info = self.store.save(tree, step=int(state.global_step), epoch=prog["epoch"], metrics=prog["metrics"],
                                config=config, meta=meta, allow_pickle=False)
