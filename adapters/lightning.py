@@ -241,7 +241,8 @@ class CkptstoreModelCheckpoint(ModelCheckpoint):
     Lightning does not checkpoint random-number generators; the store records them with every
     checkpoint, and with ``restore_rng=True`` (the default) ``fit`` restores them as it resumes, so
     shuffling and dropout continue as if the run had never stopped (exactly so for checkpoints
-    written at the end of an epoch; Lightning itself cannot resume mid-epoch reproducibly).
+    written at the end of an epoch; Lightning itself cannot resume mid-epoch reproducibly). With
+    several processes (DDP) they are not restored: the store records rank 0's states only.
     """
 
     def __init__(self, *args: Any, restore_rng: bool = True, **kwargs: Any) -> None:
@@ -266,5 +267,9 @@ class CkptstoreModelCheckpoint(ModelCheckpoint):
         # iterator (Lightning's sanity check runs with its own isolated RNG).
         io = _store_io(trainer)
         rng, io.pending_rng = io.pending_rng, None
-        if self.restore_rng and rng is not None and getattr(trainer.state.fn, "value", trainer.state.fn) == "fit":
-            ckptstore.restore_rng(rng)
+        fitting = getattr(trainer.state.fn, "value", trainer.state.fn) == "fit"
+        if self.restore_rng and rng is not None and fitting:
+            if trainer.world_size == 1:
+                ckptstore.restore_rng(rng)
+            else:  # the states were captured on rank 0 only; giving them to every rank would be wrong
+                log.info("ckptstore: RNG states not restored (%d processes)", trainer.world_size)

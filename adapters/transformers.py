@@ -11,7 +11,8 @@ the store (weights and optimizer state as tensors, ``trainer_state.json`` and co
 checkpoint's config) and then deleted, so the local disk holds at most one checkpoint.
 ``resume()`` writes the newest checkpoint that reads back whole into a fresh local folder and
 returns its path for ``resume_from_checkpoint``; a checkpoint the Trainer was writing when the
-process died is never used. The store's retention replaces ``save_total_limit``.
+process died is never used (``resume_from_store(uri, dest)`` does the same without a Trainer).
+The store's retention replaces ``save_total_limit``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class CkptstoreCallback(TrainerCallback):
                  keep_best: Any = None, keep_tags: tuple[str, ...] | None = None, retention: Any = None,
                  allow_pickle: bool = False, compression: str | bool | None = None,
                  storage_options: Mapping[str, Any] | None = None) -> None:
+        if isinstance(uri, ckptstore.Store) and (retention is not None or keep_last is not None or keep_best
+                                                 or keep_tags):
+            raise ValueError("give the retention policy to the Store you pass (Store(uri, retention=...)), not to "
+                             "CkptstoreCallback")
         self._uri = uri
         self._keep = {"keep_last": keep_last, "keep_best": keep_best, "keep_tags": keep_tags}
         self._retention = retention
@@ -218,7 +223,8 @@ class CkptstoreCallback(TrainerCallback):
                 shutil.rmtree(path, ignore_errors=True)  # committed; the process died before deleting it
             else:
                 warnings.warn(f"{path} was never committed to {self.store.uri} (a run was probably stopped while "
-                              "writing it) and is not used; delete it when you no longer need it", stacklevel=2)
+                              "writing it) and is not used. Delete it, or if it is complete and you want it, "
+                              f"`ckptstore import {path} {self.store.uri}`", stacklevel=2)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -256,34 +262,47 @@ class CkptstoreCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._drop_resume_dir()
-        if not (args.load_best_model_at_end and state.best_global_step and model is not None):
+        if not args.load_best_model_at_end or model is None or not state.is_world_process_zero:
             return
-        try:
-            info = self.store.info(int(state.best_global_step))
-        except ckptstore.CheckpointNotFoundError:
-            warnings.warn(f"the best checkpoint (step {state.best_global_step}) is not in {self.store.uri}; "
-                          "keeping the final weights", stacklevel=2)
+        best = self._best_checkpoint(args, state)
+        if best is None:
+            warnings.warn(f"no best checkpoint by {args.metric_for_best_model} in {self.store.uri}; keeping the "
+                          "final weights", stacklevel=2)
             return
-        tree = self.store.load(id=info.id, map_location="cpu")
-        _load_weights(model, tree)
-        log.info("ckptstore: loaded the best model (step %d, %s=%s) from the store", info.step,
-                 args.metric_for_best_model, state.best_metric)
+        _load_weights(model, self.store.load(id=best.id, map_location="cpu"))
+        log.info("ckptstore: loaded the best model (step %d) from the store", best.step)
+
+    def _best_checkpoint(self, args: Any, state: Any) -> ckptstore.CheckpointInfo | None:
+        step = getattr(state, "best_global_step", None)  # transformers >= 4.5x records it
+        if step:
+            try:
+                return self.store.info(int(step))
+            except ckptstore.CheckpointNotFoundError:
+                return None
+        if not args.metric_for_best_model:
+            return None
+        name = _metric_name(args.metric_for_best_model)
+        scored = [i for i in self.store.list() if name in i.metrics]
+        pick = max if args.greater_is_better else min
+        return pick(scored, key=lambda i: i.metrics[name]) if scored else None
 
 
 def _load_weights(model: Any, tree: Mapping[str, Any]) -> None:
-    """Load a stored checkpoint's model (or adapter) weights into ``model``."""
-    files = tree["files"]
+    """Load a stored checkpoint's model (or PEFT adapter) weights into ``model``."""
     adapter: dict[str, torch.Tensor] = {}
     full: dict[str, torch.Tensor] = {}
-    for rel, e in files.items():
+    for rel, e in tree["files"].items():
         name = rel.rsplit("/", 1)[-1]
-        tensors = e.get("tensors") if e.get("kind") == "safetensors" else (
-            e.get("value") if e.get("kind") == "torch" and name.endswith(".bin") and name.startswith(
-                ("pytorch_model", "adapter_model")) else None)
-        if not isinstance(tensors, dict):
+        if e.get("kind") == "safetensors":
+            tensors = e.get("tensors")
+        elif e.get("kind") == "torch" and name.endswith(".bin"):
+            tensors = e.get("value")
+        else:
             continue
-        (adapter if name.startswith("adapter_model") else full if name.startswith(("model", "pytorch_model"))
-         else {}).update(tensors)
+        if name.startswith("adapter_model") and isinstance(tensors, dict):
+            adapter.update(tensors)
+        elif name.startswith(("model", "pytorch_model")) and isinstance(tensors, dict):
+            full.update(tensors)
     if adapter:
         from peft import set_peft_model_state_dict  # type: ignore[import-not-found]
 
