@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -74,6 +75,7 @@ def _run(job: dict) -> dict:
         def on_save(self, args, state, control, **kw):
             if job.get("announce"):
                 print(f"COMMITTED {ckpt.last_saved.step}", flush=True)
+                time.sleep(job.get("pause", 0))  # lets the test's SIGKILL land mid-run even on a loaded machine
 
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                       callbacks=[ckpt, Announce()])

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 
 def module_class():
@@ -67,6 +68,7 @@ def run(job: dict) -> dict:
             super().save_checkpoint(checkpoint, path, storage_options)
             if job.get("announce"):
                 print(f"COMMITTED {checkpoint['global_step']} {os.path.basename(path)}", flush=True)
+                time.sleep(job.get("pause", 0))  # lets the test's SIGKILL land mid-run on a loaded machine
 
     L.seed_everything(0, verbose=False)
     model = module_class()(opts=argparse.Namespace(depth=2, name="tiny"))

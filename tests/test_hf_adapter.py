@@ -67,7 +67,8 @@ def test_every_checkpoint_lands_in_the_store_and_staging_is_removed(reference: d
 def test_sigkill_then_resume_from_store_equals_uninterrupted_run(reference: dict, tmp_path: Path) -> None:
     store, out = tmp_path / "store", tmp_path / "out"
     rc, stdout, _ = run_jobs("_hf_job.py", [{**BASE, "store": str(store), "output_dir": str(out),
-                                             "announce": True}], tmp_path, kill_after="COMMITTED 12")
+                                             "announce": True, "pause": 0.3}], tmp_path,
+                             kill_after="COMMITTED 12")
     assert rc == -9, stdout
     killed_at = ckptstore.info(store).step
     assert 12 <= killed_at < 20

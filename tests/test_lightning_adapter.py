@@ -76,7 +76,8 @@ def test_checkpoint_dict_round_trips_without_pickle(reference: dict) -> None:
 @pytest.mark.slow
 def test_sigkill_then_fit_last_resumes_exactly(reference: dict, tmp_path: Path) -> None:
     store, run = tmp_path / "store", tmp_path / "run"
-    rc, stdout, _ = run_jobs("_lightning_job.py", [{"store": str(store), "dir": str(run), "announce": True}],
+    rc, stdout, _ = run_jobs("_lightning_job.py", [{"store": str(store), "dir": str(run), "announce": True,
+                                                    "pause": 0.3}],
                              tmp_path, kill_after="COMMITTED 24 last.ckpt")
     assert rc == -9, stdout
     for name in ("damaged", "explicit", "norng"):
