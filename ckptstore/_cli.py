@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_ls)
     _add_maintenance(sub, common)
     _add_cp(sub)
+    from ._cli_interop import add_commands as add_interop_commands
+
+    add_interop_commands(sub, common)  # import, export
     return p
 
 

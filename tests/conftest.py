@@ -43,3 +43,14 @@ def train_tiny(steps: int = 3, seed: int = 0):
         opt.zero_grad()
         sched.step()
     return model, opt, sched
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Frameworks (Lightning's deterministic=True) flip process-wide torch switches; undo them."""
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    torch.set_num_threads(threads)
