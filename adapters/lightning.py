@@ -39,7 +39,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 import ckptstore
 
 from ._convert import from_plain, to_plain
-from ._select import find_resumable
+from ._resume import find_resumable
 
 __all__ = ["CkptstoreCheckpointIO", "CkptstoreModelCheckpoint"]
 

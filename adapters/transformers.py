@@ -35,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 import ckptstore
 
 from ._hf_folder import is_hf_state, progress_of, read_folder, replace_dir, write_folder
-from ._select import find_resumable
+from ._resume import find_resumable
 
 __all__ = ["CkptstoreCallback", "resume_from_store"]
 

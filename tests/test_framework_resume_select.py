@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore.adapters._select import find_resumable
+from ckptstore.adapters._resume import find_resumable
 
 from ._fw_util import damage_newest
 
