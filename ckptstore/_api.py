@@ -49,11 +49,13 @@ def load(
     verify: bool = True,
     progress: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    mmap: bool | None = None,
 ) -> Any:
-    """Load a checkpoint's state (the newest unless ``step`` or ``id`` is given)."""
+    """Load a checkpoint's state (the newest unless ``step`` or ``id`` is given). ``verify`` and
+    ``mmap``: see :meth:`Store.load`."""
     with Store(uri, storage_options=storage_options) as store:
         return store.load(step, id=id, map_location=map_location, restore_rng=restore_rng,
-                          allow_pickle=allow_pickle, verify=verify, progress=progress)
+                          allow_pickle=allow_pickle, verify=verify, progress=progress, mmap=mmap)
 
 
 def list_checkpoints(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None

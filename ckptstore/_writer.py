@@ -1,16 +1,23 @@
 """The save pipeline: blobs -> chunks and packs -> hashed, encoded, written objects.
 
-Large blobs are cut into ``chunk_size`` chunks, each its own object; small blobs are packed
-together into pack objects. Hashing, encoding and writing run on a thread pool (BLAKE3, zstd and
-file writes release the GIL); at most ``2 * workers`` chunks are in flight, so memory stays
-bounded. Unchanged data is recognised by its raw hash through the dedup index (built from earlier
-manifests) and is neither re-encoded nor rewritten.
+Large blobs are cut into chunks, each its own object; small blobs are packed together into pack
+objects (one open pack per byte-group width, so a pack of float32 tensors still compresses as
+float32). Each object is one task on a thread pool: hash, look up, encode, write (BLAKE3,
+zstd, numpy copies and file writes release the GIL, so tasks overlap and the disk is kept busy
+by several writers at once; each local object is fsync'd by the thread that wrote it).
+
+Memory stays bounded: CPU tensors are hashed and written straight from their own memory (no
+copy); work that needs buffers (compression, packs, copies off an accelerator through reusable
+pinned buffers) reserves their size from a byte budget of about 5% of the state before it is
+queued. Unchanged data is recognised by its raw hash through the dedup index (built from
+earlier manifests) and is neither re-encoded nor rewritten.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,15 +26,18 @@ import torch
 
 from . import _hashing
 from ._backend import Backend
-from ._codec import get_codec
+from ._codec import MIN_SAVING, get_codec, object_codec
 from ._layout import object_key
 from ._manifest import Blob, Manifest, ObjectInfo, Segment
+from ._staging import ByteBudget, Staging, copy_to_host, is_accelerator
 from ._tensors import PlannedBlob
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64
-# zstd output that saves less than this fraction is stored raw instead ("skip what does not compress")
-MIN_SAVING = 0.02
+#: compressed objects are at most this large (bounds the buffers one compression task needs)
+COMPRESSED_CHUNK = 8 << 20
+#: the pipeline's buffers stay below this fraction of the state's size (or one task's need)
+BUDGET_FRACTION = 0.05
 
 
 @dataclass
@@ -61,29 +71,31 @@ class WriteResult:
     new_objects: int
 
 
-def _chunk_bytes(source: Any, start: int, end: int) -> memoryview:
+def _host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> tuple[np.ndarray, Any]:
+    """Bytes ``[start, end)`` of a blob source as a uint8 numpy array on the host, and the
+    staging buffer to give back afterwards (None when the array is a view of the source)."""
     if isinstance(source, np.ndarray):
-        return memoryview(source[start:end])
+        return source[start:end], None
     piece = source[start:end]
-    if piece.device.type != "cpu":
-        piece = piece.to("cpu")
-    return memoryview(piece.numpy())
+    if not is_accelerator(piece):
+        return piece.numpy(), None
+    if staging is None or end - start > staging.size:
+        return piece.cpu().numpy(), None
+    buf = staging.acquire()
+    return copy_to_host(piece, buf).numpy(), buf
 
 
 class _Session:
     """One save's shared state between the producer and the worker threads."""
 
-    def __init__(self, backend: Backend, codec_name: str, index: DedupIndex,
-                 progress: Callable[[int], None] | None) -> None:
+    def __init__(self, backend: Backend, index: DedupIndex) -> None:
         self.backend = backend
-        self.codec = get_codec(codec_name)
         self.index = index
         self.objects: dict[str, ObjectInfo] = {}
         self.seen_raw: dict[str, tuple[str, ObjectInfo]] = {}
         self.new_bytes = 0
         self.new_objects = 0
         self.lock = threading.Lock()
-        self.progress = progress
 
     def lookup(self, raw_hash: str) -> tuple[str, ObjectInfo] | None:
         with self.lock:
@@ -93,27 +105,27 @@ class _Session:
                 hit = self.index.raw_objects.get(raw_hash)
         return hit
 
-    def put(self, raw: memoryview | bytes, raw_hash: str | None = None) -> tuple[str, str, ObjectInfo]:
+    def put(self, raw: np.ndarray, codec_name: str) -> tuple[str, str, ObjectInfo]:
         """Store ``raw`` as one object unless an identical one exists; (raw hash, key, info)."""
-        rh = raw_hash or _hashing.digest(raw)
+        rh = _hashing.digest(raw)
         hit = self.lookup(rh)
         if hit is not None:
             key, info = hit
             self._record(rh, key, info, 0)
             return rh, key, info
-        codec = self.codec
         stored: Any = raw
-        if codec.name != "none":
-            enc = codec.encode(raw)
-            if len(enc) <= len(raw) * (1 - MIN_SAVING):
+        if codec_name != "none":
+            enc = get_codec(codec_name).encode(raw)
+            if len(memoryview(enc).cast("B")) <= raw.nbytes * (1 - MIN_SAVING):
                 stored = enc
             else:
-                codec = get_codec("none")
-        key = rh if codec.name == "none" else _hashing.digest(stored)
-        info = ObjectInfo(codec=codec.name, size=len(stored), raw_size=len(raw),
+                codec_name = "none"
+        size = len(memoryview(stored).cast("B"))
+        key = rh if codec_name == "none" else _hashing.digest(stored)
+        info = ObjectInfo(codec=codec_name, size=size, raw_size=raw.nbytes,
                           raw_hash=None if key == rh else rh)
         written = self.backend.write(object_key(key), stored, if_absent=True)
-        self._record(rh, key, info, len(stored) if written else 0)
+        self._record(rh, key, info, size if written else 0)
         return rh, key, info
 
     def _record(self, rh: str, key: str, info: ObjectInfo, written: int) -> None:
@@ -123,6 +135,61 @@ class _Session:
             if written:
                 self.new_bytes += written
                 self.new_objects += 1
+
+
+class _Pipeline:
+    """Runs object tasks on a pool, each holding its byte reservation until it finishes."""
+
+    def __init__(self, workers: int, budget: ByteBudget) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-write")
+        self.budget = budget
+        self.slots = threading.BoundedSemaphore(2 * workers)
+        self.futures: list[Future[Any]] = []
+        self.error: BaseException | None = None
+
+    def submit(self, reserve: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self.error is not None:
+            raise self.error
+        self.slots.acquire()
+        got = self.budget.acquire(reserve)
+
+        def run() -> Any:
+            try:
+                return fn(*args)
+            except BaseException as e:
+                self.error = self.error or e
+                raise
+            finally:
+                self.budget.release(got)
+                self.slots.release()
+
+        f = self.pool.submit(run)
+        self.futures.append(f)
+        return f
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        self.pool.shutdown(wait=True)
+
+
+@dataclass
+class _OpenPack:
+    """A pack being filled: where each small blob goes. Its bytes are copied together only when
+    the pack is written, so an open pack holds views, not a buffer."""
+
+    id: int
+    fill: int = 0
+    pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+
+def _align_down(n: int, a: int) -> int:
+    return max(a, n - n % a)
 
 
 def write_blobs(
@@ -135,109 +202,138 @@ def write_blobs(
     pack_threshold: int,
     pack_size: int,
     workers: int,
+    groups: list[int] | None = None,
+    staging: Staging | None = None,
+    budget: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
-    s = _Session(backend, codec, index, progress)
+    """Write every planned blob's bytes as objects; the blob table and the objects it uses.
+
+    ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
+    byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2/4/8`` where that helps.
+    """
+    s = _Session(backend, index)
+    groups = groups or [1] * len(planned)
+    compressing = codec != "none"
+    if compressing:
+        chunk_size = min(chunk_size, COMPRESSED_CHUNK)
+    chunk_size = _align_down(chunk_size, 4096)
+    total = sum(p.nbytes for p in planned)
+    # what one compression task needs: the encoded copy (about the raw size) and one plane
+    per_chunk = chunk_size + chunk_size // 4 if compressing else 0
+    limit = budget if budget is not None else max(per_chunk, int(total * BUDGET_FRACTION))
+    if staging is None and any(is_accelerator(p.source) for p in planned):
+        staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
+    pipe = _Pipeline(workers, ByteBudget(limit))
+
     blobs: list[Blob | None] = [None] * len(planned)
-    large_chunks: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
-    small_pending: list[tuple[int, str, int, int, int]] = []  # blob, hash, pack no, offset, length
-    pack_futures: list[Future[tuple[str, str, ObjectInfo]]] = []
-    pack = bytearray()
+    large: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
+    small: list[tuple[int, str, int, int, int]] = []  # blob, hash, pack id, offset, length
+    pack_futures: dict[int, Future[tuple[str, str, ObjectInfo]]] = {}  # pack id -> its task
+    packs: dict[int, _OpenPack] = {}  # group width -> the pack being filled
     small_seen: dict[str, int] = {}
-    limiter = threading.BoundedSemaphore(max(2, 2 * workers))
+    pack_ids = itertools.count()
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-write")
-    futures: list[Future[Any]] = []
-
-    def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        limiter.acquire()
-
-        def run() -> Any:
-            try:
-                return fn(*args)
-            finally:
-                limiter.release()
-
-        f = pool.submit(run)
-        futures.append(f)
-        if any(x.done() and x.exception() for x in futures[-8:]):
-            raise _first_error(futures)
-        return f
-
-    def chunk_task(source: Any, start: int, end: int) -> tuple[str, str, ObjectInfo]:
-        r = s.put(_chunk_bytes(source, start, end))
+    def chunk_task(source: Any, start: int, end: int, name: str) -> tuple[str, str, ObjectInfo]:
+        raw, buf = _host_bytes(source, start, end, staging)
+        try:
+            r = s.put(raw, name)
+        finally:
+            if buf is not None:
+                staging.release(buf)  # type: ignore[union-attr]
         if progress:
             progress(end - start)
         return r
 
-    def flush_pack() -> None:
-        nonlocal pack
-        if pack:
-            data = bytes(pack)
-            pack = bytearray()
-            pack_futures.append(submit(s.put, data))
-        else:
-            pack_futures.append(None)  # type: ignore[arg-type]
+    def pack_task(p: _OpenPack, name: str) -> tuple[str, str, ObjectInfo]:
+        buf = np.zeros(p.fill, dtype=np.uint8)  # zeros: the alignment gaps are part of the hash
+        for off, piece in p.pieces:
+            buf[off : off + piece.nbytes] = piece
+        p.pieces.clear()
+        return s.put(buf, name)
+
+    def flush(group: int) -> None:
+        p = packs.pop(group)
+        # the pack is assembled in its task, from views of the tensors, into a reserved buffer
+        reserve = p.fill + (p.fill + p.fill // 4 if compressing else 0)
+        pack_futures[p.id] = pipe.submit(reserve, pack_task, p, object_codec(codec, group))
+
+    def add_small(bi: int, raw: np.ndarray, group: int) -> None:
+        n = raw.nbytes
+        h = _hashing.digest(raw)
+        with index.lock:
+            hit = index.blobs.get(h)
+        if hit is not None:
+            segs, infos = hit
+            with s.lock:
+                s.objects.update(infos)
+            blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
+            return
+        if h in small_seen:  # identical bytes already placed in a pack
+            first = small[small_seen[h]]
+            small.append((bi, h, first[2], first[3], n))
+            return
+        p = packs.get(group)
+        if p is not None and p.fill + (-p.fill) % PACK_ALIGN + n > pack_size:
+            flush(group)
+            p = None
+        if p is None:
+            p = packs[group] = _OpenPack(id=next(pack_ids))
+        off = p.fill + (-p.fill) % PACK_ALIGN
+        p.pieces.append((off, raw))
+        p.fill = off + n
+        small_seen[h] = len(small)
+        small.append((bi, h, p.id, off, n))
 
     try:
         for bi, pb in enumerate(planned):
             n = pb.nbytes
+            g = groups[bi]
             if n == 0:
                 blobs[bi] = Blob(hash=_hashing.digest(b""), nbytes=0, segments=[])
             elif n < pack_threshold:
-                raw = _chunk_bytes(pb.source, 0, n)
-                h = _hashing.digest(raw)
-                with index.lock:
-                    hit = index.blobs.get(h)
-                if hit is not None:
-                    segs, infos = hit
-                    with s.lock:
-                        s.objects.update(infos)
-                    blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
-                elif h in small_seen:
-                    small_pending.append((bi, h, *small_pending[small_seen[h]][2:]))
-                else:
-                    pad = (-len(pack)) % PACK_ALIGN
-                    pack.extend(b"\0" * pad)
-                    small_seen[h] = len(small_pending)
-                    small_pending.append((bi, h, len(pack_futures), len(pack), n))
-                    pack.extend(raw)
-                    if len(pack) >= pack_size:
-                        flush_pack()
+                raw, _ = _host_bytes(pb.source, 0, n, None)
+                add_small(bi, raw, g)
                 if progress:
                     progress(n)
             else:
-                large_chunks[bi] = [submit(chunk_task, pb.source, a, min(a + chunk_size, n))
-                                    for a in range(0, n, chunk_size)]
-        flush_pack()
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.exception() for f in done):
-            raise _first_error(futures)
+                name = object_codec(codec, g)
+                chunks = []
+                for a in range(0, n, chunk_size):
+                    b = min(a + chunk_size, n)
+                    chunks.append(pipe.submit(b - a + (b - a) // 4 if compressing else 0,
+                                              chunk_task, pb.source, a, b, name))
+                large[bi] = chunks
+        for g in list(packs):
+            flush(g)
+        pipe.finish()
     except BaseException:
-        for f in futures:
-            f.cancel()
-        pool.shutdown(wait=True)
+        pipe.abort()
         raise
-    pool.shutdown(wait=True)
 
-    for bi, fs in large_chunks.items():
+    for bi, fs in large.items():
         parts = [f.result() for f in fs]
         segs = [Segment(object=key, offset=0, length=info.raw_size) for _, key, info in parts]
         h = parts[0][0] if len(parts) == 1 else _hashing.digest_parts(BLOB_LABEL, [p[0] for p in parts])
         blobs[bi] = Blob(hash=h, nbytes=planned[bi].nbytes, segments=segs)
-    for bi, h, pno, off, length in small_pending:
-        _, key, _info = pack_futures[pno].result()
+    for bi, h, pid, off, length in small:
+        _, key, _info = pack_futures[pid].result()
         blobs[bi] = Blob(hash=h, nbytes=length, segments=[Segment(object=key, offset=off, length=length)])
     assert all(b is not None for b in blobs)
     return WriteResult(blobs=blobs, objects=s.objects, new_bytes=s.new_bytes,  # type: ignore[arg-type]
                        new_objects=s.new_objects)
 
 
-def _first_error(futures: list[Future[Any]]) -> BaseException:
-    for f in futures:
-        if f.done() and not f.cancelled() and f.exception() is not None:
-            return f.exception()  # type: ignore[return-value]
-    return RuntimeError("a write task failed")  # pragma: no cover
+def blob_groups(entries: list[Any], nblobs: int) -> list[int]:
+    """Each blob's byte-group width: that of its tensors' dtype when they agree, else 1."""
+    from ._codec import group_for_dtype
+
+    out: list[int | None] = [None] * nblobs
+    for e in entries:
+        g = group_for_dtype(e.kind, e.dtype)
+        cur = out[e.blob]
+        out[e.blob] = g if cur is None or cur == g else 1
+    return [g or 1 for g in out]
 
 
 def planned_device_sync(planned: list[PlannedBlob]) -> None:
