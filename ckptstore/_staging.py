@@ -104,6 +104,24 @@ def copy_to_host(src: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     return dst
 
 
+def copy_many_to_host(srcs: list[torch.Tensor], buf: torch.Tensor) -> list[torch.Tensor]:
+    """Copy several 1-D uint8 device tensors back to back into a host staging buffer, with one
+    wait at the end; the host views, in order."""
+    out, off = [], 0
+    cuda = [s.device for s in srcs if s.device.type == "cuda"]
+    for src in srcs:
+        n = src.numel()
+        dst = buf[off : off + n]
+        dst.copy_(src, non_blocking=src.device.type == "cuda" and dst.is_pinned())
+        out.append(dst)
+        off += n
+    for d in set(cuda):
+        torch.cuda.current_stream(d).synchronize()
+    if any(s.device.type == "mps" for s in srcs):
+        torch.mps.synchronize()
+    return out
+
+
 def copy_from_host(buf: torch.Tensor, dst: torch.Tensor) -> Any:
     """Start copying a host buffer into a device tensor; returns an event to wait on before the
     buffer is reused (None when the copy has already finished)."""

@@ -34,8 +34,8 @@ from ._writer import DedupIndex, blob_groups, planned_device_sync, write_blobs
 log = logging.getLogger("ckptstore")
 
 DEFAULT_CHUNK_SIZE = 32 << 20
-DEFAULT_PACK_THRESHOLD = 1 << 20
-DEFAULT_PACK_SIZE = 16 << 20
+DEFAULT_PACK_THRESHOLD = 8 << 20  # smaller tensors share pack objects (fewer files and fsyncs)
+DEFAULT_PACK_SIZE = 32 << 20
 
 
 def _default_workers() -> int:

@@ -1,16 +1,18 @@
 """The save pipeline: blobs -> chunks and packs -> hashed, encoded, written objects.
 
-Large blobs are cut into chunks, each its own object; small blobs are packed together into pack
-objects (one open pack per byte-group width, so a pack of float32 tensors still compresses as
-float32). Each object is one task on a thread pool: hash, look up, encode, write (BLAKE3,
-zstd, numpy copies and file writes release the GIL, so tasks overlap and the disk is kept busy
-by several writers at once; each local object is fsync'd by the thread that wrote it).
+Blobs of at least ``pack_threshold`` bytes are cut into chunks, each its own object; smaller
+blobs are grouped into packs of about ``pack_size`` bytes (one pack per byte-group width, so a
+pack of float32 tensors still compresses as float32). The producer only slices; every object is
+one task on a thread pool that hashes, looks up, encodes and writes (BLAKE3, zstd, numpy copies
+and file writes release the GIL, so tasks overlap on all cores). On a local disk the objects go
+through ``_objwrite.LocalSink``: gather writes, writeback started at once, one wait for all the
+fsyncs at the end.
 
 Memory stays bounded: CPU tensors are hashed and written straight from their own memory (no
-copy); work that needs buffers (compression, packs, copies off an accelerator through reusable
-pinned buffers) reserves their size from a byte budget of about 5% of the state before it is
-queued. Unchanged data is recognised by its raw hash through the dedup index (built from
-earlier manifests) and is neither re-encoded nor rewritten.
+copy, packs included); work that needs buffers (compression, copies off an accelerator through
+reusable pinned buffers, packs for a remote backend) reserves their size from a byte budget of
+about 5% of the state before it is queued. Unchanged data is recognised by its raw hash through
+the dedup index (built from earlier manifests) and is neither re-encoded nor rewritten.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from ._backend import Backend
 from ._codec import MIN_SAVING, get_codec, object_codec
 from ._layout import object_key
 from ._manifest import Blob, Manifest, ObjectInfo, Segment
-from ._staging import ByteBudget, Staging, copy_to_host, is_accelerator
+from ._objwrite import BackendSink, LocalSink, sink_for
+from ._staging import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator
 from ._tensors import PlannedBlob
 
 BLOB_LABEL = b"ckptstore.blob.v1"
@@ -88,11 +91,12 @@ def _host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> t
 class _Session:
     """One save's shared state between the producer and the worker threads."""
 
-    def __init__(self, backend: Backend, index: DedupIndex) -> None:
-        self.backend = backend
+    def __init__(self, sink: BackendSink | LocalSink, index: DedupIndex) -> None:
+        self.sink = sink
         self.index = index
         self.objects: dict[str, ObjectInfo] = {}
         self.seen_raw: dict[str, tuple[str, ObjectInfo]] = {}
+        self.small_seen: dict[str, tuple[int, int]] = {}  # small blob hash -> (pack id, offset)
         self.new_bytes = 0
         self.new_objects = 0
         self.lock = threading.Lock()
@@ -105,26 +109,28 @@ class _Session:
                 hit = self.index.raw_objects.get(raw_hash)
         return hit
 
-    def put(self, raw: np.ndarray, codec_name: str) -> tuple[str, str, ObjectInfo]:
-        """Store ``raw`` as one object unless an identical one exists; (raw hash, key, info)."""
-        rh = _hashing.digest(raw)
+    def put(self, parts: list[np.ndarray], codec_name: str, rh: str | None = None) -> tuple[str, str, ObjectInfo]:
+        """Store the concatenation of ``parts`` as one object unless an identical one exists;
+        returns (raw hash, key, info)."""
+        nbytes = sum(p.nbytes for p in parts)
+        rh = rh or _hashing.digest_many(parts)
         hit = self.lookup(rh)
         if hit is not None:
             key, info = hit
             self._record(rh, key, info, 0)
             return rh, key, info
-        stored: Any = raw
+        stored: list[Any] = parts
         if codec_name != "none":
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
             enc = get_codec(codec_name).encode(raw)
-            if len(memoryview(enc).cast("B")) <= raw.nbytes * (1 - MIN_SAVING):
-                stored = enc
+            if len(memoryview(enc).cast("B")) <= nbytes * (1 - MIN_SAVING):
+                stored = [enc]
             else:
                 codec_name = "none"
-        size = len(memoryview(stored).cast("B"))
-        key = rh if codec_name == "none" else _hashing.digest(stored)
-        info = ObjectInfo(codec=codec_name, size=size, raw_size=raw.nbytes,
-                          raw_hash=None if key == rh else rh)
-        written = self.backend.write(object_key(key), stored, if_absent=True)
+        size = sum(len(memoryview(p).cast("B")) for p in stored)
+        key = rh if codec_name == "none" else _hashing.digest(stored[0])
+        info = ObjectInfo(codec=codec_name, size=size, raw_size=nbytes, raw_hash=None if key == rh else rh)
+        written = self.sink.put(object_key(key), stored)
         self._record(rh, key, info, size if written else 0)
         return rh, key, info
 
@@ -179,13 +185,16 @@ class _Pipeline:
 
 
 @dataclass
-class _OpenPack:
-    """A pack being filled: where each small blob goes. Its bytes are copied together only when
-    the pack is written, so an open pack holds views, not a buffer."""
+class _Batch:
+    """Small blobs waiting to become one pack: views of their bytes, not copies."""
 
     id: int
-    fill: int = 0
-    pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    group: int
+    members: list[tuple[int, Any]] = field(default_factory=list)  # (blob index, bytes: numpy or device)
+    nbytes: int = 0
+
+
+_ZEROS = np.zeros(PACK_ALIGN, dtype=np.uint8)
 
 
 def _align_down(n: int, a: int) -> int:
@@ -207,17 +216,21 @@ def write_blobs(
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
-    """Write every planned blob's bytes as objects; the blob table and the objects it uses.
+    """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
     ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
     byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2/4/8`` where that helps.
+    When this returns, every object is durable under its name.
     """
-    s = _Session(backend, index)
+    sink = sink_for(backend, workers)
+    s = _Session(sink, index)
     groups = groups or [1] * len(planned)
     compressing = codec != "none"
     if compressing:
         chunk_size = min(chunk_size, COMPRESSED_CHUNK)
     chunk_size = _align_down(chunk_size, 4096)
+    pack_threshold = min(pack_threshold, chunk_size)
+    pack_size = min(pack_size, chunk_size)
     total = sum(p.nbytes for p in planned)
     # what one compression task needs: the encoded copy (about the raw size) and one plane
     per_chunk = chunk_size + chunk_size // 4 if compressing else 0
@@ -225,19 +238,20 @@ def write_blobs(
     if staging is None and any(is_accelerator(p.source) for p in planned):
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     pipe = _Pipeline(workers, ByteBudget(limit))
+    pack_copies = compressing or isinstance(sink, BackendSink)  # packs need one contiguous buffer
 
     blobs: list[Blob | None] = [None] * len(planned)
     large: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
     small: list[tuple[int, str, int, int, int]] = []  # blob, hash, pack id, offset, length
-    pack_futures: dict[int, Future[tuple[str, str, ObjectInfo]]] = {}  # pack id -> its task
-    packs: dict[int, _OpenPack] = {}  # group width -> the pack being filled
-    small_seen: dict[str, int] = {}
+    small_lock = threading.Lock()
+    pack_futures: dict[int, Future[Any]] = {}
+    batches: dict[int, _Batch] = {}  # group width -> the batch being filled
     pack_ids = itertools.count()
 
     def chunk_task(source: Any, start: int, end: int, name: str) -> tuple[str, str, ObjectInfo]:
         raw, buf = _host_bytes(source, start, end, staging)
         try:
-            r = s.put(raw, name)
+            r = s.put([raw], name)
         finally:
             if buf is not None:
                 staging.release(buf)  # type: ignore[union-attr]
@@ -245,45 +259,63 @@ def write_blobs(
             progress(end - start)
         return r
 
-    def pack_task(p: _OpenPack, name: str) -> tuple[str, str, ObjectInfo]:
-        buf = np.zeros(p.fill, dtype=np.uint8)  # zeros: the alignment gaps are part of the hash
-        for off, piece in p.pieces:
-            buf[off : off + piece.nbytes] = piece
-        p.pieces.clear()
-        return s.put(buf, name)
+    def pack_task(b: _Batch) -> tuple[str, str, ObjectInfo] | None:
+        on_device = [i for i, (_, src) in enumerate(b.members) if is_accelerator(src)]
+        buf = None
+        members: list[tuple[int, np.ndarray]] = [(bi, src) for bi, src in b.members]
+        if on_device:  # one batch of asynchronous copies into a pinned buffer, one wait
+            srcs = [b.members[i][1] for i in on_device]
+            if staging is not None and sum(t.numel() for t in srcs) <= staging.size:
+                buf = staging.acquire()
+                hosts = [h.numpy() for h in copy_many_to_host(srcs, buf)]
+            else:
+                hosts = [t.cpu().numpy() for t in srcs]
+            for i, h in zip(on_device, hosts):
+                members[i] = (b.members[i][0], h)
+        try:
+            return _pack(b, members)
+        finally:
+            if buf is not None:
+                staging.release(buf)  # type: ignore[union-attr]
+
+    def _pack(b: _Batch, members: list[tuple[int, np.ndarray]]) -> tuple[str, str, ObjectInfo] | None:
+        parts: list[np.ndarray] = []
+        fill = 0
+        placed: list[tuple[int, str, int, int, int]] = []
+        for bi, raw in members:
+            n = raw.nbytes
+            h = _hashing.digest(raw)
+            with index.lock:
+                hit = index.blobs.get(h)
+            if hit is not None:  # unchanged since an earlier checkpoint: reuse its segments
+                segs, infos = hit
+                with s.lock:
+                    s.objects.update(infos)
+                blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
+                continue
+            pad = (-fill) % PACK_ALIGN
+            with s.lock:
+                where = s.small_seen.get(h)
+                if where is None:
+                    s.small_seen[h] = (b.id, fill + pad)
+            if where is not None:  # the same bytes are already in a pack of this save
+                placed.append((bi, h, where[0], where[1], n))
+                continue
+            if pad:
+                parts.append(_ZEROS[:pad])
+            placed.append((bi, h, b.id, fill + pad, n))
+            parts.append(raw)
+            fill += pad + n
+        with small_lock:
+            small.extend(placed)
+        if progress:
+            progress(b.nbytes)
+        return s.put(parts, object_codec(codec, b.group)) if parts else None
 
     def flush(group: int) -> None:
-        p = packs.pop(group)
-        # the pack is assembled in its task, from views of the tensors, into a reserved buffer
-        reserve = p.fill + (p.fill + p.fill // 4 if compressing else 0)
-        pack_futures[p.id] = pipe.submit(reserve, pack_task, p, object_codec(codec, group))
-
-    def add_small(bi: int, raw: np.ndarray, group: int) -> None:
-        n = raw.nbytes
-        h = _hashing.digest(raw)
-        with index.lock:
-            hit = index.blobs.get(h)
-        if hit is not None:
-            segs, infos = hit
-            with s.lock:
-                s.objects.update(infos)
-            blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
-            return
-        if h in small_seen:  # identical bytes already placed in a pack
-            first = small[small_seen[h]]
-            small.append((bi, h, first[2], first[3], n))
-            return
-        p = packs.get(group)
-        if p is not None and p.fill + (-p.fill) % PACK_ALIGN + n > pack_size:
-            flush(group)
-            p = None
-        if p is None:
-            p = packs[group] = _OpenPack(id=next(pack_ids))
-        off = p.fill + (-p.fill) % PACK_ALIGN
-        p.pieces.append((off, raw))
-        p.fill = off + n
-        small_seen[h] = len(small)
-        small.append((bi, h, p.id, off, n))
+        b = batches.pop(group)
+        reserve = (b.nbytes if pack_copies else 0) + (b.nbytes + b.nbytes // 4 if compressing else 0)
+        pack_futures[b.id] = pipe.submit(reserve, pack_task, b)
 
     try:
         for bi, pb in enumerate(planned):
@@ -292,23 +324,30 @@ def write_blobs(
             if n == 0:
                 blobs[bi] = Blob(hash=_hashing.digest(b""), nbytes=0, segments=[])
             elif n < pack_threshold:
-                raw, _ = _host_bytes(pb.source, 0, n, None)
-                add_small(bi, raw, g)
-                if progress:
-                    progress(n)
+                b = batches.get(g)
+                if b is not None and b.nbytes + PACK_ALIGN + n > pack_size:
+                    flush(g)
+                    b = None
+                if b is None:
+                    b = batches[g] = _Batch(id=next(pack_ids), group=g)
+                src = pb.source if is_accelerator(pb.source) else _host_bytes(pb.source, 0, n, None)[0]
+                b.members.append((bi, src))
+                b.nbytes += n + PACK_ALIGN
             else:
                 name = object_codec(codec, g)
                 chunks = []
                 for a in range(0, n, chunk_size):
-                    b = min(a + chunk_size, n)
-                    chunks.append(pipe.submit(b - a + (b - a) // 4 if compressing else 0,
-                                              chunk_task, pb.source, a, b, name))
+                    e = min(a + chunk_size, n)
+                    reserve = e - a + (e - a) // 4 if compressing else 0
+                    chunks.append(pipe.submit(reserve, chunk_task, pb.source, a, e, name))
                 large[bi] = chunks
-        for g in list(packs):
+        for g in list(batches):
             flush(g)
         pipe.finish()
+        sink.finish()
     except BaseException:
         pipe.abort()
+        sink.abort()
         raise
 
     for bi, fs in large.items():
