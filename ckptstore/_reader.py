@@ -226,6 +226,24 @@ def _map_blob(backend: Backend, m: Manifest, bi: int, mapped_obj: dict[str, torc
     return region
 
 
+def _hosted_packs(m: Manifest, devices: list[torch.device], bufs: list[torch.Tensor | None]) -> dict[str, list[int]]:
+    """Objects (packs) whose every referencing blob is a CPU blob lying wholly inside it, that
+    are mostly in use: reading each whole into one buffer that its blobs are views of avoids a
+    copy per blob."""
+    refs: dict[str, set[int]] = {}
+    for bi, b in enumerate(m.blobs):
+        for seg in b.segments:
+            refs.setdefault(seg.object, set()).add(bi)
+    out = {}
+    for key, bis in refs.items():
+        if len(bis) < 2 or any(bufs[bi] is not None or devices[bi].type != "cpu"
+                               or len(m.blobs[bi].segments) != 1 for bi in bis):
+            continue
+        if 2 * sum(m.blobs[bi].nbytes for bi in bis) >= m.objects[key].raw_size:
+            out[key] = sorted(bis)
+    return out
+
+
 def _need(info: Any, uses: list[_Use], bufs: list[torch.Tensor | None], mapped: bool, local: bool) -> int:
     """Bytes of temporary buffers one object's task needs."""
     if mapped:
@@ -257,11 +275,20 @@ def read_blobs(
     bufs: list[torch.Tensor | None] = [None] * len(m.blobs)
     mapped_obj: dict[str, torch.Tensor] = {}  # object -> a mapping of all of its bytes
     by_object: dict[str, list[_Use]] = {}
-    for bi, b in enumerate(m.blobs):
+    for bi in range(len(m.blobs)):
         if can_map and devices[bi].type == "cpu":
             bufs[bi] = _map_blob(backend, m, bi, mapped_obj, where)
-            if bufs[bi] is not None:
-                continue
+    # a pack read for CPU blobs is read whole into one buffer, and its blobs are views of it
+    for key, members in _hosted_packs(m, devices, bufs).items():
+        host = torch.empty(m.objects[key].raw_size, dtype=torch.uint8)
+        by_object[key] = [(len(bufs), 0, host.numel(), 0)]
+        bufs.append(host)
+        for bi in members:
+            seg = m.blobs[bi].segments[0]
+            bufs[bi] = host[seg.offset : seg.offset + seg.length]
+    for bi, b in enumerate(m.blobs):
+        if bufs[bi] is not None:
+            continue
         try:
             bufs[bi] = torch.empty(b.nbytes, dtype=torch.uint8, device=devices[bi])
         except RuntimeError as e:
@@ -316,4 +343,4 @@ def read_blobs(
         if errors:
             raise errors[0]
     device_sync({d for d in devices if d.type != "cpu"})
-    return bufs  # type: ignore[return-value]
+    return bufs[: len(m.blobs)]  # type: ignore[return-value]
