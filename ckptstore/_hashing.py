@@ -22,18 +22,20 @@ def _nbytes(b: Buffer) -> int:
     return b.nbytes if isinstance(b, (np.ndarray, memoryview)) else len(b)
 
 
-def digest(data: Buffer) -> str:
-    """Hex BLAKE3 of ``data``."""
-    if _nbytes(data) >= _THREADED_MIN:
+def digest(data: Buffer, *, parallel: bool = True) -> str:
+    """Hex BLAKE3 of ``data``. ``parallel=False`` keeps it on the calling thread (the save and
+    load pipelines hash many objects at once on their own threads; nesting is slower)."""
+    if parallel and _nbytes(data) >= _THREADED_MIN:
         return _blake3.blake3(data, max_threads=_blake3.blake3.AUTO).hexdigest()
     return _blake3.blake3(data).hexdigest()
 
 
-def digest_many(parts: Sequence[Buffer]) -> str:
+def digest_many(parts: Sequence[Buffer], *, parallel: bool = True) -> str:
     """Hex BLAKE3 of the concatenation of ``parts``, without concatenating them."""
     if len(parts) == 1:
-        return digest(parts[0])
-    threads = _blake3.blake3.AUTO if sum(_nbytes(p) for p in parts) >= _THREADED_MIN else 1
+        return digest(parts[0], parallel=parallel)
+    big = parallel and sum(_nbytes(p) for p in parts) >= _THREADED_MIN
+    threads = _blake3.blake3.AUTO if big else 1
     h = _blake3.blake3(max_threads=threads)
     for p in parts:
         h.update(p)

@@ -140,19 +140,3 @@ def map_files(parts: list[tuple[str, int, str]]) -> torch.Tensor:
     return torch.frombuffer(region, dtype=torch.uint8)
 
 
-def advise_sequential(t: torch.Tensor) -> None:
-    """Hint that a mapped range will be read once, front to back (more readahead)."""
-    if not sys.platform.startswith("linux") or t.numel() == 0:
-        return
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = _libc()
-    addr = t.data_ptr()
-    start = addr - addr % PAGE
-    _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _LIBC.madvise(start, addr + t.numel() - start, mmap.MADV_SEQUENTIAL)
-    _LIBC.madvise(start, addr + t.numel() - start, mmap.MADV_WILLNEED)
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.numpy()

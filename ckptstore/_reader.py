@@ -34,6 +34,12 @@ from ._manifest import Manifest
 from ._staging import ByteBudget, Staging, copy_from_host, device_sync
 
 BUDGET_FRACTION = 0.05
+
+
+def _on_host(t: torch.Tensor | torch.device) -> bool:
+    """Whether a buffer (or device) is ordinary host memory; anything else is filled through
+    staging buffers."""
+    return (t.type if isinstance(t, torch.device) else t.device.type) == "cpu"
 _Use = tuple[int, int, int, int]  # blob, offset in the decoded object, length, offset in the blob
 
 
@@ -104,7 +110,7 @@ class _Loader:
         self.local = backend.local_path(object_key(next(iter(m.objects)))) is not None if m.objects else False
 
     def check(self, key: str, data: np.ndarray) -> None:
-        if self.verify and _hashing.digest(data) != key:
+        if self.verify and _hashing.digest(data, parallel=False) != key:
             raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged")
 
     def read(self, key: str, size: int, into: np.ndarray | None = None) -> np.ndarray:
@@ -149,7 +155,7 @@ class _Loader:
             buf = self.bufs[bi]
             assert buf is not None
             piece = src[off : off + length]
-            if buf.device.type == "cpu":
+            if _on_host(buf):
                 buf.numpy()[dest : dest + length] = piece
             else:
                 self.to_device(piece, buf[dest : dest + length])
@@ -173,7 +179,7 @@ class _Loader:
             return
         whole = len(uses) == 1 and uses[0][1] == 0 and uses[0][2] == info.raw_size
         dest = self.bufs[uses[0][0]] if whole else None
-        if dest is not None and dest.device.type == "cpu":
+        if dest is not None and _on_host(dest):
             out = dest.numpy()[uses[0][3] : uses[0][3] + info.raw_size]
             if info.codec == "none" and self.local:
                 self.check(key, self.read(key, info.size, into=out))  # straight into the tensor
@@ -236,7 +242,7 @@ def _hosted_packs(m: Manifest, devices: list[torch.device], bufs: list[torch.Ten
             refs.setdefault(seg.object, set()).add(bi)
     out = {}
     for key, bis in refs.items():
-        if len(bis) < 2 or any(bufs[bi] is not None or devices[bi].type != "cpu"
+        if len(bis) < 2 or any(bufs[bi] is not None or not _on_host(devices[bi])
                                or len(m.blobs[bi].segments) != 1 for bi in bis):
             continue
         if 2 * sum(m.blobs[bi].nbytes for bi in bis) >= m.objects[key].raw_size:
@@ -250,7 +256,7 @@ def _need(info: Any, uses: list[_Use], bufs: list[torch.Tensor | None], mapped: 
         return 0
     whole = len(uses) == 1 and uses[0][1] == 0 and uses[0][2] == info.raw_size
     dest = bufs[uses[0][0]]
-    if whole and dest is not None and dest.device.type == "cpu":
+    if whole and dest is not None and _on_host(dest):
         return 0 if info.codec == "none" and local else info.size
     return info.size + (info.raw_size if info.codec != "none" else 0)
 
@@ -276,7 +282,7 @@ def read_blobs(
     mapped_obj: dict[str, torch.Tensor] = {}  # object -> a mapping of all of its bytes
     by_object: dict[str, list[_Use]] = {}
     for bi in range(len(m.blobs)):
-        if can_map and devices[bi].type == "cpu":
+        if can_map and _on_host(devices[bi]):
             bufs[bi] = _map_blob(backend, m, bi, mapped_obj, where)
     # a pack read for CPU blobs is read whole into one buffer, and its blobs are views of it
     for key, members in _hosted_packs(m, devices, bufs).items():
@@ -299,7 +305,7 @@ def read_blobs(
             dest += seg.length
     for key in mapped_obj:
         by_object.setdefault(key, [])
-    if staging is None and any(d.type != "cpu" for d in devices):
+    if staging is None and not all(_on_host(d) for d in devices):
         staging = Staging(max((i.raw_size for i in m.objects.values()), default=1), count=min(workers, 4))
     loader = _Loader(backend, m, where, verify, bufs, staging)
     total = sum(b.nbytes for b in m.blobs)
@@ -309,8 +315,6 @@ def read_blobs(
     def task(key: str, reserved: int) -> None:
         try:
             mapped = mapped_obj.get(key)
-            if mapped is not None and (verify or by_object[key]):
-                _mmap.advise_sequential(mapped)
             if mapped is None or verify or by_object[key]:
                 loader.fetch(key, by_object[key], mapped)
             if progress:
@@ -342,5 +346,5 @@ def read_blobs(
             pool.shutdown(wait=True, cancel_futures=bool(errors) or sys.exc_info()[0] is not None)
         if errors:
             raise errors[0]
-    device_sync({d for d in devices if d.type != "cpu"})
+    device_sync({d for d in devices if not _on_host(d)})
     return bufs[: len(m.blobs)]  # type: ignore[return-value]

@@ -113,7 +113,7 @@ class _Session:
         """Store the concatenation of ``parts`` as one object unless an identical one exists;
         returns (raw hash, key, info)."""
         nbytes = sum(p.nbytes for p in parts)
-        rh = rh or _hashing.digest_many(parts)
+        rh = rh or _hashing.digest_many(parts, parallel=False)
         hit = self.lookup(rh)
         if hit is not None:
             key, info = hit
@@ -128,7 +128,7 @@ class _Session:
             else:
                 codec_name = "none"
         size = sum(len(memoryview(p).cast("B")) for p in stored)
-        key = rh if codec_name == "none" else _hashing.digest(stored[0])
+        key = rh if codec_name == "none" else _hashing.digest(stored[0], parallel=False)
         info = ObjectInfo(codec=codec_name, size=size, raw_size=nbytes, raw_hash=None if key == rh else rh)
         written = self.sink.put(object_key(key), stored)
         self._record(rh, key, info, size if written else 0)
@@ -201,6 +201,16 @@ def _align_down(n: int, a: int) -> int:
     return max(a, n - n % a)
 
 
+def effective_chunking(codec: str, chunk_size: int, pack_threshold: int, pack_size: int) -> tuple[int, int, int]:
+    """(chunk size, pack threshold, pack size) a save really uses: compressed objects are at most
+    ``COMPRESSED_CHUNK``, chunks are whole pages, packs never exceed a chunk. (For estimators of
+    what a save will write.)"""
+    if codec != "none":
+        chunk_size = min(chunk_size, COMPRESSED_CHUNK)
+    chunk_size = _align_down(chunk_size, 4096)
+    return chunk_size, min(pack_threshold, chunk_size), min(pack_size, chunk_size)
+
+
 def write_blobs(
     backend: Backend,
     planned: list[PlannedBlob],
@@ -226,11 +236,7 @@ def write_blobs(
     s = _Session(sink, index)
     groups = groups or [1] * len(planned)
     compressing = codec != "none"
-    if compressing:
-        chunk_size = min(chunk_size, COMPRESSED_CHUNK)
-    chunk_size = _align_down(chunk_size, 4096)
-    pack_threshold = min(pack_threshold, chunk_size)
-    pack_size = min(pack_size, chunk_size)
+    chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
     total = sum(p.nbytes for p in planned)
     # what one compression task needs: the encoded copy (about the raw size) and one plane
     per_chunk = chunk_size + chunk_size // 4 if compressing else 0
@@ -284,7 +290,7 @@ def write_blobs(
         placed: list[tuple[int, str, int, int, int]] = []
         for bi, raw in members:
             n = raw.nbytes
-            h = _hashing.digest(raw)
+            h = _hashing.digest(raw, parallel=False)
             with index.lock:
                 hit = index.blobs.get(h)
             if hit is not None:  # unchanged since an earlier checkpoint: reuse its segments
