@@ -24,6 +24,7 @@ import numpy as np
 import zstandard as _zstd
 
 from ._errors import IntegrityError
+from ._staging import scratch
 
 Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
@@ -153,7 +154,7 @@ class _ByteGrouped:
         n = src.nbytes // g
         tail = src.nbytes - n * g
         hsize = self._header.size
-        out = np.empty(hsize + src.nbytes, dtype=np.uint8)
+        out = scratch(hsize + src.nbytes)
         cols = src[: n * g].reshape(n, g)
         methods, lengths = [], []
         pos = hsize
@@ -213,7 +214,7 @@ class _ByteGrouped:
         out[n * g :] = src[src.nbytes - (raw_size - n * g) :]
 
     def decode(self, stored: Buffer, raw_size: int) -> Buffer:
-        out = np.empty(raw_size, dtype=np.uint8)
+        out = scratch(raw_size)
         self.decode_into(stored, out)
         return out
 

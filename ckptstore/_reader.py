@@ -31,7 +31,7 @@ from ._codec import get_codec
 from ._errors import IntegrityError, ObjectMissingError
 from ._layout import object_key
 from ._manifest import Manifest
-from ._staging import ByteBudget, Staging, copy_from_host, device_sync
+from ._staging import ByteBudget, Staging, copy_from_host, device_sync, scratch
 
 BUDGET_FRACTION = 0.05
 
@@ -128,7 +128,7 @@ class _Loader:
                 into[:] = arr
                 return into
             return arr
-        out = into if into is not None else np.empty(size, dtype=np.uint8)
+        out = into if into is not None else scratch(size)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -193,7 +193,7 @@ class _Loader:
         if info.codec == "none":
             src = stored
         else:
-            src = np.empty(info.raw_size, dtype=np.uint8)
+            src = scratch(info.raw_size)
             codec.decode_into(stored, src)
         self.place(src, uses)
 

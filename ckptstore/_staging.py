@@ -9,10 +9,23 @@ that fed an asynchronous host-to-device copy is reused only after that copy has 
 
 from __future__ import annotations
 
+import mmap
 import threading
 from typing import Any
 
+import numpy as np
 import torch
+
+_SCRATCH_MMAP_MIN = 1 << 20
+
+
+def scratch(n: int) -> np.ndarray:
+    """An uninitialised 1-D uint8 buffer for temporary use. Large ones are anonymous mappings,
+    returned to the OS as soon as they are dropped: buffers allocated with malloc on worker
+    threads would stay in per-thread heaps and raise the process's resident memory for good."""
+    if n < _SCRATCH_MMAP_MIN:
+        return np.empty(n, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, n), dtype=np.uint8)
 
 
 class ByteBudget:

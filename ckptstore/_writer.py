@@ -32,7 +32,7 @@ from ._codec import MIN_SAVING, get_codec, object_codec
 from ._layout import object_key
 from ._manifest import Blob, Manifest, ObjectInfo, Segment
 from ._objwrite import BackendSink, LocalSink, sink_for
-from ._staging import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator
+from ._staging import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ._tensors import PlannedBlob
 
 BLOB_LABEL = b"ckptstore.blob.v1"
@@ -121,7 +121,7 @@ class _Session:
             return rh, key, info
         stored: list[Any] = parts
         if codec_name != "none":
-            raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts, out=scratch(nbytes))
             enc = get_codec(codec_name).encode(raw)
             if len(memoryview(enc).cast("B")) <= nbytes * (1 - MIN_SAVING):
                 stored = [enc]
