@@ -203,6 +203,9 @@ def _map_blob(backend: Backend, m: Manifest, bi: int, mapped_obj: dict[str, torc
     """Blob ``bi`` as a mapping of its object files, or None when its layout does not allow it
     (compressed, or chunks that are not whole pages) or mapping fails."""
     segs = m.blobs[bi].segments
+    if len(segs) == 1 and segs[0].object in mapped_obj:  # another blob of the same pack
+        s = segs[0]
+        return mapped_obj[s.object][s.offset : s.offset + s.length]
     if not segs or any(m.objects[s.object].codec != "none" for s in segs):
         return None
     paths = [backend.local_path(object_key(s.object)) for s in segs]
@@ -303,8 +306,9 @@ def read_blobs(
         for seg in b.segments:
             by_object.setdefault(seg.object, []).append((bi, seg.offset, seg.length, dest))
             dest += seg.length
-    for key in mapped_obj:
-        by_object.setdefault(key, [])
+    if verify:  # mapped objects are hashed once each (and feed any blob that is not mapped)
+        for key in mapped_obj:
+            by_object.setdefault(key, [])
     if staging is None and not all(_on_host(d) for d in devices):
         staging = Staging(max((i.raw_size for i in m.objects.values()), default=1), count=min(workers, 4))
     loader = _Loader(backend, m, where, verify, bufs, staging)
@@ -346,5 +350,7 @@ def read_blobs(
             pool.shutdown(wait=True, cancel_futures=bool(errors) or sys.exc_info()[0] is not None)
         if errors:
             raise errors[0]
+    if progress:
+        progress(sum(m.objects[k].raw_size for k in mapped_obj if k not in by_object))
     device_sync({d for d in devices if not _on_host(d)})
     return bufs[: len(m.blobs)]  # type: ignore[return-value]
