@@ -18,6 +18,7 @@ the dedup index (built from earlier manifests) and is neither re-encoded nor rew
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,7 +244,10 @@ def write_blobs(
     limit = budget if budget is not None else max(per_chunk, int(total * BUDGET_FRACTION))
     if staging is None and any(is_accelerator(p.source) for p in planned):
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
-    pipe = _Pipeline(workers, ByteBudget(limit))
+    # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
+    # copies, compression), so one thread per core; remote writes wait on the network
+    threads = workers if isinstance(sink, BackendSink) else max(2, min(workers, os.cpu_count() or 2))
+    pipe = _Pipeline(threads, ByteBudget(limit))
     pack_copies = compressing or isinstance(sink, BackendSink)  # packs need one contiguous buffer
 
     blobs: list[Blob | None] = [None] * len(planned)
