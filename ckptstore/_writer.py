@@ -39,7 +39,7 @@ from ._tensors import PlannedBlob
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64
 #: compressed objects are at most this large (bounds the buffers one compression task needs)
-COMPRESSED_CHUNK = 8 << 20
+COMPRESSED_CHUNK = 4 << 20
 #: the pipeline's buffers stay below this fraction of the state's size (or one task's need)
 BUDGET_FRACTION = 0.05
 
@@ -239,9 +239,10 @@ def write_blobs(
     compressing = codec != "none"
     chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
     total = sum(p.nbytes for p in planned)
-    # what one compression task needs: the encoded copy (about the raw size) and one plane
+    # what one compression task needs: the encoded copy (about the raw size) and one plane;
+    # at least two such tasks may run at once
     per_chunk = chunk_size + chunk_size // 4 if compressing else 0
-    limit = budget if budget is not None else max(per_chunk, int(total * BUDGET_FRACTION))
+    limit = budget if budget is not None else max(2 * per_chunk, int(total * BUDGET_FRACTION))
     if staging is None and any(is_accelerator(p.source) for p in planned):
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
@@ -324,7 +325,8 @@ def write_blobs(
 
     def flush(group: int) -> None:
         b = batches.pop(group)
-        reserve = (b.nbytes if pack_copies else 0) + (b.nbytes + b.nbytes // 4 if compressing else 0)
+        copy = b.nbytes if pack_copies and len(b.members) > 1 else 0  # joined into one buffer
+        reserve = copy + (b.nbytes + b.nbytes // 4 if compressing else 0)
         pack_futures[b.id] = pipe.submit(reserve, pack_task, b)
 
     try:

@@ -346,5 +346,5 @@ def test_mmap_default_only_on_local_filesystems(tmp_path: Path) -> None:
 
 def test_effective_chunking() -> None:
     assert _writer.effective_chunking("none", 32 << 20, 8 << 20, 32 << 20) == (32 << 20, 8 << 20, 32 << 20)
-    assert _writer.effective_chunking("zstd", 32 << 20, 8 << 20, 32 << 20) == (8 << 20, 8 << 20, 8 << 20)
+    assert _writer.effective_chunking("zstd", 32 << 20, 8 << 20, 32 << 20) == (4 << 20, 4 << 20, 4 << 20)
     assert _writer.effective_chunking("none", 100_000, 1 << 20, 16 << 20) == (98304, 98304, 98304)
