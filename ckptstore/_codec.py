@@ -166,7 +166,7 @@ class _ByteGrouped:
         n = src.nbytes // g
         tail = src.nbytes - n * g
         hsize = self._header.size
-        out = scratch(hsize + src.nbytes)
+        out = scratch(hsize + src.nbytes, "encode")
         cols = src[: n * g].reshape(n, g)
         methods, lengths = [], []
         pos = hsize

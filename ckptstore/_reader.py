@@ -128,7 +128,7 @@ class _Loader:
                 into[:] = arr
                 return into
             return arr
-        out = into if into is not None else scratch(size)
+        out = into if into is not None else scratch(size, "read")
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -193,7 +193,7 @@ class _Loader:
         if info.codec == "none":
             src = stored
         else:
-            src = scratch(info.raw_size)
+            src = scratch(info.raw_size, "decode")
             codec.decode_into(stored, src)
         self.place(src, uses)
 

@@ -122,7 +122,7 @@ class _Session:
             return rh, key, info
         stored: list[Any] = parts
         if codec_name != "none":
-            raw = parts[0] if len(parts) == 1 else np.concatenate(parts, out=scratch(nbytes))
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts, out=scratch(nbytes, "pack"))
             enc = get_codec(codec_name).encode(raw)
             if len(memoryview(enc).cast("B")) <= nbytes * (1 - MIN_SAVING):
                 stored = [enc]
