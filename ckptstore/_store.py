@@ -25,7 +25,7 @@ from ._mmap import mmap_default
 from ._manifest import (Manifest, Stats, StoreConfig, TensorEntry, dump, parse_manifest,
                         parse_store_config)
 from ._progress import byte_bar
-from ._reader import blob_devices, check_manifest, read_blobs
+from ._reader import blob_devices, check_manifest, read_blobs, verify_objects
 from ._rng import capture_rng_state, restore_rng_state
 from ._tensors import entry_to_tensor, plan_tensors
 from ._tree import Decoder, Encoder, contains_pickle
@@ -406,7 +406,7 @@ class Store:
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
         check_manifest(m, where)
         if read_data:
-            read_blobs(self._backend, m, where=where, workers=self.workers, verify=True)
+            verify_objects(self._backend, m, where=where, workers=self.workers)
         else:
             from ._layout import object_key
             from ._errors import ObjectMissingError
