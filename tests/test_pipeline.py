@@ -348,3 +348,18 @@ def test_effective_chunking() -> None:
     assert _writer.effective_chunking("none", 32 << 20, 8 << 20, 32 << 20) == (32 << 20, 8 << 20, 32 << 20)
     assert _writer.effective_chunking("zstd", 32 << 20, 8 << 20, 32 << 20) == (4 << 20, 4 << 20, 4 << 20)
     assert _writer.effective_chunking("none", 100_000, 1 << 20, 16 << 20) == (98304, 98304, 98304)
+
+
+def test_views_of_one_storage_with_different_dtypes(tmp_path: Path) -> None:
+    """One blob, tensors that disagree on the element width: plain zstd, bytes intact."""
+    x = torch.randn(600_000) * 0.02
+    state = {"f": x, "bytes": x.view(torch.uint8)[1:4_000_001], "h": x.view(torch.float16)[2:]}
+    store = Store(tmp_path, compression="zstd")
+    store.save(state)
+    m = store.manifest()
+    assert len(m.blobs) == 1
+    assert {m.objects[s.object].codec for s in m.blobs[0].segments} <= {"zstd", "none"}
+    out = store.load()
+    assert torch.equal(out["f"], x) and torch.equal(out["bytes"], state["bytes"])
+    assert torch.equal(out["h"].view(torch.int16), state["h"].view(torch.int16))  # (NaN bit patterns)
+    assert out["bytes"].untyped_storage().data_ptr() == out["f"].untyped_storage().data_ptr()
