@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--steps", type=int, default=20, help="AdamW steps to train the model (cached)")
     p.add_argument("--variants", default="fp32,bf16")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dir", default=os.path.join(HERE, ".work"), help="a folder on the disk to measure")
     p.add_argument("--no-compression", dest="compression", action="store_false")
     p.add_argument("--json", default=None, help="output file (default benchmarks/results/<date>-<size>.json)")

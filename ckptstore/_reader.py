@@ -83,12 +83,21 @@ def blob_devices(m: Manifest, placement: Any) -> list[torch.device]:
         if e.kind == "torch":
             entries.setdefault(e.blob, []).append(e)
     out = []
+    seen: dict[tuple[str, frozenset[str]], tuple[torch.device, int]] = {}
     for bi in range(len(m.blobs)):
         es = entries.get(bi)
         if not es or placement is None or placement.callable:
             out.append(cpu)
+            continue
+        key = (es[0].device, frozenset(e.dtype for e in es))
+        hit = seen.get(key)
+        if hit is None:  # ask once per (device, dtypes); repeat its count of blobs kept on the CPU
+            before = placement.kept_on_cpu
+            dev = placement.device_for(key[0], {dtype_from_name(d) for d in key[1]})
+            hit = seen[key] = (dev, placement.kept_on_cpu - before)
         else:
-            out.append(placement.device_for(es[0].device, {dtype_from_name(e.dtype) for e in es}))
+            placement.kept_on_cpu += hit[1]
+        out.append(hit[0])
     return out
 
 
