@@ -320,7 +320,7 @@ def write_blobs(
         with small_lock:
             small.extend(placed)
         if progress:
-            progress(b.nbytes)
+            progress(sum(raw.nbytes for _, raw in members))
         return s.put(parts, object_codec(codec, b.group)) if parts else None
 
     def flush(group: int) -> None:
