@@ -350,7 +350,7 @@ class Store:
     ) -> Any:
         """The state saved at ``step`` (or ``id``; the newest by default), every byte verified.
 
-        ``verify=False`` skips hashing the bytes (about 1 GB/s per core of BLAKE3; the sizes and
+        ``verify=False`` skips hashing the bytes (BLAKE3: 1-7 GB/s per core, by CPU; the sizes and
         structure are still checked). ``mmap``: CPU tensors of uncompressed objects in a local
         store become copy-on-write mappings of the object files (no copy; writes to them never
         reach the store). ``None`` (default) maps on Linux local filesystems, not on network or
