@@ -53,13 +53,15 @@ def load(
     verify: bool = True,
     progress: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    mmap: bool | None = None,
     fallback: str | os.PathLike[str] | None = None,
     fallback_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load a checkpoint's state (the newest unless ``step`` or ``id`` is given).
 
     With ``fallback`` (a backup store's URI), a primary that has no store or not that checkpoint
-    is skipped and the checkpoint is loaded from the fallback, with a warning."""
+    is skipped and the checkpoint is loaded from the fallback, with a warning. ``verify`` and
+    ``mmap``: see :meth:`Store.load`."""
     if fallback is not None:
         from ._backup import load_with_fallback
 
@@ -69,7 +71,7 @@ def load(
                                   progress=progress)
     with Store(uri, storage_options=storage_options) as store:
         return store.load(step, id=id, map_location=map_location, restore_rng=restore_rng,
-                          allow_pickle=allow_pickle, verify=verify, progress=progress)
+                          allow_pickle=allow_pickle, verify=verify, progress=progress, mmap=mmap)
 
 
 def list_checkpoints(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None

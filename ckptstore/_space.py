@@ -36,7 +36,7 @@ from ._layout import OBJECTS_DIR, object_key, parse_object_key
 from ._locks import Lease, acquire_gc, acquire_save
 from ._retention import Retention
 from ._tensors import PlannedBlob
-from ._writer import PACK_ALIGN, DedupIndex, _chunk_bytes
+from ._writer import PACK_ALIGN, DedupIndex, _host_bytes
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -108,7 +108,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
         if n == 0:
             continue
         if n < pack_threshold:
-            h = _hashing.digest(_chunk_bytes(b.source, 0, n))
+            h = _hashing.digest(_host_bytes(b.source, 0, n, None)[0])
             with index.lock:
                 hit = h in index.blobs
             if not hit and h not in seen:
@@ -117,7 +117,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
             continue
         for a in range(0, n, chunk_size):
             e = min(a + chunk_size, n)
-            h = _hashing.digest(_chunk_bytes(b.source, a, e))
+            h = _hashing.digest(_host_bytes(b.source, a, e, None)[0])
             with index.lock:
                 hit = h in index.raw_objects
             if not hit and h not in seen:

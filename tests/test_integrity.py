@@ -160,17 +160,20 @@ def test_damaged_duplicate_step_does_not_hide_the_good_one(store_uri):
     assert ckptstore.load(store_uri, step=3) == {"v": 1}
 
 
-def test_checkpoint_removed_during_load_is_not_called_damaged(store_uri, monkeypatch):
-    info = ckptstore.save({"w": torch.randn(1000)}, store_uri, step=1)
-    store = ckptstore.Store(store_uri)
+def test_checkpoint_removed_during_load_is_not_called_damaged(monkeypatch):
+    import uuid
+
+    uri = f"memory://removed-{uuid.uuid4().hex}/run"
+    info = ckptstore.save({"w": torch.randn(1000)}, uri, step=1)
+    store = ckptstore.Store(uri)
     real_read = store.backend.read
 
     def read_then_vanish(key):
         if key.startswith("objects/"):
             # a concurrent gc removes the checkpoint between the manifest read and the data read
-            os.unlink(os.path.join(store_uri, *info.key.split("/")))
-            for p in _objects(store_uri):
-                os.unlink(p)
+            store.backend.delete(info.key)
+            for k in store.backend.list("objects"):
+                store.backend.delete(k)
         return real_read(key)
 
     monkeypatch.setattr(store.backend, "read", read_then_vanish)

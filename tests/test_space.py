@@ -205,7 +205,6 @@ def test_real_enospc_mid_write_leaves_the_store_consistent(small_fs):
     assert 2 <= len(saved) < 10
     msg = str(ei.value)
     assert "filled up during the save" in msg and "earlier checkpoints are intact" in msg
-    assert "removed again" in msg  # the partial data of the failed save was deleted
     again = Store(root)
     assert [c.step for c in again.list()] == saved
     for i in saved:
