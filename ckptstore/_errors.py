@@ -69,7 +69,15 @@ class CheckpointExistsError(CkptstoreError, FileExistsError):
 
 
 class IntegrityError(CkptstoreError, ValueError):
-    """Stored bytes or a manifest do not match their recorded hash or structure."""
+    """Stored bytes or a manifest do not match their recorded hash or structure. ``key`` names
+    the damaged object when one object is at fault."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ObjectMissingError(IntegrityError, FileNotFoundError):

@@ -88,7 +88,7 @@ def _open_checked(path: str, size: int, key: str) -> int:
     st = os.fstat(fd)
     if st.st_size != size:
         os.close(fd)
-        raise IntegrityError(f"object {key} has {st.st_size} bytes, expected {size} (truncated?)")
+        raise IntegrityError(f"object {key} has {st.st_size} bytes, expected {size} (truncated?)", key)
     return fd
 
 

@@ -61,10 +61,11 @@ class BackendSink:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def put(self, key: str, parts: Sequence[Any]) -> bool:
+    def put(self, key: str, parts: Sequence[Any], force: bool = False) -> bool:
+        """Write unless the key exists; ``force`` overwrites (an object found damaged)."""
         views = _flat(parts)
         data: Any = views[0] if len(views) == 1 else b"".join(views)
-        return self.backend.write(key, data if views else b"", if_absent=True)
+        return self.backend.write(key, data if views else b"", if_absent=not force)
 
     def finish(self) -> None:
         pass
@@ -107,9 +108,10 @@ class LocalSink:
         with self._lock:
             self._made.add(d)
 
-    def put(self, key: str, parts: Sequence[Any]) -> bool:
+    def put(self, key: str, parts: Sequence[Any], force: bool = False) -> bool:
+        """Write unless the file exists; ``force`` replaces it (an object found damaged)."""
         path = self._path(key)
-        if os.path.exists(path):
+        if not force and os.path.exists(path):
             return False
         d, name = os.path.split(path)
         tmp = os.path.join(d, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")

@@ -120,7 +120,7 @@ class _Loader:
 
     def check(self, key: str, data: np.ndarray) -> None:
         if self.verify and _hashing.digest(data, parallel=False) != key:
-            raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged")
+            raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged", key)
 
     def read(self, key: str, size: int, into: np.ndarray | None = None) -> np.ndarray:
         """The object's stored bytes (into ``into`` when given, for a local store)."""
@@ -131,7 +131,7 @@ class _Loader:
             except FileNotFoundError:
                 raise _missing(self.where, key, self.backend) from None
             if len(data) != size:
-                raise IntegrityError(f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)")
+                raise IntegrityError(f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)", key)
             arr = np.frombuffer(data, dtype=np.uint8)
             if into is not None:
                 into[:] = arr
@@ -145,14 +145,14 @@ class _Loader:
         try:
             if os.fstat(fd).st_size != size:
                 raise IntegrityError(f"{self.where}: object {key} has {os.fstat(fd).st_size} bytes, expected {size} "
-                                     "(truncated?)")
+                                     "(truncated?)", key)
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             view, got = memoryview(out), 0
             while got < size:
                 n = os.readv(fd, [view[got:]])
                 if n == 0:
-                    raise IntegrityError(f"{self.where}: object {key} ended after {got} of {size} bytes")
+                    raise IntegrityError(f"{self.where}: object {key} ended after {got} of {size} bytes", key)
                 got += n
         finally:
             os.close(fd)
@@ -252,7 +252,7 @@ def _map_blob(backend: Backend, m: Manifest, bi: int, mapped_obj: dict[str, torc
         key = next((s.object for s, p in zip(segs, paths) if p == e.filename), segs[0].object)
         raise _missing(where, key, backend) from None
     except IntegrityError as e:
-        raise IntegrityError(f"{where}: {e}") from None
+        raise IntegrityError(f"{where}: {e}", e.key) from None
     except (OSError, ValueError):
         return None  # the filesystem refuses mappings: read the bytes instead
     off = 0

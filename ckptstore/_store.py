@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
-from . import _hashing
+from . import _hashing, _suspect
 from ._backend import Backend, open_backend
 from ._backup import Backup, Mirror, as_backup
 from ._codec import resolve_compression
@@ -360,6 +360,7 @@ class Store:
                 step = parent.step + 1 if parent is not None else 0
             planned_device_sync(plan.blobs)
             total = sum(b.nbytes for b in plan.blobs)
+            suspect = _suspect.bad(self._backend.describe())
             chunk, pack_threshold, pack_size = effective_chunking(
                 codec, self.chunk_size, min(DEFAULT_PACK_THRESHOLD, self.chunk_size // 2),
                 min(DEFAULT_PACK_SIZE, self.chunk_size))
@@ -368,7 +369,8 @@ class Store:
             with byte_bar(total, f"saving step {step}", progress) as bar:
                 res = write_blobs(self._backend, plan.blobs, codec=codec, index=index, chunk_size=self.chunk_size,
                                   pack_threshold=pack_threshold, pack_size=pack_size, workers=self.workers,
-                                  groups=blob_groups(plan.entries, len(plan.blobs)), progress=bar)
+                                  groups=blob_groups(plan.entries, len(plan.blobs)), progress=bar,
+                                  suspect=suspect)
             self._backend.sync()  # objects' names are durable before the manifest exists
 
             tensors = [TensorEntry(kind=e.kind, dtype=e.dtype, shape=e.shape, stride=e.stride, blob=e.blob,
@@ -392,6 +394,8 @@ class Store:
                 self._manifests[key] = m
                 index.add_manifest(m)
             guard.committed(key)
+            if suspect:
+                _suspect.clear(self._backend.describe(), suspect & set(res.objects))  # rewritten whole
         self._apply_retention(keep)
         info = self._info(key, digest, m)
         if self._mirror is not None:
@@ -443,6 +447,10 @@ class Store:
                     raise CheckpointNotFoundError(
                         f"{where} was removed (by retention or gc) while it was being loaded; "
                         "load another checkpoint") from e
+                self._suspect(e)
+                raise
+            except IntegrityError as e:
+                self._suspect(e)
                 raise
         tensors = _materialize(m, bufs, placement)
         if placement.kept_on_cpu:
@@ -475,15 +483,23 @@ class Store:
         m = self._manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
         check_manifest(m, where)
-        if read_data:
-            verify_objects(self._backend, m, where=where, workers=self.workers)
-        else:
-            from ._layout import object_key
-            from ._errors import ObjectMissingError
+        try:
+            if read_data:
+                verify_objects(self._backend, m, where=where, workers=self.workers)
+            else:
+                from ._layout import object_key
 
-            for key in m.objects:
-                if not self._backend.exists(object_key(key)):
-                    raise ObjectMissingError(f"{where}: object {key} is missing", key)
+                for key in m.objects:
+                    if not self._backend.exists(object_key(key)):
+                        raise ObjectMissingError(f"{where}: object {key} is missing", key)
+        except IntegrityError as e:
+            self._suspect(e)
+            raise
+
+    def _suspect(self, e: IntegrityError) -> None:
+        """Remember a damaged or missing object: later saves neither reuse nor skip it."""
+        if e.key:
+            _suspect.mark(self._backend.describe(), e.key)
 
 
     # -- retention and garbage collection (ckptstore/_gc.py, _retention.py) -----------------

@@ -92,9 +92,10 @@ def _host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> t
 class _Session:
     """One save's shared state between the producer and the worker threads."""
 
-    def __init__(self, sink: BackendSink | LocalSink, index: DedupIndex) -> None:
+    def __init__(self, sink: BackendSink | LocalSink, index: DedupIndex, suspect: frozenset[str] = frozenset()) -> None:
         self.sink = sink
         self.index = index
+        self.suspect = suspect  # objects found damaged or missing: never reused, overwritten when written
         self.objects: dict[str, ObjectInfo] = {}
         self.seen_raw: dict[str, tuple[str, ObjectInfo]] = {}
         self.small_seen: dict[str, tuple[int, int]] = {}  # small blob hash -> (pack id, offset)
@@ -108,6 +109,8 @@ class _Session:
         if hit is None:
             with self.index.lock:
                 hit = self.index.raw_objects.get(raw_hash)
+            if hit is not None and hit[0] in self.suspect:
+                return None
         return hit
 
     def put(self, parts: list[np.ndarray], codec_name: str, rh: str | None = None) -> tuple[str, str, ObjectInfo]:
@@ -131,7 +134,7 @@ class _Session:
         size = sum(len(memoryview(p).cast("B")) for p in stored)
         key = rh if codec_name == "none" else _hashing.digest(stored[0], parallel=False)
         info = ObjectInfo(codec=codec_name, size=size, raw_size=nbytes, raw_hash=None if key == rh else rh)
-        written = self.sink.put(object_key(key), stored)
+        written = self.sink.put(object_key(key), stored, force=key in self.suspect)
         self._record(rh, key, info, size if written else 0)
         return rh, key, info
 
@@ -226,6 +229,7 @@ def write_blobs(
     staging: Staging | None = None,
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
+    suspect: frozenset[str] = frozenset(),
 ) -> WriteResult:
     """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
@@ -234,7 +238,7 @@ def write_blobs(
     When this returns, every object is durable under its name.
     """
     sink = sink_for(backend, workers)
-    s = _Session(sink, index)
+    s = _Session(sink, index, suspect)
     groups = groups or [1] * len(planned)
     compressing = codec != "none"
     chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
@@ -298,6 +302,8 @@ def write_blobs(
             h = _hashing.digest(raw, parallel=False)
             with index.lock:
                 hit = index.blobs.get(h)
+            if hit is not None and any(seg.object in s.suspect for seg in hit[0]):
+                hit = None  # its object was found damaged: store the bytes again
             if hit is not None:  # unchanged since an earlier checkpoint: reuse its segments
                 segs, infos = hit
                 with s.lock:

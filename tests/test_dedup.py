@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 import ckptstore
@@ -80,3 +81,38 @@ def test_interrupted_save_leftovers_are_reused(tmp_path):
     again = ckptstore.Store(tmp_path / "s").save({"x": x}, step=1)
     assert again.new_bytes == 0
     assert torch.equal(ckptstore.load(tmp_path / "s")["x"], x)
+
+
+def _damage(root, kind):
+    paths = []
+    for dirpath, _, files in os.walk(os.path.join(root, "objects")):
+        paths += [os.path.join(dirpath, f) for f in files if not f.startswith(".")]
+    for p in paths:
+        if kind == "flip":
+            with open(p, "r+b") as f:
+                b = f.read(1)
+                f.seek(0)
+                f.write(bytes([b[0] ^ 0xFF]))
+        else:
+            os.unlink(p)
+
+
+
+
+@pytest.mark.parametrize("kind", ["flip", "delete"])
+@pytest.mark.parametrize("size", [100, 3_000_000])  # packed and chunked
+def test_damaged_object_is_not_reused_and_is_healed(tmp_path, kind, size):
+    """After a load finds an object damaged, saving the same content writes it again (and the
+    old checkpoint, which names the same content, loads again too)."""
+    store = ckptstore.Store(tmp_path / "s")
+    w = torch.arange(size, dtype=torch.float32)
+    store.save({"w": w}, step=1)
+    _damage(tmp_path / "s", kind)
+    with pytest.raises(ckptstore.IntegrityError):
+        store.load(1)
+    info = ckptstore.Store(tmp_path / "s").save({"w": w}, step=2)  # another Store in this process
+    assert info.new_bytes > 0
+    store.verify(2)
+    assert torch.equal(store.load(2)["w"], w)
+    assert torch.equal(store.load(1)["w"], w)  # healed: same content, same object name
+    assert ckptstore.Store(tmp_path / "s").save({"w": w}, step=3).new_bytes == 0  # trusted again

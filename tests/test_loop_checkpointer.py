@@ -312,10 +312,6 @@ def test_fallback_over_several_and_all_damaged_raises(tmp_path: Path) -> None:
         find_resumable(ckptstore.Store(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=ckptstore.IntegrityError,
-                   reason="core issue: an object whose bytes were damaged is reused by later saves of the same content "
-                   "(dedup index / write if_absent), so re-running the lost steps writes a damaged checkpoint "
-                   "again; the core must verify or replace objects it does not trust")
 def test_checkpoint_rewritten_after_fallback_verifies(tmp_path: Path) -> None:
     store = ckptstore.Store(tmp_path)
     w = torch.arange(4096, dtype=torch.float32)

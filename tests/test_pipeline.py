@@ -244,11 +244,11 @@ def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(tmp_path: Path,
     calls = {"n": 0}
     real = _writer.LocalSink.put
 
-    def failing(self: Any, key: str, parts: Any) -> bool:
+    def failing(self: Any, key: str, parts: Any, force: bool = False) -> bool:
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError(28, "No space left on device")
-        return real(self, key, parts)
+        return real(self, key, parts, force)
 
     monkeypatch.setattr(_writer.LocalSink, "put", failing)
     with pytest.raises(OSError):
