@@ -108,6 +108,27 @@ def _storage_error(e: OSError, what: str, path: str | None = None) -> OSError:
     return StorageError(f"{what}: {e}")
 
 
+
+def ensure_dir(d: str, made: set[str], dirty: set[str], lock: threading.Lock) -> None:
+    """Create folder ``d`` and its missing parents. Each new folder's parent goes into ``dirty``
+    (its new entry needs an fsync to be durable); ``d`` goes into ``made`` (a cache)."""
+    if d in made:
+        return
+    missing = []
+    p = d
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for m in reversed(missing):
+        try:
+            os.mkdir(m)
+        except FileExistsError:
+            pass
+        with lock:
+            dirty.add(os.path.dirname(m))
+    with lock:
+        made.add(d)
+
 class LocalBackend(Backend):
     """A folder on a local (or FUSE-mounted) filesystem, written durably."""
 
@@ -175,21 +196,7 @@ class LocalBackend(Backend):
             raise _storage_error(e, f"cannot read {path}", path) from e
 
     def _ensure_dir(self, d: str) -> None:
-        if d in self._made:
-            return
-        missing = []
-        p = d
-        while not os.path.isdir(p):
-            missing.append(p)
-            p = os.path.dirname(p)
-        for m in reversed(missing):
-            try:
-                os.mkdir(m)
-            except FileExistsError:
-                pass
-            with self._lock:
-                self._dirty.add(os.path.dirname(m))
-        self._made.add(d)
+        ensure_dir(d, self._made, self._dirty, self._lock)
 
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
         path = self._path(key)

@@ -29,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from ._backend import Backend, _storage_error
+from ._backend import Backend, _storage_error, ensure_dir
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2
@@ -91,22 +91,7 @@ class LocalSink:
         return path
 
     def _ensure_dir(self, d: str) -> None:
-        if d in self._made:
-            return
-        missing = []
-        p = d
-        while not os.path.isdir(p):
-            missing.append(p)
-            p = os.path.dirname(p)
-        for m in reversed(missing):
-            try:
-                os.mkdir(m)
-            except FileExistsError:
-                pass
-            with self._lock:
-                self._dirs.add(os.path.dirname(m))
-        with self._lock:
-            self._made.add(d)
+        ensure_dir(d, self._made, self._dirs, self._lock)
 
     def put(self, key: str, parts: Sequence[Any], force: bool = False) -> bool:
         """Write unless the file exists; ``force`` replaces it (an object found damaged)."""
