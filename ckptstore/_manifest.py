@@ -7,6 +7,8 @@ bytes are hashed and the hash is part of its key, so a manifest verifies itself.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Optional
 
@@ -167,8 +169,28 @@ def _parse(data: bytes, model: type[_Model], what: str, name: str) -> Any:
         raise IntegrityError(f"{what} is nested too deeply") from None
 
 
-def parse_manifest(data: bytes, what: str = "manifest") -> Manifest:
-    return _parse(data, Manifest, what, "ckptstore.manifest")
+_PARSED: "OrderedDict[str, Manifest]" = OrderedDict()
+_PARSED_MAX = 32
+_parsed_lock = threading.Lock()
+
+
+def parse_manifest(data: bytes, what: str = "manifest", digest: str | None = None) -> Manifest:
+    """Validate manifest bytes. ``digest`` (the BLAKE3 of ``data``, already checked by the
+    caller) lets a process reuse an earlier validation of the very same bytes: manifests are
+    immutable and named by their hash, so equal digests mean equal documents."""
+    if digest is not None:
+        with _parsed_lock:
+            m = _PARSED.get(digest)
+            if m is not None:
+                _PARSED.move_to_end(digest)
+                return m
+    m = _parse(data, Manifest, what, "ckptstore.manifest")
+    if digest is not None:
+        with _parsed_lock:
+            _PARSED[digest] = m
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+    return m
 
 
 def parse_store_config(data: bytes, what: str = "ckptstore.json") -> StoreConfig:

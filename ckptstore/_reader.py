@@ -400,7 +400,8 @@ def _own_storages(bufs: list[torch.Tensor]) -> list[torch.Tensor]:
     for b in bufs:
         if b.numel() and (users[(str(b.device), b.untyped_storage().data_ptr())] > 1
                           or (b.untyped_storage().nbytes() > b.numel() and b.numel() < _OWN_COPY_MAX)):
-            b = b.clone()
+            # numpy's copy is several times cheaper per call than Tensor.clone for small buffers
+            b = torch.from_numpy(b.numpy().copy()) if b.device.type == "cpu" else b.clone()
         out.append(b)
     return out
 

@@ -206,7 +206,7 @@ class Store:
             raise CheckpointNotFoundError(f"checkpoint {digest[:12]} (step {step}) was removed: {where}") from None
         if _hashing.digest(data) != digest:
             raise IntegrityError(f"manifest {where} does not match its hash; the checkpoint is damaged")
-        m = parse_manifest(data, where)
+        m = parse_manifest(data, where, digest)
         if m.step != step:
             raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
         with self._lock:

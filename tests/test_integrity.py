@@ -179,3 +179,16 @@ def test_checkpoint_removed_during_load_is_not_called_damaged(monkeypatch):
     monkeypatch.setattr(store.backend, "read", read_then_vanish)
     with pytest.raises(ckptstore.CheckpointNotFoundError, match="was removed"):
         store.load(1)
+
+
+def test_manifest_parse_cache_never_hides_damage(store_uri):
+    """Parsed manifests are reused across Store instances by their hash; the bytes are still
+    read and hashed every time, so a manifest damaged after a load is refused."""
+    info = ckptstore.save({"w": torch.randn(10)}, store_uri, step=1)
+    ckptstore.load(store_uri)  # parsed and cached under its hash
+    path = os.path.join(store_uri, *info.key.split("/"))
+    with open(path, "r+b") as f:
+        f.seek(5)
+        f.write(b"#")
+    with pytest.raises(ckptstore.IntegrityError, match="does not match its hash"):
+        ckptstore.load(store_uri, step=1)
