@@ -191,9 +191,13 @@ class SaveGuard:
         store = self.store
         self.lease = acquire_save(store.backend)
         self.started = time.time()
-        # objects in the dedup index came from manifests present at the last save; if one of
-        # those is gone, a gc may have deleted the objects: rebuild the index from the store
-        keys = {k for _s, _d, k in store._keys()}
+        try:
+            # objects in the dedup index came from manifests present at the last save; if one of
+            # those is gone, a gc may have deleted the objects: rebuild the index from the store
+            keys = {k for _s, _d, k in store._keys()}
+        except BaseException:
+            self.lease.release()  # __exit__ does not run when __enter__ fails
+            raise
         with store._lock:
             prev = store._index_keys
             if store._index is not None and (prev is None or not prev <= keys):

@@ -327,3 +327,18 @@ def test_concurrent_writer_in_another_process_loses_nothing(tmp_path):
         assert torch.equal(got["uniq"], torch.full((300_000,), s + 0.5))
     assert {parse_object_key(k) for k in objects_on_disk(root)} == referenced(store)
     assert read_locks(store.backend) == []
+
+
+def test_save_that_fails_while_starting_leaves_no_lease(tmp_path, base, monkeypatch):
+    root = tmp_path / "s"
+    store = Store(root)
+    store.save(state(0, base), step=0)
+
+    def failing_keys():
+        raise OSError("listing failed")
+
+    monkeypatch.setattr(store, "_keys", failing_keys)
+    with pytest.raises(OSError, match="listing failed"):
+        store.save(state(1, base), step=1)
+    assert read_locks(store.backend) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("ckptstore-save-lease")]
