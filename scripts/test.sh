@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 . .venv/bin/activate
-exec python -m pytest -q -p no:cacheprovider tests "$@"
+[ $# -gt 0 ] || set -- tests   # the whole suite unless pytest arguments are given
+exec python -m pytest -q -p no:cacheprovider "$@"
