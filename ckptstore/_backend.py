@@ -109,6 +109,22 @@ def _storage_error(e: OSError, what: str, path: str | None = None) -> OSError:
 
 
 
+
+def fsync_dir(d: str) -> None:
+    """Make the entries of folder ``d`` durable (a missing folder is skipped; FUSE mounts that
+    refuse a folder fsync are tolerated)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse
+            raise _storage_error(e, f"cannot fsync folder {d}", d) from e
+    finally:
+        os.close(fd)
+
 def ensure_dir(d: str, made: set[str], dirty: set[str], lock: threading.Lock) -> None:
     """Create folder ``d`` and its missing parents. Each new folder's parent goes into ``dirty``
     (its new entry needs an fsync to be durable); ``d`` goes into ``made`` (a cache)."""
@@ -230,17 +246,7 @@ class LocalBackend(Backend):
         with self._lock:
             dirs, self._dirty = sorted(self._dirty, key=len, reverse=True), set()
         for d in dirs:
-            try:
-                fd = os.open(d, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse
-                    raise _storage_error(e, f"cannot fsync folder {d}", d) from e
-            finally:
-                os.close(fd)
+            fsync_dir(d)
 
     def exists(self, key: str) -> bool:
         return self._stat(self._path(key)) is not None

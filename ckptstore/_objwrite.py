@@ -29,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from ._backend import Backend, _storage_error, ensure_dir
+from ._backend import Backend, _storage_error, ensure_dir, fsync_dir
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2
@@ -136,20 +136,6 @@ class LocalSink:
         with self._lock:
             self._dirs.add(os.path.dirname(path))
 
-    def _fsync_dir(self, d: str) -> None:
-        try:
-            fd = os.open(d, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            import errno
-
-            if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # some FUSE mounts refuse
-                raise _storage_error(e, f"cannot fsync folder {d}") from e
-        finally:
-            os.close(fd)
 
     def finish(self) -> None:
         """Make every object written so far durable under its name."""
@@ -165,10 +151,10 @@ class LocalSink:
             dirs, self._dirs = sorted(self._dirs, key=len, reverse=True), set()
         if len(dirs) > 1 and self.workers > 1:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-fsync") as pool:
-                list(pool.map(self._fsync_dir, dirs))
+                list(pool.map(fsync_dir, dirs))
         else:
             for d in dirs:
-                self._fsync_dir(d)
+                fsync_dir(d)
 
     def abort(self) -> None:
         """Remove the temporary files of a save that failed."""
