@@ -8,15 +8,7 @@ import sys
 from typing import Any, Sequence
 
 from ._errors import CkptstoreError
-
-
-def _size(n: int) -> str:
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if v < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return str(n)  # pragma: no cover
+from ._space import fmt_bytes
 
 
 def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,7 +42,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         return 0
     head = ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags", "id"]
     body = [[str(i.step), "" if i.epoch is None else str(i.epoch), i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-             _size(i.size), _size(i.new_bytes), " ".join(f"{k}={v:.4g}" for k, v in i.metrics.items()),
+             fmt_bytes(i.size), fmt_bytes(i.new_bytes), " ".join(f"{k}={v:.4g}" for k, v in i.metrics.items()),
              ",".join(i.tags), i.short_id] for i in infos]
     progress = [progress_text(i.meta, i.step) for i in infos]
     if any(progress):
@@ -87,8 +79,8 @@ def _cmd_cp(args: argparse.Namespace) -> int:
     if result.copied:
         steps = ", ".join(str(i.step) for i in result.copied)
         print(f"copied {len(result.copied)} checkpoint(s) (step {steps}) to {args.dst}: "
-              f"{result.objects_copied} objects, {_size(result.bytes_copied)} sent; "
-              f"{result.objects_present} objects ({_size(result.bytes_present)}) were already there")
+              f"{result.objects_copied} objects, {fmt_bytes(result.bytes_copied)} sent; "
+              f"{result.objects_present} objects ({fmt_bytes(result.bytes_present)}) were already there")
     if result.present:
         steps = ", ".join(str(i.step) for i in result.present)
         print(f"already in {args.dst}: step {steps}")
