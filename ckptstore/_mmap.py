@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ._errors import IntegrityError
+from ._mounts import find_mount
 
 PAGE = mmap.PAGESIZE
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
@@ -50,23 +51,9 @@ def supported() -> bool:
 
 
 def _fs_type(path: str) -> str | None:
-    """The filesystem type of the mount holding ``path`` (Linux /proc/self/mountinfo)."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    best, best_type = "", None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        parts = left.split()
-        if len(parts) < 5 or not right:
-            continue
-        mnt = parts[4].replace("\\040", " ")
-        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, best_type = mnt, right.split()[0]
-    return best_type
+    """The filesystem type of the mount holding ``path`` (None when the mount table is unreadable)."""
+    m = find_mount(os.path.realpath(path))
+    return m.fstype if m is not None else None
 
 
 def mmap_default(path: str) -> bool:
