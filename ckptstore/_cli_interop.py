@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ._cli import _size, _storage_options
+    from ._cli import _storage_options
+    from ._space import fmt_bytes
     from .adapters.interop import import_checkpoint
 
     try:
@@ -25,7 +26,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"ckptstore: note: {note}", file=sys.stderr)
     for i in infos:
         print(f"imported {i.meta.get('imported_from')} -> step {i.step} ({i.short_id}) in {args.dst}: "
-              f"{i.meta.get('framework')}, {_size(i.size)}, {_size(i.new_bytes)} new")
+              f"{i.meta.get('framework')}, {fmt_bytes(i.size)}, {fmt_bytes(i.new_bytes)} new")
     return 0
 
 
