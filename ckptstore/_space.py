@@ -194,7 +194,8 @@ class SaveGuard:
         try:
             # objects in the dedup index came from manifests present at the last save; if one of
             # those is gone, a gc may have deleted the objects: rebuild the index from the store
-            keys = {k for _s, _d, k in store._keys()}
+            self.keys = store._keys()  # the save reuses this listing to find its parent
+            keys = {k for _s, _d, k in self.keys}
         except BaseException:
             self.lease.release()  # __exit__ does not run when __enter__ fails
             raise

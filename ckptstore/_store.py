@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ckptstore")
 
+_FIND = object()  # "look it up" default for arguments where None is a meaningful value
+
 DEFAULT_CHUNK_SIZE = 32 << 20
 DEFAULT_PACK_THRESHOLD = 1 << 20  # smaller tensors share pack objects; larger ones get their own, so gc can free them separately
 DEFAULT_PACK_SIZE = 16 << 20
@@ -241,7 +243,10 @@ class Store:
     def latest(self) -> CheckpointInfo | None:
         """The newest checkpoint (highest step; the most recent of equal steps), or None."""
         self._read_config()
-        keys = self._keys()
+        return self._newest(self._keys())
+
+    def _newest(self, keys: list[tuple[int, str, str]]) -> CheckpointInfo | None:
+        """``latest()`` over an existing listing (a save reuses the one its lease check made)."""
         best: CheckpointInfo | None = None
         for step, digest, key in reversed(keys):
             if best is not None and step < best.step:
@@ -298,13 +303,16 @@ class Store:
         return self._manifest(self.info(step, id=id).key)
 
     # -- save -------------------------------------------------------------------------------
-    def _dedup_index(self) -> DedupIndex:
+    def _dedup_index(self, newest: Any = _FIND) -> DedupIndex:
+        """The index of what the store holds, built from the newest checkpoint (found here unless
+        the caller passes the one it already found)."""
         with self._lock:
             if self._index is None:
                 self._index = DedupIndex()
-                latest = self.latest() if self.exists() else None
-                if latest is not None:
-                    self._index.add_manifest(self._manifest(latest.key))
+                if newest is _FIND:
+                    newest = self.latest() if self.exists() else None
+                if newest is not None:
+                    self._index.add_manifest(self._manifest(newest.key))
             return self._index
 
     def save(
@@ -354,8 +362,8 @@ class Store:
 
         with SaveGuard(self, keep) as guard:
             with self._lock:
-                parent = self.latest()
-                index = self._dedup_index()
+                parent = self._newest(guard.keys)
+                index = self._dedup_index(parent)
             if step is None:
                 step = parent.step + 1 if parent is not None else 0
             planned_device_sync(plan.blobs)
