@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 import ckptstore
-from ckptstore import _space
+from ckptstore.store import _space
 
 
 @contextmanager

@@ -112,8 +112,8 @@ def run_variant(state: Any, args: argparse.Namespace, drop: CacheDropper, peak: 
 
 def codec_throughput(state32: Any) -> dict[str, Any]:
     """Single-core compress / decompress speed and ratio of the float-aware codec, per part."""
-    from ckptstore._codec import get_codec, group_for_dtype, object_codec
-    from ckptstore._tensors import dtype_name
+    from ckptstore.pipeline._codec import get_codec, group_for_dtype, object_codec
+    from ckptstore.format._tensors import dtype_name
 
     chunk = 8 << 20
     out: dict[str, Any] = {}

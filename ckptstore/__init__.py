@@ -7,20 +7,21 @@
 
 from __future__ import annotations
 
-from ._api import info, list_checkpoints, load, save
-from ._backup import Backup
-from ._copy import CopyResult, copy_checkpoints
-from ._devices import Accelerators, auto_device
+from ._api import copy_checkpoints, info, list_checkpoints, load, save
+from .store._backup import Backup
+from .store._copy import CopyResult
+from .pipeline._devices import Accelerators, auto_device
 from ._errors import (BackendUnavailableError, CheckpointExistsError, CheckpointNotFoundError,
                       CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
                       ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
                       UnsupportedFormatError, UnsupportedValueError)
-from ._gc import GcReport
-from ._info import CheckpointInfo
-from ._manifest import Manifest, RngState
-from ._retention import Retention, RetentionPlan
-from ._rng import capture_rng_state, restore_rng_state
-from ._store import Store
+from .store._gc import GcReport
+from .format._info import CheckpointInfo
+from .format._manifest import Manifest, RngState
+from .store._retention import Retention, RetentionPlan
+from .store._session import SaveSession, Staged
+from .pipeline._rng import capture_rng_state, restore_rng_state
+from .store._store import Store
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,8 @@ __all__ = [
     "Retention",
     "RetentionPlan",
     "RngState",
+    "SaveSession",
+    "Staged",
     "StorageError",
     "Store",
     "StoreNotFoundError",

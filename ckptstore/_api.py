@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Iterable, Mapping
+import warnings
+from typing import Any, Iterable, Mapping, Union
 
-from ._devices import MapLocation
-from ._info import CheckpointInfo
-from ._retention import Retention
-from ._manifest import RngState
-from ._store import Store
+from ._errors import CheckpointNotFoundError, StoreNotFoundError
+from .format._info import CheckpointInfo
+from .format._manifest import RngState
+from .pipeline._devices import MapLocation
+from .store._copy import CopyResult
+from .store._retention import Retention
+from .store._store import Store
 
-URI = "str | os.PathLike[str]"
+log = logging.getLogger("ckptstore")
+
+StoreLike = Union[Store, str, "os.PathLike[str]"]
 
 
 def save(
@@ -62,16 +68,22 @@ def load(
     With ``fallback`` (a backup store's URI), a primary that has no store or not that checkpoint
     is skipped and the checkpoint is loaded from the fallback, with a warning. ``verify`` and
     ``mmap``: see :meth:`Store.load`."""
-    if fallback is not None:
-        from ._backup import load_with_fallback
-
-        return load_with_fallback(uri, fallback, step=step, id=id, storage_options=storage_options,
-                                  fallback_options=fallback_options, map_location=map_location,
-                                  restore_rng=restore_rng, allow_pickle=allow_pickle, verify=verify,
-                                  progress=progress)
-    with Store(uri, storage_options=storage_options) as store:
-        return store.load(step, id=id, map_location=map_location, restore_rng=restore_rng,
-                          allow_pickle=allow_pickle, verify=verify, progress=progress, mmap=mmap)
+    kw: dict[str, Any] = dict(map_location=map_location, restore_rng=restore_rng, allow_pickle=allow_pickle,
+                              verify=verify, progress=progress, mmap=mmap)
+    if fallback is None:
+        with Store(uri, storage_options=storage_options) as store:
+            return store.load(step, id=id, **kw)
+    try:
+        with Store(uri, storage_options=storage_options) as store:
+            return store.load(step, id=id, **kw)
+    except (StoreNotFoundError, CheckpointNotFoundError) as e:
+        reason = e
+    with Store(fallback, storage_options=fallback_options) as store:
+        state = store.load(step, id=id, **kw)
+    msg = f"loaded from the fallback {store.uri}: {reason}"
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return state
 
 
 def list_checkpoints(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
@@ -86,3 +98,34 @@ def info(uri: str | os.PathLike[str], step: int | None = None, *, id: str | None
     """One checkpoint's record (the newest by default), without reading its tensors."""
     with Store(uri, storage_options=storage_options) as store:
         return store.info(step, id=id)
+
+
+def copy_checkpoints(
+    src: StoreLike,
+    dst: StoreLike,
+    *,
+    steps: Iterable[int] | None = None,
+    ids: Iterable[str] | None = None,
+    all: bool = False,
+    latest: int | None = None,
+    checkpoints: Iterable[CheckpointInfo] | None = None,
+    src_options: Mapping[str, Any] | None = None,
+    dst_options: Mapping[str, Any] | None = None,
+    retries: int | None = None,
+    workers: int | None = None,
+    readback: bool = False,
+    progress: bool | None = None,
+) -> CopyResult:
+    """Copy checkpoints from ``src`` to ``dst`` (Stores or URIs; a missing destination store is
+    created): the union of ``steps`` (the newest at each), ``ids`` (unique prefixes), ``all`` and
+    the ``latest`` K, or an explicit ``checkpoints`` list; the newest one when nothing is given.
+    Only objects the destination lacks travel, verified on arrival; manifests go last."""
+    s = src if isinstance(src, Store) else Store(src, storage_options=src_options, retries=retries)
+    d = dst if isinstance(dst, Store) else Store(dst, storage_options=dst_options, retries=retries)
+    try:
+        return s.copy_to(d, steps=steps, ids=ids, all=all, latest=latest, checkpoints=checkpoints, workers=workers,
+                         readback=readback, progress=progress)
+    finally:
+        for x, given in ((s, src), (d, dst)):
+            if x is not given:
+                x.close()

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore import _hashing
-from ckptstore._backend import Backend, open_backend
-from ckptstore._layout import object_key
+from ckptstore.format import _hashing
+from ckptstore.storage._backend import Backend, open_backend
+from ckptstore.format._layout import object_key
 
 
 class BackendContract:

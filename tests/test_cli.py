@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ckptstore import Retention, Store
-from ckptstore._cli import main
+from ckptstore.cli import main
 
 
 def rand(n: int, seed: int) -> torch.Tensor:

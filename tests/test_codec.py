@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckptstore import IntegrityError
-from ckptstore._codec import (get_codec, group_for_dtype, object_codec, resolve_compression)
+from ckptstore.pipeline._codec import (get_codec, group_for_dtype, object_codec, resolve_compression)
 
 
 def _bytes(t: torch.Tensor) -> np.ndarray:

@@ -15,8 +15,8 @@ import torch
 
 from . import cloudservers as cs
 import ckptstore
-from ckptstore._cli import main
-from ckptstore._layout import OBJECTS_DIR
+from ckptstore.cli import main
+from ckptstore.format._layout import OBJECTS_DIR
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore._devices import Accelerators, Placement, auto_device
+from ckptstore.pipeline._devices import Accelerators, Placement, auto_device
 
 F32, F64 = torch.float32, torch.float64
 

@@ -15,7 +15,7 @@ import torch
 
 from . import cloudservers as cs
 import ckptstore
-from ckptstore._mounts import DRIVE_TRASH_NOTE, Mount, find_mount
+from ckptstore.storage._mounts import DRIVE_TRASH_NOTE, Mount, find_mount
 
 pytestmark = pytest.mark.timeout(60)
 

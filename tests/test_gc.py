@@ -16,9 +16,8 @@ import torch
 
 import ckptstore
 from ckptstore import Retention, Store
-from ckptstore._layout import OBJECTS_DIR, parse_object_key
-from ckptstore._locks import Lease, acquire_gc, read_locks
-from ckptstore._space import SaveGuard
+from ckptstore.format._layout import OBJECTS_DIR, object_key, parse_object_key
+from ckptstore.store._locks import Lease, acquire_gc, read_locks
 
 
 def objects_on_disk(root) -> dict[str, int]:
@@ -263,16 +262,20 @@ def test_stale_dedup_index_is_rebuilt_after_another_process_gc(tmp_path, base):
 def test_lost_lease_is_detected_before_commit(tmp_path, base):
     root = tmp_path / "s"
     store = Store(root)
-    info = store.save(state(0, base), step=0)
-    objs = list(store.manifest(id=info.id).objects)
-    with SaveGuard(store) as g:
-        (root / g.lease.key).unlink()  # a gc judged us stale
-        g.confirm(objs)  # everything still there: takes a new lease and goes on
-        assert g.lease.held()
-        (root / g.lease.key).unlink()
+    store.save(state(0, base), step=0)
+    with store.session() as s:
+        staged = s.stage(state(1, base))
+        (root / s.lease.key).unlink()  # a gc judged us stale
+        s.commit(staged, step=1)  # every object is still there: takes a new lease and commits
+        assert s.lease.held()
+        staged = s.stage(state(2, base))
+        (root / s.lease.key).unlink()
+        victim = sorted(staged.objects)[0]
+        (root / object_key(victim)).unlink()  # ... and the gc removed an object this save needs
         with pytest.raises(ckptstore.StorageError, match="paused longer than the lock timeout"):
-            g.confirm(objs + ["12" * 32])
+            s.commit(staged, step=2)
     assert read_locks(store.backend) == []
+    assert [i.step for i in store.list()] == [0, 1]
 
 
 WRITER = textwrap.dedent("""
@@ -337,7 +340,7 @@ def test_save_that_fails_while_starting_leaves_no_lease(tmp_path, base, monkeypa
     def failing_keys():
         raise OSError("listing failed")
 
-    monkeypatch.setattr(store, "_keys", failing_keys)
+    monkeypatch.setattr(store.catalog, "keys", failing_keys)
     with pytest.raises(OSError, match="listing failed"):
         store.save(state(1, base), step=1)
     assert read_locks(store.backend) == []

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore._cli import main
+from ckptstore.cli import main
 
 from ._fw_util import child_env
 
@@ -28,7 +28,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_core_import_does_not_load_frameworks() -> None:
-    code = ("import sys, ckptstore, ckptstore._cli, ckptstore.adapters.interop; "
+    code = ("import sys, ckptstore, ckptstore.cli._main, ckptstore.adapters.interop; "
             "bad = [m for m in ('transformers', 'lightning', 'pytorch_lightning', 'peft') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)

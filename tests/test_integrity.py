@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore import _hashing
-from ckptstore._layout import manifest_key
+from ckptstore.format import _hashing
+from ckptstore.format._layout import manifest_key
 
 
 def _objects(root):

@@ -16,9 +16,9 @@ import torch
 
 import ckptstore
 from ckptstore import IntegrityError, ObjectMissingError, Store
-from ckptstore import _mmap, _reader, _writer
-from ckptstore._layout import object_key
-from ckptstore._staging import ByteBudget, Staging, copy_many_to_host
+from ckptstore.pipeline import _mmap, _reader, _writer
+from ckptstore.format._layout import object_key
+from ckptstore.pipeline._buffers import ByteBudget, Staging, copy_many_to_host
 
 SMALL_CHUNK = 64 << 10
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mappings are checked in /proc")
@@ -259,8 +259,8 @@ def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(tmp_path: Path,
 
 def test_objects_are_durable_names_only_after_finish(tmp_path: Path) -> None:
     """Until finish(), a sink's objects exist only as temporary files."""
-    from ckptstore._backend import LocalBackend
-    from ckptstore._objwrite import LocalSink
+    from ckptstore.storage._backend import LocalBackend
+    from ckptstore.pipeline._objwrite import LocalSink
 
     sink = LocalSink(LocalBackend(str(tmp_path)))
     key = object_key("ab" * 32)

@@ -9,7 +9,7 @@ import sys
 import types
 
 import ckptstore
-from ckptstore._manifest import schema
+from ckptstore.format._manifest import schema
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -40,4 +40,4 @@ def test_import_is_light():
 def test_schema_in_docs_is_current():
     for name, doc in schema().items():
         with open(os.path.join(ROOT, "docs", "schema", f"{name}.schema.json"), encoding="utf-8") as f:
-            assert json.load(f) == doc, f"docs/schema/{name}.schema.json is stale: run python -m ckptstore._manifest docs/schema"
+            assert json.load(f) == doc, f"docs/schema/{name}.schema.json is stale: run python -m ckptstore.format._manifest docs/schema"

@@ -10,7 +10,7 @@ import pytest
 
 import ckptstore
 from ckptstore import Retention
-from ckptstore._retention import format_duration, parse_duration, plan
+from ckptstore.store._retention import format_duration, parse_duration, plan
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

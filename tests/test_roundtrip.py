@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore._tensors import supported_dtypes
+from ckptstore.format._tensors import supported_dtypes
 
 from .conftest import train_tiny
 from .helpers import assert_same

@@ -13,12 +13,12 @@ import torch
 
 import ckptstore
 from ckptstore import InsufficientSpaceError, Retention, Store
-from ckptstore._layout import parse_object_key
-from ckptstore._manifest import ObjectInfo
-from ckptstore._space import compression_ratio, new_raw_bytes, parse_size, upper_bound
-from ckptstore._tensors import plan_tensors
-from ckptstore._tree import Encoder
-from ckptstore._writer import DedupIndex
+from ckptstore.format._layout import parse_object_key
+from ckptstore.format._manifest import ObjectInfo
+from ckptstore.store._space import compression_ratio, new_raw_bytes, parse_size, upper_bound
+from ckptstore.format._tensors import plan_tensors
+from ckptstore.format._tree import Encoder
+from ckptstore.pipeline._writer import DedupIndex
 
 MiB = 1 << 20
 
@@ -67,7 +67,8 @@ def test_new_bytes_estimate_counts_only_what_dedup_cannot_skip(tmp_path):
     base, head = rand(400_000, 1), rand(1000, 2)
     store = Store(tmp_path / "s", chunk_size=256 << 10)
     store.save({"base": base, "head": head}, step=0)
-    index = store._dedup_index()
+    with store.session() as s:
+        index = s.index
     blobs = _blobs({"base": base, "head": rand(1000, 3)})
     assert upper_bound(blobs) > 1_600_000
     new = new_raw_bytes(blobs, index, chunk_size=256 << 10, pack_threshold=1 << 20)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
+from .._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
 from ._tensors import check_tensor, numpy_dtype_from_name
 
 _TAGS = frozenset({"$tensor", "$tuple", "$set", "$frozenset", "$dict", "$odict", "$float",
@@ -273,3 +273,17 @@ def contains_pickle(node: Any) -> bool:
                 return True
             stack.extend(n.values())
     return False
+
+
+def rebase_tensors(node: Any, offset: int) -> Any:
+    """A copy of an encoded tree whose ``{"$tensor": i}`` references point ``offset`` further
+    (its tensors moved to the end of a longer tensor table)."""
+    if offset == 0:
+        return node
+    if isinstance(node, list):
+        return [rebase_tensors(v, offset) for v in node]
+    if isinstance(node, dict):
+        if len(node) == 1 and type(node.get("$tensor")) is int:
+            return {"$tensor": node["$tensor"] + offset}
+        return {k: rebase_tensors(v, offset) for k, v in node.items()}
+    return node

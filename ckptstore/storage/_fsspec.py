@@ -28,10 +28,10 @@ from typing import Any, Iterator
 
 import fsspec
 
-from . import _hashing
+from ..format import _hashing
 from ._backend import Backend, Buffer
-from ._errors import CkptstoreError, StorageError
-from ._layout import parse_manifest_key, parse_object_key
+from .._errors import CkptstoreError, StorageError
+from ..format._layout import parse_manifest_key, parse_object_key
 
 log = logging.getLogger("ckptstore")
 

@@ -6,19 +6,22 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any
+
+from .._units import fmt_bytes
+from ._common import add_store_arg, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ._cli import _storage_options
-    from ._space import fmt_bytes
+    from ._main import _storage_options
+    from ..store._space import fmt_bytes
     from .adapters.interop import import_checkpoint
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             infos = import_checkpoint(args.src, args.dst, step=args.step, epoch=args.epoch, tags=args.tag or (),
-                                      allow_pickle=args.allow_pickle, storage_options=_storage_options(args))
+                                      allow_pickle=args.allow_pickle, storage_options=storage_options(args.storage_option))
     except (OSError, ValueError) as e:  # a wrong path, a file that is not a checkpoint
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
@@ -31,13 +34,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ._cli import _storage_options
+    from ._main import _storage_options
     from .adapters.interop import export_checkpoint
 
     try:
         info, files = export_checkpoint(args.uri, args.dst, step=args.step, id=args.id,
                                         allow_pickle=args.allow_pickle, overwrite=args.overwrite,
-                                        storage_options=_storage_options(args))
+                                        storage_options=storage_options(args.storage_option))
     except (OSError, ValueError) as e:  # DST exists, a wrong path
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
@@ -45,7 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: Any) -> None:
     imp = sub.add_parser("import", help="import HF checkpoint-N folders, Lightning .ckpt or torch.save files")
     imp.add_argument("src", help="a checkpoint-N folder, a Trainer output folder, a .ckpt/.pt file or a folder of them")
     imp.add_argument("dst", help="store location (created if needed)")
@@ -59,7 +62,7 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="write a checkpoint out as plain files a framework loads or resumes from")
-    common(exp)
+    add_store_arg(exp)
     exp.add_argument("dst", help="folder to create")
     exp.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
     exp.add_argument("--id", help="the checkpoint with this id (or unique prefix)")

@@ -1,4 +1,4 @@
-"""The disk-space guard, and the lease a save holds (docs/format.md, "Space" and "Locks").
+"""The disk-space guard of a save (docs/format.md, "Disk space").
 
 Before a save writes anything it estimates the bytes it will add and compares them with the
 free space at the destination (``Backend.free_bytes``; or a user-set ``quota`` minus the bytes
@@ -23,20 +23,19 @@ objects this save had written are removed again.
 from __future__ import annotations
 
 import math
-import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from . import _hashing
-from ._errors import InsufficientSpaceError, StorageError
-from ._info import CheckpointInfo
-from ._layout import OBJECTS_DIR, object_key, parse_object_key
-from ._locks import Lease, acquire_gc, acquire_save
+from ..format import _hashing
+from .._errors import InsufficientSpaceError
+from .._units import fmt_bytes, parse_size
+from ..format._info import CheckpointInfo
+from ..format._layout import OBJECTS_DIR, parse_object_key
+from ._locks import acquire_gc
 from ._retention import Retention
-from ._tensors import PlannedBlob
-from ._writer import PACK_ALIGN, DedupIndex, _host_bytes
+from ..format._tensors import PlannedBlob
+from ..pipeline._writer import PACK_ALIGN, DedupIndex, _host_bytes
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -44,34 +43,6 @@ if TYPE_CHECKING:
 MODES = ("fail", "make_room", "ignore")
 #: compression margin on top of the ratio the previous checkpoint reached
 RATIO_MARGIN = 1.10
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)b?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: int | str | None) -> int:
-    """Bytes from an int or text such as ``"2GiB"``, ``"500MB"``, ``"1.5G"``. Every unit is a
-    power of 1024, with or without the ``i`` (a guard should err towards more space)."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        raise ValueError(f"a size must be bytes or text like '2GiB', not {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value}")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if m is None:
-        raise ValueError(f"cannot read the size {value!r}: use bytes or text like 500MiB, 2GiB, 1.5T")
-    mult = 1024 ** ("kmgtp".find(m.group(2).lower()) + 1) if m.group(2) else 1
-    return int(float(m.group(1)) * mult)
-
-
-def fmt_bytes(n: int) -> str:
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{int(v)} B" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return str(n)  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -140,9 +111,7 @@ def compression_ratio(index: DedupIndex, codec: str) -> float:
 
 def used_bytes(store: "Store") -> int:
     """Bytes of every object the store's checkpoints reference (for quotas)."""
-    from ._gc import _mark
-
-    _, _, manifests = _mark(store)
+    manifests, _problems = store.catalog.manifests()
     sizes: dict[str, int] = {}
     for m in manifests.values():
         for k, oi in m.objects.items():
@@ -165,76 +134,23 @@ def _incoming(step: int, metrics: Mapping[str, float], tags: Iterable[str]) -> C
                           num_tensors=0, key="", uri="")
 
 
-class SaveGuard:
-    """One save's lease, space check, commit check and clean-up. Used by ``Store.save``::
+class SpaceCheck:
+    """The disk-space guard of one save session (which holds the save lease ``lease_key``)."""
 
-        with SaveGuard(store) as g:
-            index = g.check_space(...)
-            ... write objects ...
-            g.confirm(objects)
-            ... write the manifest ...
-    """
-
-    def __init__(self, store: "Store", keep: Retention | None = None) -> None:
-        if keep is not None:
-            from ._gc import _check_policy
-
-            _check_policy(keep)
+    def __init__(self, store: "Store", lease_key: str, keep: Retention | None = None) -> None:
         self.store = store
+        self.lease_key = lease_key
         self.keep = keep
-        self.lease: Lease | None = None
-        self.started = 0.0
-        self.writing = False
         self.made_room: Any = None
 
-    def __enter__(self) -> "SaveGuard":
-        store = self.store
-        self.lease = acquire_save(store.backend)
-        self.started = time.time()
-        try:
-            # objects in the dedup index came from manifests present at the last save; if one of
-            # those is gone, a gc may have deleted the objects: rebuild the index from the store
-            self.keys = store._keys()  # the save reuses this listing to find its parent
-            keys = {k for _s, _d, k in self.keys}
-        except BaseException:
-            self.lease.release()  # __exit__ does not run when __enter__ fails
-            raise
-        with store._lock:
-            prev = store._index_keys
-            if store._index is not None and (prev is None or not prev <= keys):
-                store._index = None
-            store._index_keys = keys
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        lease = self.lease
-        try:
-            if isinstance(exc, InsufficientSpaceError) and self.writing:
-                freed = self._remove_partial()
-                free = self.store.backend.free_bytes()
-                inner = str(exc).rstrip(".")
-                tail = f" The {fmt_bytes(freed)} this save had written were removed again." if freed else ""
-                raise InsufficientSpaceError(
-                    f"the disk at {self.store.backend.describe()} filled up during the save: {inner}.{tail}",
-                    needed=None, free=free) from exc
-        finally:
-            if lease is not None:
-                lease.release()
-
-    def committed(self, key: str) -> None:
-        with self.store._lock:
-            if self.store._index_keys is not None:
-                self.store._index_keys.add(key)
-
     # -- before writing ---------------------------------------------------------------------
-    def check_space(self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, *, step: int,
-                    metrics: Mapping[str, float], tags: Iterable[str], parent: CheckpointInfo | None,
-                    chunk_size: int, pack_threshold: int) -> DedupIndex:
+    def check(self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, *, step: int,
+              metrics: Mapping[str, float], tags: Iterable[str], parent: CheckpointInfo | None,
+              chunk_size: int, pack_threshold: int) -> DedupIndex:
         """Raise ``InsufficientSpaceError`` (or make room) before anything is written; returns
         the dedup index to write with (a fresh one after making room)."""
         store = self.store
         guard: SpaceGuard = store.space
-        self.writing = True
         if guard.on_low_space == "ignore":
             return index
         free = available(store, guard)
@@ -249,7 +165,6 @@ class SaveGuard:
             need = self._estimate(blobs, codec, index, chunk_size, pack_threshold)
             if free - guard.reserve >= need:
                 return index
-        self.writing = False
         raise self._error(step, need, free, guard)
 
     def _estimate(self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, chunk_size: int,
@@ -264,18 +179,14 @@ class SaveGuard:
         store = self.store
         policy = resolve_policy(store, self.keep)
         if policy is None:
-            self.writing = False
             raise InsufficientSpaceError(
                 f"not enough space at {store.backend.describe()} and on_low_space='make_room' has no retention "
                 "policy to apply: pass retention=Retention(...) to Store, keep=... to save, or store one with "
                 "set_retention().", needed=None, free=store.backend.free_bytes())
-        assert self.lease is not None
         self.made_room = run_gc(store, policy, incoming=_incoming(step, metrics, tags),
-                                protect=[parent.id] if parent is not None else [], exclude=[self.lease.key])
-        with store._lock:
-            store._index = None
-            store._index_keys = {k for _s, _d, k in store._keys()}
-        return store._dedup_index()
+                                protect=[parent.id] if parent is not None else [], exclude=[self.lease_key])
+        keys = store.catalog.keys()
+        return store.catalog.dedup_index(keys, store.catalog.newest(keys))
 
     def _error(self, step: int, need: int, free: int, guard: SpaceGuard) -> InsufficientSpaceError:
         where = self.store.backend.describe()
@@ -296,44 +207,23 @@ class SaveGuard:
                 "(`ckptstore gc`, or Store(..., retention=..., on_low_space='make_room')), or save elsewhere.")
         return InsufficientSpaceError(msg, needed=need + guard.reserve, free=free)
 
-    # -- before committing ------------------------------------------------------------------
-    def confirm(self, objects: Iterable[str]) -> None:
-        """Before the manifest is written: if our lease was lost (this process was paused past the
-        stale time and a gc ran), take a new one and check every object still exists."""
-        assert self.lease is not None
-        if self.lease.held():
-            return
-        backend = self.store.backend
-        self.lease.release()
-        self.lease = None
-        self.lease = acquire_save(backend)
-        missing = [k for k in objects if not backend.exists(object_key(k))]
-        if missing:
-            with self.store._lock:
-                self.store._index = None
-            raise StorageError(
-                f"this save to {backend.describe()} was paused longer than the lock timeout and a gc removed "
-                f"{len(missing)} object(s) it needed (e.g. {missing[0]}). Nothing was committed; save again.")
-
     # -- after a failed write ---------------------------------------------------------------
-    def _remove_partial(self) -> int:
-        """Delete unreferenced objects written since this save began, if no other save runs."""
-        from ._gc import _mark
-
+    def remove_partial(self, started: float) -> int:
+        """Delete unreferenced objects written since ``started``, if no other save runs."""
         store = self.store
         backend = store.backend
-        assert self.lease is not None
         try:
-            lease, _busy = acquire_gc(backend, wait=0.0, exclude=[self.lease.key])
+            lease, _busy = acquire_gc(backend, wait=0.0, exclude=[self.lease_key])
         except OSError:
             return 0  # not even a lease file fits; leave it to gc
         if lease is None:
             return 0
         freed = 0
         try:
-            referenced, problems, _ = _mark(store)
+            manifests, problems = store.catalog.manifests()
             if problems:
                 return 0
+            referenced = {k for m in manifests.values() for k in m.objects}
             for key in backend.list(OBJECTS_DIR):
                 d = parse_object_key(key)
                 if d is None or d in referenced:
@@ -343,10 +233,11 @@ class SaveGuard:
                     size = backend.size(key)
                 except OSError:
                     continue
-                if mt is not None and mt >= self.started - 1.0:
+                if mt is not None and mt >= started - 1.0:
                     backend.delete(key)
                     freed += size
             backend.sync()
         finally:
             lease.release()
+        store.catalog.invalidate()
         return freed

@@ -11,23 +11,22 @@ only what is still missing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from . import _hashing
-from ._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError, StorageError
-from ._info import CheckpointInfo
-from ._layout import OBJECTS_DIR, MANIFESTS_DIR, object_key, parse_manifest_key, parse_object_key
-from ._manifest import Manifest, parse_manifest
-from ._progress import byte_bar
-from ._store import Store
+from ..format import _hashing
+from .._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError
+from ..format._info import CheckpointInfo
+from ..format._layout import OBJECTS_DIR, MANIFESTS_DIR, object_key, parse_manifest_key, parse_object_key
+from ..format._manifest import Manifest, parse_manifest
+from .._progress import byte_bar
+from ._session import SaveSession
 
-StoreLike = Union[Store, str, "os.PathLike[str]"]
+if TYPE_CHECKING:
+    from ._store import Store
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class CopyResult:
     bytes_present: int
 
 
-def select_checkpoints(src: Store, *, steps: Iterable[int] | None = None, ids: Iterable[str] | None = None,
+def select_checkpoints(src: "Store", *, steps: Iterable[int] | None = None, ids: Iterable[str] | None = None,
                        all: bool = False, latest: int | None = None) -> list[CheckpointInfo]:
     """The checkpoints a copy takes from ``src``: the union of ``steps`` (the newest at each),
     ``ids`` (unique prefixes), ``all`` and the ``latest`` K; the newest one when nothing is given."""
@@ -72,56 +71,16 @@ def select_checkpoints(src: Store, *, steps: Iterable[int] | None = None, ids: I
     return sorted(chosen.values(), key=lambda i: (i.step, i.created_at, i.id))
 
 
-def _open(x: StoreLike, options: Mapping[str, Any] | None, retries: int | None) -> tuple[Store, bool]:
-    if isinstance(x, Store):
-        return x, False
-    return Store(x, storage_options=options, retries=retries), True
-
-
-def copy_checkpoints(
-    src: StoreLike,
-    dst: StoreLike,
-    *,
-    steps: Iterable[int] | None = None,
-    ids: Iterable[str] | None = None,
-    all: bool = False,
-    latest: int | None = None,
-    checkpoints: Iterable[CheckpointInfo] | None = None,
-    src_options: Mapping[str, Any] | None = None,
-    dst_options: Mapping[str, Any] | None = None,
-    retries: int | None = None,
-    workers: int | None = None,
-    readback: bool = False,
-    progress: bool | None = None,
-) -> CopyResult:
-    """Copy checkpoints from ``src`` to ``dst`` (Stores or URIs; a missing destination store is
-    created). Selection as in :func:`select_checkpoints`, or an explicit ``checkpoints`` list.
-    Only objects the destination lacks travel; manifests go last. Returns a :class:`CopyResult`."""
-    s, close_s = _open(src, src_options, retries)
-    d, close_d = _open(dst, dst_options, retries)
-    try:
-        if checkpoints is not None:
-            chosen = sorted(checkpoints, key=lambda i: (i.step, i.created_at, i.id))
-        else:
-            chosen = select_checkpoints(s, steps=steps, ids=ids, all=all, latest=latest)
-        return _Copier(s, d, workers or d.workers, readback).run(chosen, progress)
-    finally:
-        if close_s:
-            s.close()
-        if close_d:
-            d.close()
-
-
-def _save_lease(store: Store) -> Any:
-    try:
-        from ._locks import acquire_save  # type: ignore[import-not-found]  # leases: retention issue
-    except ImportError:
-        return contextlib.nullcontext()
-    return acquire_save(store.backend)
+def copy_between(src: "Store", dst: "Store", chosen: list[CheckpointInfo], *, workers: int, readback: bool = False,
+                 progress: bool | None = None) -> CopyResult:
+    """Copy ``chosen`` checkpoints of ``src`` to ``dst`` (created when missing): only objects the
+    destination lacks travel, verified on arrival; each manifest goes last. The public entry points
+    are ``ckptstore.copy_checkpoints`` and ``Store.copy_to``."""
+    return _Copier(src, dst, workers, readback).run(chosen, progress)
 
 
 class _Copier:
-    def __init__(self, src: Store, dst: Store, workers: int, readback: bool) -> None:
+    def __init__(self, src: "Store", dst: "Store", workers: int, readback: bool) -> None:
         self.src, self.dst = src, dst
         self.workers = max(1, workers)
         self.readback = readback
@@ -162,13 +121,12 @@ class _Copier:
             bar(len(data))
 
     def run(self, chosen: list[CheckpointInfo], progress: bool | None) -> CopyResult:
-        self.dst._ensure_store()
         # a copy is a save at the destination: it decides to reuse objects there, so it holds a
-        # save lease (when this ckptstore has leases) until its last manifest is written
-        with _save_lease(self.dst) as lease:
-            return self._run(chosen, progress, lease)
+        # save lease until its last manifest is written
+        with SaveSession(self.dst) as session:
+            return self._run(chosen, progress, session)
 
-    def _run(self, chosen: list[CheckpointInfo], progress: bool | None, lease: Any) -> CopyResult:
+    def _run(self, chosen: list[CheckpointInfo], progress: bool | None, session: SaveSession) -> CopyResult:
         have_objects = {h for h in map(parse_object_key, self.dst.backend.list(OBJECTS_DIR)) if h is not None}
         have_manifests = {k for k in self.dst.backend.list(MANIFESTS_DIR) if parse_manifest_key(k) is not None}
         plans = []
@@ -188,26 +146,18 @@ class _Copier:
                 planned.add(h)
                 need.append((h, oi.size))
                 total += oi.size
-            plans.append((info, raw, need))
+            plans.append((info, raw, m, need))
         copied, present = [], []
         with byte_bar(total, f"copying to {self.dst.uri}", progress) as bar:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-copy") as pool:
-                for info, raw, need in plans:
+                for info, raw, m, need in plans:
                     # list() consumes the iterator: the first failure propagates, nothing is committed
                     list(pool.map(lambda hs: self._copy_object(hs[0], hs[1], bar), need))
                     if info.key in have_manifests:
                         present.append(dataclasses.replace(info, uri=self.dst.uri))
                         continue
                     self.dst.backend.sync()  # objects durable before the manifest names them
-                    if lease is not None and hasattr(lease, "held") and not lease.held():
-                        raise StorageError(f"copy to {self.dst.uri} paused too long: its save lease expired, so "
-                                           "a gc may have removed objects it meant to reuse. Run the copy again "
-                                           "(it resumes).")
-                    self.dst.backend.write(info.key, raw)
-                    self.dst.backend.sync()
-                    copied.append(dataclasses.replace(info, uri=self.dst.uri))
-        with self.dst._lock:
-            self.dst._index = None  # new manifests: rebuild the dedup index on the next save
+                    copied.append(session.publish(raw, m))
         copied.sort(key=lambda i: (i.step, i.created_at, i.id))
         present.sort(key=lambda i: (i.step, i.created_at, i.id))
         return CopyResult(copied=tuple(copied), present=tuple(present), objects_copied=self.objects,

@@ -27,14 +27,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _hashing
-from ._backend import Backend
+from ..format import _hashing
+from ..storage._backend import Backend
 from ._codec import MIN_SAVING, get_codec, object_codec
-from ._layout import object_key
-from ._manifest import Blob, Manifest, ObjectInfo, Segment
+from ..format._layout import object_key
+from ..format._manifest import Blob, Manifest, ObjectInfo, Segment
 from ._objwrite import BackendSink, LocalSink, sink_for
-from ._staging import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
-from ._tensors import PlannedBlob
+from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
+from ..format._tensors import PlannedBlob
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64

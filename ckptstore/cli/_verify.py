@@ -13,15 +13,24 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import _hashing
-from ._codec import get_codec
-from ._commands import _open
-from ._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
-from ._layout import object_key
-from ._manifest import Manifest
-from ._progress import byte_bar
-from ._reader import check_manifest
-from ._store import Store
+from ..format import _hashing
+from ..pipeline._codec import get_codec
+from ._common import add_store_arg, open_store
+from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from ..format._layout import object_key
+from ..format._manifest import Manifest
+from .._progress import byte_bar
+from ..pipeline._reader import check_manifest
+from ..store._store import Store
+
+
+def add_parsers(sub: Any) -> None:
+    verify = sub.add_parser("verify", help="check checkpoints: structure, objects, and with --read-data every byte")
+    add_store_arg(verify)
+    verify.add_argument("--step", type=int, help="only the checkpoint(s) at this step (default: all)")
+    verify.add_argument("--read-data", action="store_true", help="read every object and check its hash")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(func=cmd_verify)
 
 
 def _check_object(store: Store, key: str, m: Manifest, read_data: bool) -> str | None:
@@ -50,10 +59,11 @@ def _check_object(store: Store, key: str, m: Manifest, read_data: bool) -> str |
 def cmd_verify(args: argparse.Namespace) -> int:
     problems: list[str] = []
     results: list[dict[str, Any]] = []
-    with _open(args) as store:
-        store._read_config()
+    with open_store(args) as store:
+        catalog = store.catalog
+        catalog.config()
         selected: list[tuple[int, str, str]] = []
-        for step, digest, key in store._keys():
+        for step, digest, key in catalog.keys():
             if args.step is not None and step != args.step:
                 continue
             selected.append((step, digest, key))
@@ -63,7 +73,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for step, digest, key in selected:
             where = f"step {step} ({digest[:12]})"
             try:
-                m = store._manifest(key)
+                m = catalog.manifest(key)
                 check_manifest(m, where)
             except (IntegrityError, UnsupportedFormatError) as e:
                 results.append({"step": step, "id": digest, "ok": False, "problems": [str(e)]})

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Protocol, Sequence, Union
 
-from ._errors import UnsupportedFormatError
+from .._errors import UnsupportedFormatError
 
-__all__ = ["Decision", "Retention", "RetentionPlan", "format_duration", "parse_duration", "plan"]
+__all__ = ["Decision", "Retention", "RetentionPlan", "check_policy", "format_duration", "parse_duration", "plan"]
 
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_RE = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -317,3 +317,10 @@ def plan(checkpoints: Sequence[CheckpointLike], policy: Retention, *,
                 why += f" (no {policy.best[0]!r} metric for keep_best)"
             decisions.append(Decision(c, True, (why,)))
     return RetentionPlan(policy=policy, decisions=tuple(decisions))
+
+
+def check_policy(policy: object) -> Retention:
+    """``policy`` itself when it is a ``Retention``; TypeError otherwise."""
+    if not isinstance(policy, Retention):
+        raise TypeError(f"a retention policy is a ckptstore.Retention, not {type(policy).__name__}")
+    return policy

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._manifest import NumpyRng, PythonRng, RngState
+from ..format._manifest import NumpyRng, PythonRng, RngState
 
 
 def _b64(t: torch.Tensor) -> str:

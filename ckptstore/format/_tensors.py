@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import IntegrityError, UnsupportedFormatError, UnsupportedValueError
+from .._errors import IntegrityError, UnsupportedFormatError, UnsupportedValueError
 
 _DTYPES: dict[str, torch.dtype] = {
     name: v

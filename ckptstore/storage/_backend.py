@@ -22,7 +22,7 @@ from typing import Any, Union
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ._errors import BackendUnavailableError, InsufficientSpaceError, StorageError
+from .._errors import BackendUnavailableError, InsufficientSpaceError, StorageError
 from ._mounts import DRIVE_TRASH_NOTE, Mount, dead_mount_message, find_mount, is_dead_mount_error
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -322,7 +322,7 @@ def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | 
     proto = uri.split("://", 1)[0] if "://" in uri and "::" not in uri else None
     try:
         if proto in _EXTRAS:
-            from ._cloud import open_object_store
+            from ._fsspec import open_object_store
 
             return open_object_store(uri, proto, options, retries=retries)
         fs, path = fsspec.core.url_to_fs(uri, **options)
@@ -335,14 +335,14 @@ def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | 
         raise ValueError(f"cannot open store URI {uri!r}: {e}") from None
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(path, uri=uri)
-    from ._cloud import FsspecBackend
+    from ._fsspec import FsspecBackend
 
     return FsspecBackend(fs, path, uri, retries=retries)
 
 
 def __getattr__(name: str) -> Any:  # FsspecBackend moved to _cloud.py; keep the old import working
     if name == "FsspecBackend":
-        from ._cloud import FsspecBackend
+        from ._fsspec import FsspecBackend
 
         return FsspecBackend
     raise AttributeError(name)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import IntegrityError
-from ._mounts import find_mount
+from .._errors import IntegrityError
+from ..storage._mounts import find_mount
 
 PAGE = mmap.PAGESIZE
 _MAP_FIXED = 0x10  # the same value on Linux and macOS

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-from ._errors import IntegrityError, UnsupportedFormatError
+from .._errors import IntegrityError, UnsupportedFormatError
 
 FORMAT_NAME = "ckptstore"
 FORMAT_VERSION = 1

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from ._backend import Backend
-from ._errors import StorageError
+from ..storage._backend import Backend
+from .._errors import StorageError
 
 log = logging.getLogger("ckptstore")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 
-from ._errors import DeviceUnavailableError
+from .._errors import DeviceUnavailableError
 
 MapLocation = Union[None, str, torch.device, Mapping[str, Any], Callable[[torch.Tensor, str], Any]]
 MPS_UNSUPPORTED = frozenset({torch.float64, torch.complex128})

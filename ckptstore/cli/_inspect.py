@@ -1,54 +1,69 @@
-"""The maintenance commands of the command line: ``show``, ``gc``, ``du`` (``verify``: _fsck.py).
-
-Each takes the parsed arguments and returns an exit code (0 ok, 1 problems found); ``_cli``
-owns parsing. Output is plain text for people, or JSON with ``--json``.
-"""
+"""``ckptstore ls``, ``show`` and ``du``: what a store holds, read-only."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
-from ._errors import UnsupportedFormatError
-from ._info import CheckpointInfo
-from ._layout import OBJECTS_DIR, parse_object_key
-from ._manifest import Manifest
-from ._retention import Retention, format_duration, parse_duration
-from ._space import fmt_bytes
-from ._store import Store
+from .._errors import UnsupportedFormatError
+from .._units import fmt_bytes
+from ..format._info import CheckpointInfo
+from ..format._layout import OBJECTS_DIR, parse_object_key
+from ..format._manifest import Manifest
+from ..format._tensors import dtype_from_name
+from ..store._gc import mark
+from ..store._store import Store
+from ._common import add_store_arg, open_store, progress_text, table
 
 
-def _open(args: argparse.Namespace) -> Store:
-    from ._cli import _storage_options
+def add_parsers(sub: Any) -> None:
+    ls = sub.add_parser("ls", help="list checkpoints")
+    add_store_arg(ls)
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=cmd_ls)
 
-    return Store(args.uri, storage_options=_storage_options(args))
+    show = sub.add_parser("show", help="one checkpoint in detail: config, metrics, RNG, tensors")
+    add_store_arg(show)
+    show.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
+    show.add_argument("--id", help="the checkpoint with this id (or unique prefix)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    du = sub.add_parser("du", help="space per checkpoint: logical size vs bytes actually stored")
+    add_store_arg(du)
+    du.add_argument("--json", action="store_true", help="print JSON")
+    du.set_defaults(func=cmd_du)
 
 
-def _table(head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    for r in [head, *rows]:
-        print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-
-
-def _when(i: CheckpointInfo) -> str:
-    return i.created_at.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _pick(store: Store, args: argparse.Namespace) -> CheckpointInfo:
-    return store.info(getattr(args, "step", None), id=getattr(args, "id", None))
-
-
-def progress_text(meta: Any, step: int) -> str:
-    """``"1500/10000 (15.0%)"`` when the checkpoint's meta has ``total_steps``, else ``""``."""
-    total = meta.get("total_steps") if isinstance(meta, dict) else None
-    if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
-        return ""
-    return f"{step}/{total} ({100.0 * step / total:.1f}%)"
+# -- ls ---------------------------------------------------------------------------------------
+def cmd_ls(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        infos = store.list()
+    if args.json:
+        rows = [{"id": i.id, "step": i.step, "epoch": i.epoch, "created_at": i.created_at.isoformat(),
+                 "size": i.size, "new_bytes": i.new_bytes, "metrics": dict(i.metrics), "tags": list(i.tags),
+                 "progress": progress_text(i.meta, i.step) or None}
+                for i in infos]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not infos:
+        print(f"no checkpoints in {args.uri}")
+        return 0
+    head = ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags", "id"]
+    body = [[str(i.step), "" if i.epoch is None else str(i.epoch), i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+             fmt_bytes(i.size), fmt_bytes(i.new_bytes), " ".join(f"{k}={v:.4g}" for k, v in i.metrics.items()),
+             ",".join(i.tags), i.short_id] for i in infos]
+    progress = [progress_text(i.meta, i.step) for i in infos]
+    if any(progress):
+        head.insert(-1, "progress")
+        for r, p in zip(body, progress):
+            r.insert(-1, p)
+    table(head, body)
+    return 0
 
 
 # -- show -------------------------------------------------------------------------------------
@@ -91,8 +106,6 @@ def _itemsize(kind: str, dtype: str) -> int:
             return int(np.dtype(dtype).itemsize)
         except TypeError:
             return 0
-    from ._tensors import dtype_from_name
-
     try:
         return int(dtype_from_name(dtype).itemsize)
     except UnsupportedFormatError:
@@ -108,7 +121,7 @@ def _tensor_bytes(m: Manifest, j: int) -> int:
 
 
 def show_summary(store: Store, info: CheckpointInfo) -> dict[str, Any]:
-    m = store._manifest(info.key)
+    m = store.manifest(id=info.id)
     rng = []
     if m.rng is not None:
         for k in ("python", "numpy", "torch", "mps"):
@@ -140,8 +153,8 @@ def show_summary(store: Store, info: CheckpointInfo) -> dict[str, Any]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open(args) as store:
-        s = show_summary(store, _pick(store, args))
+    with open_store(args) as store:
+        s = show_summary(store, store.info(args.step, id=args.id))
     if args.json:
         print(json.dumps(s, indent=2, default=repr))
         return 0
@@ -177,106 +190,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- gc ---------------------------------------------------------------------------------------
-def parse_keep_best(text: str) -> tuple[str, str, int]:
-    """``METRIC:min|max[:K]`` -> (metric, mode, K); argparse turns ValueError into exit code 2."""
-    parts = text.rsplit(":", 2) if text.count(":") >= 2 else text.rsplit(":", 1)
-    if len(parts) == 3 and parts[1] in ("min", "max"):
-        metric, mode, k = parts
-    elif len(parts) == 2 and parts[1] in ("min", "max"):
-        (metric, mode), k = parts, "1"
-    else:
-        raise argparse.ArgumentTypeError(f"expected METRIC:min|max[:K], e.g. val_loss:min or acc:max:3, not {text!r}")
-    if not metric or not k.isdigit() or int(k) < 1:
-        raise argparse.ArgumentTypeError(f"expected METRIC:min|max[:K] with K >= 1, not {text!r}")
-    return metric, mode, int(k)
-
-
-def duration_arg(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return int(text)
-
-
-def policy_from_args(args: argparse.Namespace) -> Retention | None:
-    given = [args.keep_last, args.keep_best, args.keep_every, args.keep_within]
-    if all(v is None for v in given) and not args.keep_tag:
-        return None
-    tags = tuple(dict.fromkeys(["pinned", *(args.keep_tag or [])]))
-    return Retention(keep_last=args.keep_last, keep_best=args.keep_best, keep_every=args.keep_every,
-                     keep_within=args.keep_within, keep_tags=tags)
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
-    grace = None if args.grace is None else args.grace.total_seconds()
-    with _open(args) as store:
-        store._read_config()
-        source = "command line"
-        if policy is None:
-            policy = store.get_retention()
-            source = "stored in the store"
-        elif args.set_policy and not args.dry_run:
-            store.set_retention(policy)
-            source = "command line, now stored in the store"
-        report = store.gc(policy, dry_run=args.dry_run, grace=grace, wait=args.wait) if policy is not None \
-            else store.prune(dry_run=args.dry_run, grace=grace, wait=args.wait)
-    if args.json:
-        print(json.dumps({
-            "dry_run": report.dry_run, "policy": None if policy is None else policy.to_json(),
-            "decisions": [] if report.plan is None else [
-                {"id": d.checkpoint.id, "step": d.checkpoint.step, "action": d.action, "reasons": list(d.reasons)}
-                for d in report.plan.decisions],
-            "removed": [i.id for i in report.removed], "deleted_objects": report.deleted_objects,
-            "freed_bytes": report.freed_bytes, "deleted_temp": report.deleted_temp,
-            "young_objects": report.young_objects, "young_bytes": report.young_bytes,
-            "deferred": report.deferred, "problems": report.problems}, indent=2))
-        return 0 if report.ok else 1
-    if policy is None:
-        print("no retention policy given or stored: no checkpoint is removed; pruning unreferenced data only")
-    else:
-        print(f"policy ({source}): {policy.describe()}")
-    if report.plan is not None and report.plan.decisions:
-        rows = [[d.action, str(d.checkpoint.step), _when(d.checkpoint), d.checkpoint.short_id,
-                 "; ".join(d.reasons)] for d in reversed(report.plan.decisions)]
-        _table(["action", "step", "created (UTC)", "id", "reasons"], rows)
-    verb = "would free" if report.dry_run else "freed"
-    rm = "would remove" if report.dry_run else "removed"
-    print(f"{'dry run: ' if report.dry_run else ''}{rm} {len(report.removed)} checkpoint(s); {verb} "
-          f"{fmt_bytes(report.freed_bytes)} ({report.freed_bytes} bytes) in {report.deleted_objects} object(s)")
-    if report.deleted_temp:
-        print(f"{'would delete' if report.dry_run else 'deleted'} {report.deleted_temp} stale temporary file(s)")
-    if report.young_objects:
-        g = format_duration(timedelta(seconds=grace if grace is not None else _default_grace()))
-        print(f"kept {report.young_objects} unreferenced object(s) ({fmt_bytes(report.young_bytes)}) younger than "
-              f"the grace period ({g}): a save may still be writing them")
-    if report.deferred:
-        print(f"note: {report.deferred}", file=sys.stderr)
-    for p in report.problems:
-        print(f"problem: {p}", file=sys.stderr)
-    return 0 if report.ok else 1
-
-
-def _default_grace() -> float:
-    from ._gc import GRACE
-
-    return GRACE
-
-
 # -- du ---------------------------------------------------------------------------------------
 def cmd_du(args: argparse.Namespace) -> int:
-    from ._gc import _mark
-
-    with _open(args) as store:
+    with open_store(args) as store:
         infos = store.list()
-        referenced, problems, manifests = _mark(store)
+        referenced, problems, manifests = mark(store)
         users: dict[str, int] = {}
         size: dict[str, int] = {}
         for m in manifests.values():
@@ -314,7 +232,7 @@ def cmd_du(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 1 if problems else 0
     f = fmt_bytes
-    _table(["step", "created (UTC)", "logical", "referenced", "only here", "written", "id"],
+    table(["step", "created (UTC)", "logical", "referenced", "only here", "written", "id"],
            [[str(r["step"]), r["created_at"][:19].replace("T", " "), f(r["logical"]), f(r["stored"]), f(r["unique"]),
              f(r["new"]), r["id"][:12]] for r in rows])
     ratio = f"{logical / stored:.2f}x" if stored else "-"

@@ -25,13 +25,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _hashing, _mmap
-from ._backend import Backend
+from ..format import _hashing
+
+from . import _mmap
+from ..storage._backend import Backend
 from ._codec import get_codec
-from ._errors import IntegrityError, ObjectMissingError
-from ._layout import object_key
-from ._manifest import Manifest
-from ._staging import ByteBudget, Staging, copy_from_host, device_sync, scratch
+from .._errors import IntegrityError, ObjectMissingError
+from ..format._layout import object_key
+from ..format._manifest import Manifest
+from ._buffers import ByteBudget, Staging, copy_from_host, device_sync, scratch
 
 BUDGET_FRACTION = 0.05
 
@@ -64,7 +66,7 @@ def check_manifest(m: Manifest, where: str) -> None:
             total += seg.length
         if total != b.nbytes:
             raise IntegrityError(f"{where}: blob {i} has {b.nbytes} bytes but its segments hold {total}")
-    from ._tensors import check_entry
+    from ..format._tensors import check_entry
 
     for j, e in enumerate(m.tensors):
         if e.blob >= len(m.blobs):
@@ -75,7 +77,7 @@ def check_manifest(m: Manifest, where: str) -> None:
 def blob_devices(m: Manifest, placement: Any) -> list[torch.device]:
     """Where each blob's buffer goes: the placement's device for its torch tensors (a callable
     ``map_location`` gets CPU tensors), the CPU for numpy arrays."""
-    from ._tensors import dtype_from_name
+    from ..format._tensors import dtype_from_name
 
     cpu = torch.device("cpu")
     entries: dict[int, list[Any]] = {}

@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from ._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
-from ._info import CheckpointInfo
-from ._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
+from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from ..format._info import CheckpointInfo
+from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ._locks import LOCKS_DIR, Lease, acquire_gc
-from ._manifest import Manifest
-from ._retention import Retention, RetentionPlan, plan
+from ..format._manifest import Manifest
+from ._retention import Retention, RetentionPlan, check_policy, plan
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -80,35 +80,22 @@ class GcReport:
         return out
 
 
-def _mark(store: "Store") -> tuple[set[str], list[str], dict[str, Manifest]]:
+def mark(store: "Store") -> tuple[set[str], list[str], dict[str, Manifest]]:
     """(referenced object keys, problems, manifests by key) from every manifest present now."""
-    referenced: set[str] = set()
-    problems: list[str] = []
-    manifests: dict[str, Manifest] = {}
-    for step, _digest, key in store._keys():
-        try:
-            m = store._manifest(key)
-        except CheckpointNotFoundError:
-            continue
-        except (IntegrityError, UnsupportedFormatError) as e:
-            problems.append(f"cannot read checkpoint manifest at step {step} ({key}): {e}")
-            continue
-        manifests[key] = m
-        referenced.update(m.objects)
+    manifests, problems = store.catalog.manifests()
+    referenced = {k for m in manifests.values() for k in m.objects}
     return referenced, problems, manifests
 
 
-def _forget(store: "Store", infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+def forget(store: "Store", infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    """Delete these checkpoints' manifests (their objects stay until a sweep)."""
     done = []
     for info in infos:
         store.backend.delete(info.key)
         done.append(info)
     if done:
         store.backend.sync()
-        with store._lock:
-            for info in done:
-                store._manifests.pop(info.key, None)
-            store._index = None
+        store.catalog.removed(i.key for i in done)
     return done
 
 
@@ -116,7 +103,7 @@ def _objects_of(store: "Store", infos: Iterable[CheckpointInfo]) -> dict[str, in
     out: dict[str, int] = {}
     for info in infos:
         try:
-            m = store._manifest(info.key)
+            m = store.catalog.manifest(info.key)
         except (CheckpointNotFoundError, IntegrityError, UnsupportedFormatError):
             continue
         for k, oi in m.objects.items():
@@ -148,7 +135,7 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
                                "); run gc again later to free the space")
             return
     try:
-        referenced, problems, manifests = _mark(store)
+        referenced, problems, manifests = mark(store)
         if problems:
             report.problems.extend(problems)
             report.deferred = "some manifests cannot be read, so no object was deleted (run `ckptstore verify`)"
@@ -213,10 +200,7 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
                 progress(1)
         if not dry_run and doomed:
             backend.sync()
-            with store._lock:
-                if store._index is not None:
-                    store._index.forget_objects(deleted)
-                store._index = None
+            store.catalog.objects_deleted(deleted)
     finally:
         if lease is not None:
             lease.release()
@@ -241,7 +225,7 @@ def run_gc(store: "Store", policy: Retention | None, *, dry_run: bool = False, g
         removed = [c for c in the_plan.remove if incoming is None or c.id != incoming.id]
     report = GcReport(plan=the_plan, dry_run=dry_run)
     known = _objects_of(store, removed)
-    report.removed = removed if dry_run else _forget(store, removed)
+    report.removed = removed if dry_run else forget(store, removed)
     if sweep_objects:
         sweep(store, report, known=known, grace=grace, wait=wait, exclude=exclude, dry_run=dry_run)
     return report
@@ -262,50 +246,14 @@ def apply_after_save(store: "Store", override: Retention | None = None) -> GcRep
     return report
 
 
-__all__ = ["GRACE", "GcReport", "apply_after_save", "resolve_policy", "run_gc", "set_stored_policy", "sweep"]
+__all__ = ["GRACE", "GcReport", "apply_after_save", "forget", "mark", "resolve_policy", "run_gc", "sweep"]
 
 
 # -- the policy a store applies ---------------------------------------------------------------
-def stored_policy(store: "Store") -> Retention | None:
-    """The policy in ``ckptstore.json`` (read afresh: another process may have changed it)."""
-    from ._manifest import parse_store_config
-    from ._layout import CONFIG_KEY
-
-    try:
-        data = store.backend.read(CONFIG_KEY)
-    except FileNotFoundError:
-        return None
-    cfg = parse_store_config(data, store.backend.describe(CONFIG_KEY))
-    with store._lock:
-        store._config = cfg
-    return None if cfg.retention is None else Retention.from_json(cfg.retention)
-
-
 def resolve_policy(store: "Store", override: Retention | None = None) -> Retention | None:
     """``override`` (``save(keep=...)``), else ``Store(retention=...)``, else the stored policy."""
     if override is not None:
-        return _check_policy(override)
+        return check_policy(override)
     if store.retention is not None:
         return store.retention
-    return stored_policy(store)
-
-
-def _check_policy(policy: object) -> Retention:
-    if not isinstance(policy, Retention):
-        raise TypeError(f"a retention policy is a ckptstore.Retention, not {type(policy).__name__}")
-    return policy
-
-
-def set_stored_policy(store: "Store", policy: Retention | None) -> None:
-    """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically."""
-    from ._layout import CONFIG_KEY
-    from ._manifest import StoreConfig, dump
-
-    if policy is not None:
-        _check_policy(policy)
-    cfg = store._ensure_store()
-    new = StoreConfig.model_validate({**cfg.model_dump(), "retention": None if policy is None else policy.to_json()})
-    store.backend.write(CONFIG_KEY, dump(new))
-    store.backend.sync()
-    with store._lock:
-        store._config = new
+    return store.catalog.stored_policy()

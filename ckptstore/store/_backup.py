@@ -25,10 +25,11 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Union
 
-from ._errors import CheckpointNotFoundError, CkptstoreError, StoreNotFoundError
+from .._errors import CkptstoreError
+from ._retention import Retention
 
 if TYPE_CHECKING:
-    from ._info import CheckpointInfo
+    from ..format._info import CheckpointInfo
     from ._store import Store
 
 log = logging.getLogger("ckptstore")
@@ -241,16 +242,13 @@ class Mirror:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _mirror_store(self) -> "Store":
-        from ._store import Store
-
         if self._store is None:
             b = self.backup
-            self._store = Store(b.uri, storage_options=b.storage_options, retries=b.retries, workers=b.workers)
+            self._store = type(self.primary)(b.uri, storage_options=b.storage_options, retries=b.retries,
+                                             workers=b.workers)
         return self._store
 
     def _attempt(self, batch: list["CheckpointInfo"]) -> int:
-        from ._copy import copy_checkpoints
-
         primary = self.primary
         live = {i.id for i in primary.list()}
         todo = [i for i in batch if i.id in live]  # forgotten by the primary's retention: skip
@@ -260,8 +258,8 @@ class Mirror:
         try:
             copied = 0
             if todo:
-                copied = len(copy_checkpoints(primary, mirror, checkpoints=todo, readback=self.backup.readback,
-                                              workers=self.backup.workers, progress=False).copied)
+                copied = len(primary.copy_to(mirror, checkpoints=todo, readback=self.backup.readback,
+                                             workers=self.backup.workers, progress=False).copied)
             dropped = apply_retention(mirror, self.backup)
         except BaseException:
             self._store = None  # reopen next time (credentials, mounts)
@@ -276,8 +274,6 @@ class Mirror:
     # -- restore ----------------------------------------------------------------------------
     def restore_into(self, primary: "Store") -> list["CheckpointInfo"]:
         """Copy the mirror's newest ``backup.restore`` checkpoints into an empty primary."""
-        from ._copy import copy_checkpoints
-
         n = self.backup.restore
         if n <= 0:
             return []
@@ -285,7 +281,7 @@ class Mirror:
             mirror = self._mirror_store()
             if not mirror.exists() or not mirror.list():
                 return []
-            result = copy_checkpoints(mirror, primary, latest=n, readback=self.backup.readback, progress=None)
+            result = mirror.copy_to(primary, latest=n, readback=self.backup.readback, progress=None)
         except CkptstoreError as e:
             msg = f"the store {primary.uri} is empty and restoring from the backup {self.backup.uri} failed: {e}"
             log.warning(msg)
@@ -302,47 +298,15 @@ class Mirror:
 
 
 def apply_retention(mirror: "Store", backup: Backup) -> list["CheckpointInfo"]:
-    """The mirror's own retention: ``backup.retention`` through ``mirror.gc`` (the retention
-    module's API), else keep the newest ``keep_last`` by forgetting the others; their objects
-    then stay until ``ckptstore gc`` runs on the mirror. Returns what was forgotten."""
-    import ckptstore
-
+    """The mirror's own retention: ``backup.retention``, else keep the newest ``keep_last``,
+    applied with the mirror store's ``gc`` (forget, then delete unreferenced objects). Returns
+    what was forgotten."""
     policy = backup.retention
-    gc = getattr(mirror, "gc", None)
-    retention_cls = getattr(ckptstore, "Retention", None)
-    if policy is None and backup.keep_last is not None and gc is not None and retention_cls is not None:
-        policy = retention_cls(keep_last=backup.keep_last)  # forget + delete unreferenced objects
-    if policy is not None:
-        if gc is None:
-            raise CkptstoreError("Backup(retention=...) needs Store.gc, which this ckptstore lacks")
-        before = {i.id: i for i in mirror.list()}
-        gc(policy)
-        after = {i.id for i in mirror.list()}
-        return [i for k, i in before.items() if k not in after]
-    if backup.keep_last is None:
+    if policy is None and backup.keep_last is not None:
+        policy = Retention(keep_last=backup.keep_last)
+    if policy is None:
         return []
-    infos = mirror.list()
-    drop = infos[: max(0, len(infos) - backup.keep_last)]
-    for info in drop:
-        mirror.forget(id=info.id)
-    return drop
-
-
-def load_with_fallback(uri: Any, fallback: Any, *, step: int | None, id: str | None,
-                       storage_options: Mapping[str, Any] | None,
-                       fallback_options: Mapping[str, Any] | None, **load_kw: Any) -> Any:
-    """``ckptstore.load(uri, fallback=...)``: the primary when it has the checkpoint, else the
-    fallback store (with a warning naming both)."""
-    from ._store import Store
-
-    try:
-        with Store(uri, storage_options=storage_options) as store:
-            return store.load(step, id=id, **load_kw)
-    except (StoreNotFoundError, CheckpointNotFoundError) as e:
-        reason = e
-    with Store(fallback, storage_options=fallback_options) as store:
-        state = store.load(step, id=id, **load_kw)
-    msg = f"loaded from the fallback {store.uri}: {reason}"
-    log.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    return state
+    before = {i.id: i for i in mirror.list()}
+    mirror.gc(policy)
+    after = {i.id for i in mirror.list()}
+    return [i for k, i in before.items() if k not in after]

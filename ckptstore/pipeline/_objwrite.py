@@ -29,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from ._backend import Backend, _storage_error, ensure_dir, fsync_dir
+from ..storage._backend import Backend, _storage_error, ensure_dir, fsync_dir
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2

@@ -23,8 +23,8 @@ from typing import Protocol, Union
 import numpy as np
 import zstandard as _zstd
 
-from ._errors import IntegrityError
-from ._staging import scratch
+from .._errors import IntegrityError
+from ._buffers import scratch
 
 Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 

@@ -1,0 +1,322 @@
+"""The catalog: the one owner of what a process knows about a store's metadata.
+
+It lists and caches manifests (validated once, by key), remembers damaged ones, reads and writes
+the store config (``ckptstore.json``, with its stored retention policy), and keeps the dedup
+index (what the store already holds, built from the newest checkpoint). Everything that adds,
+removes or deletes goes through ``added``, ``removed`` and ``objects_deleted``; ``invalidate``
+is the one way to drop the dedup index. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from .._errors import CheckpointNotFoundError, IntegrityError, StoreNotFoundError, UnsupportedFormatError
+from ..format import _hashing
+from ..format._info import CheckpointInfo
+from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
+from ..format._manifest import Manifest, StoreConfig, dump, parse_manifest, parse_store_config
+from ..format._tree import Decoder
+from ..pipeline._writer import DedupIndex
+from ..storage._backend import Backend
+from ._retention import Retention
+
+log = logging.getLogger("ckptstore")
+
+#: (step, id, key) of one manifest, as listed
+Key = tuple[int, str, str]
+
+_UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
+
+
+class Catalog:
+    """Manifests, config and dedup index of the store behind ``backend``.
+
+    ``restore``: called when the store config is missing; returns True when it created the store
+    (a backup mirror restoring a vanished local store)."""
+
+    def __init__(self, backend: Backend, *, restore: Callable[[], bool] | None = None) -> None:
+        self.backend = backend
+        self._restore = restore
+        self._lock = threading.RLock()
+        self._manifests: dict[str, Manifest] = {}
+        self._bad: dict[str, str] = {}
+        self._config: StoreConfig | None = None
+        self._index: DedupIndex | None = None
+        self._index_keys: set[str] | None = None  # manifests present when the index was last checked
+
+    @property
+    def uri(self) -> str:
+        return self.backend.uri
+
+    def clear(self) -> None:
+        """Forget every cached manifest and the dedup index (the store may have changed)."""
+        with self._lock:
+            self._manifests.clear()
+            self._index = None
+
+    # -- the store config ------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.backend.exists(CONFIG_KEY)
+
+    def not_found(self) -> StoreNotFoundError:
+        where = self.backend.describe()
+        state = self.backend.root_state()
+        if state == "missing":
+            msg = (f"no checkpoint store at {where}: the path does not exist. Check the path, or save a "
+                   "checkpoint there first.")
+        elif state == "file":
+            msg = (f"{where} is a file, not a checkpoint store. To bring a torch.save file into a store, "
+                   "use `ckptstore import`.")
+        else:
+            msg = f"{where} exists but is not a checkpoint store (it has no {CONFIG_KEY})."
+        return StoreNotFoundError(msg, path=where)
+
+    def config(self) -> StoreConfig:
+        """The store config (read once, then cached); StoreNotFoundError when there is no store."""
+        with self._lock:
+            if self._config is not None:
+                return self._config
+        if self.backend.root_state() == "file":
+            raise self.not_found()
+        try:
+            data = self.backend.read(CONFIG_KEY)
+        except (FileNotFoundError, NotADirectoryError):
+            if self._restore is None or not self._restore():
+                raise self.not_found() from None
+            data = self.backend.read(CONFIG_KEY)  # the restore created the store
+        return self._set_config(parse_store_config(data, self.backend.describe(CONFIG_KEY)))
+
+    def ensure(self) -> StoreConfig:
+        """The store config, creating the store first when there is none."""
+        with self._lock:
+            if self._config is not None:
+                return self._config
+            if self.backend.root_state() == "file":
+                raise self.not_found()
+            if not self.backend.exists(CONFIG_KEY):
+                cfg = StoreConfig(created_at=datetime.now(timezone.utc))
+                self.backend.write(CONFIG_KEY, dump(cfg), if_absent=True)
+                self.backend.sync()
+            return self.config()
+
+    def _set_config(self, cfg: StoreConfig) -> StoreConfig:
+        with self._lock:
+            self._config = cfg
+        return cfg
+
+    def stored_policy(self) -> Retention | None:
+        """The retention policy in ``ckptstore.json``, read afresh (another process may have set it)."""
+        try:
+            data = self.backend.read(CONFIG_KEY)
+        except FileNotFoundError:
+            return None
+        cfg = self._set_config(parse_store_config(data, self.backend.describe(CONFIG_KEY)))
+        return None if cfg.retention is None else Retention.from_json(cfg.retention)
+
+    def set_stored_policy(self, policy: Retention | None) -> None:
+        """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically."""
+        cfg = self.ensure()
+        new = StoreConfig.model_validate({**cfg.model_dump(), "retention": None if policy is None else policy.to_json()})
+        self.backend.write(CONFIG_KEY, dump(new))
+        self.backend.sync()
+        self._set_config(new)
+
+    # -- manifests -------------------------------------------------------------------------
+    def keys(self) -> list[Key]:
+        """(step, id, key) of every manifest present now, by step (one LIST)."""
+        out = []
+        for key in self.backend.list(MANIFESTS_DIR):
+            parsed = parse_manifest_key(key)
+            if parsed is not None:
+                out.append((parsed[0], parsed[1], key))
+        out.sort()
+        return out
+
+    def manifest(self, key: str) -> Manifest:
+        """The validated manifest at ``key`` (cached). Raises IntegrityError when it is damaged,
+        CheckpointNotFoundError when it is gone."""
+        with self._lock:
+            m = self._manifests.get(key)
+        if m is not None:
+            return m
+        parsed = parse_manifest_key(key)
+        if parsed is None:
+            raise ValueError(f"{key!r} is not a manifest key")
+        step, digest = parsed
+        where = self.backend.describe(key)
+        try:
+            data = self.backend.read(key)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"checkpoint {digest[:12]} (step {step}) was removed: {where}") from None
+        if _hashing.digest(data) != digest:
+            raise IntegrityError(f"manifest {where} does not match its hash; the checkpoint is damaged")
+        m = parse_manifest(data, where, digest)
+        if m.step != step:
+            raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
+        with self._lock:
+            self._manifests[key] = m
+        return m
+
+    def info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
+        config = Decoder([]).decode(m.config) if m.config is not None else None
+        return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
+
+    def damaged(self) -> dict[str, str]:
+        """Manifest key -> why, for every damaged manifest ``list`` skipped in this process."""
+        with self._lock:
+            return dict(self._bad)
+
+    def list(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
+        """Every readable checkpoint, sorted by step then creation time; damaged manifests are
+        skipped with one warning each."""
+        self.config()
+        out = []
+        for step, digest, key in self.keys():
+            try:
+                m = self.manifest(key)
+            except (IntegrityError, UnsupportedFormatError) as e:
+                with self._lock:
+                    new = key not in self._bad
+                    self._bad[key] = str(e)
+                if new:
+                    warnings.warn(f"skipping checkpoint at step {step}: {e}", stacklevel=stacklevel)
+                continue
+            except CheckpointNotFoundError:
+                continue
+            out.append(self.info(key, digest, m))
+        out.sort(key=lambda i: (i.step, i.created_at, i.id))
+        return out
+
+    def manifests(self) -> tuple[dict[str, Manifest], list[str]]:
+        """(key -> manifest of every readable checkpoint present now, problems with the others).
+        A manifest removed while listing is skipped; a damaged one is a problem."""
+        out: dict[str, Manifest] = {}
+        problems: list[str] = []
+        for step, _digest, key in self.keys():
+            try:
+                out[key] = self.manifest(key)
+            except CheckpointNotFoundError:
+                continue
+            except (IntegrityError, UnsupportedFormatError) as e:
+                problems.append(f"cannot read checkpoint manifest at step {step} ({key}): {e}")
+        return out, problems
+
+    def newest(self, keys: list[Key] | None = None) -> CheckpointInfo | None:
+        """The newest readable checkpoint (highest step; the most recent of equal steps), from
+        ``keys`` (a listing the caller made) or a fresh listing."""
+        if keys is None:
+            self.config()
+            keys = self.keys()
+        best: CheckpointInfo | None = None
+        for step, digest, key in reversed(keys):
+            if best is not None and step < best.step:
+                break
+            try:
+                info = self.info(key, digest, self.manifest(key))
+            except _UNREADABLE as e:
+                log.warning("skipping damaged checkpoint at step %d: %s", step, e)
+                continue
+            if best is None or (info.created_at, info.id) > (best.created_at, best.id):
+                best = info
+        return best
+
+    def find(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
+        """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique prefix
+        of it) ``id``, or the newest when neither is given."""
+        self.config()
+        if step is not None and id is not None:
+            raise ValueError("give step or id, not both")
+        if id is not None:
+            if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
+                raise ValueError(f"a checkpoint id is lowercase hex, not {id!r}")
+            matches = [k for k in self.keys() if k[1].startswith(id)]
+            if len(matches) > 1:
+                raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")
+            if not matches:
+                raise CheckpointNotFoundError(f"no checkpoint with id {id!r} in {self.uri}")
+            _s, digest, key = matches[0]
+            return self.info(key, digest, self.manifest(key))
+        if step is None:
+            info = self.newest()
+            if info is None:
+                raise CheckpointNotFoundError(f"the store {self.uri} has no checkpoints yet")
+            return info
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int, not {type(step).__name__}")
+        keys = self.keys()
+        found = [k for k in keys if k[0] == step]
+        if not found:
+            steps = sorted({k[0] for k in keys})
+            near = ", ".join(str(s) for s in steps[-10:]) or "none"
+            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {self.uri} (latest steps: {near})")
+        infos: list[CheckpointInfo] = []
+        errors: list[Exception] = []
+        for _, digest, key in found:
+            try:
+                infos.append(self.info(key, digest, self.manifest(key)))
+            except _UNREADABLE as e:
+                errors.append(e)
+        if not infos:
+            raise errors[0]
+        return max(infos, key=lambda i: (i.created_at, i.id))
+
+    # -- changes ---------------------------------------------------------------------------
+    def added(self, key: str, m: Manifest) -> None:
+        """A manifest this process committed: cache it and index its objects."""
+        with self._lock:
+            self._manifests[key] = m
+            if self._index is not None:
+                self._index.add_manifest(m)
+            if self._index_keys is not None:
+                self._index_keys.add(key)
+
+    def removed(self, keys: Iterable[str]) -> None:
+        """Manifests this process deleted: their objects may go, so the dedup index is dropped."""
+        with self._lock:
+            for key in keys:
+                self._manifests.pop(key, None)
+            self.invalidate()
+
+    def objects_deleted(self, digests: set[str]) -> None:
+        """Objects a sweep deleted."""
+        if digests:
+            self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop the dedup index: the next save rebuilds it from the store (the one way to do so)."""
+        with self._lock:
+            self._index = None
+            self._index_keys = None
+
+    # -- the dedup index -------------------------------------------------------------------
+    def dedup_index(self, keys: list[Key], parent: CheckpointInfo | None) -> DedupIndex:
+        """The index a save writes with, given the listing it made under its lease and its parent.
+
+        Objects in a kept index came from manifests present at the last save; if one of those is
+        gone, a gc (here or elsewhere) may have deleted the objects: rebuild from the store."""
+        present = {k for _s, _d, k in keys}
+        with self._lock:
+            prev = self._index_keys
+            if self._index is not None and (prev is None or not prev <= present):
+                self._index = None
+            if self._index is None:
+                self._index = DedupIndex()
+                if parent is not None:
+                    self._index.add_manifest(self.manifest(parent.key))
+            self._index_keys = present
+            return self._index
+
+
+def read_manifest_bytes(backend: Backend, key: str, digest: str) -> tuple[bytes, Manifest]:
+    """A manifest's exact bytes (hash checked) and its model: what a copy needs."""
+    where = backend.describe(key)
+    data = backend.read(key)
+    if _hashing.digest(data) != digest:
+        raise IntegrityError(f"manifest {where} does not match its hash; not copying a damaged checkpoint")
+    return data, parse_manifest(data, where, digest)
+

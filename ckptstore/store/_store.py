@@ -1,0 +1,350 @@
+"""``Store``: the facade that owns write and read ordering (docs/format.md, "Ordering").
+
+It composes the layers below: the ``Catalog`` (what the store holds), a ``SaveSession`` per save
+(stage, then commit), the reader pipeline for loads, gc and retention, and the backup mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any, Iterable, Mapping
+
+from .._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError, PickleNotAllowedError
+from .._progress import byte_bar
+from ..format._info import CheckpointInfo
+from ..format._layout import CONFIG_KEY, object_key
+from ..format._manifest import Manifest, RngState, StoreConfig
+from ..format._tensors import entry_to_tensor
+from ..format._tree import Decoder, contains_pickle
+from ..pipeline._codec import resolve_compression
+from ..pipeline._devices import MapLocation, Placement
+from ..pipeline._mmap import mmap_default
+from ..pipeline._reader import blob_devices, check_manifest, read_blobs, verify_objects
+from ..pipeline._rng import restore_rng_state
+from ..storage._backend import Backend, open_backend
+from . import _suspect
+from ._backup import Backup, Mirror, as_backup
+from ._catalog import Catalog
+from ._copy import CopyResult, copy_between, select_checkpoints
+from ._gc import GcReport, forget, resolve_policy, run_gc, apply_after_save
+from ._retention import Retention, RetentionPlan, check_policy, plan
+from ._session import SaveSession, check_details
+from ._space import SpaceGuard
+
+log = logging.getLogger("ckptstore")
+
+DEFAULT_CHUNK_SIZE = 32 << 20
+
+
+def _default_workers() -> int:
+    return max(2, min(8, 2 * (os.cpu_count() or 2)))
+
+
+class Store:
+    """A checkpoint store at a URI (local path, ``file://``, ``memory://``, ``s3://``, ``gs://``...).
+
+    ``storage_options`` (or extra keyword arguments) go to fsspec unchanged. A store is reusable
+    across many saves and loads, safe to share between threads, and a context manager.
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        compression: str | bool | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        workers: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        retention: Retention | None = None,
+        on_low_space: str = "fail",
+        reserve: int | str = 0,
+        quota: int | str | None = None,
+        retries: int | None = None,
+        backup: str | os.PathLike[str] | Backup | None = None,
+        **more_storage_options: Any,
+    ) -> None:
+        if isinstance(uri, Store):
+            raise TypeError("Store() takes a URI; you passed a Store")
+        options = {**(storage_options or {}), **more_storage_options}
+        self._backend: Backend = open_backend(uri, options, retries=retries)
+        self.compression = resolve_compression(compression)
+        if not isinstance(chunk_size, int) or chunk_size < (64 << 10):
+            raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
+        self.chunk_size = chunk_size
+        self.workers = workers or _default_workers()
+        self.retention = None if retention is None else check_policy(retention)
+        self.space = SpaceGuard.make(on_low_space, reserve, quota)
+        b = as_backup(backup)
+        self._mirror: Mirror | None = Mirror(self, b) if b is not None else None
+        self._catalog = Catalog(self._backend, restore=self._restore if self._mirror is not None else None)
+
+    def _restore(self) -> bool:
+        assert self._mirror is not None
+        return bool(self._mirror.restore_into(self))
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop caches and wait for pending backup copies (see ``Backup.close_timeout``). The store
+        holds no open files between calls and stays usable."""
+        if self._mirror is not None:
+            self._mirror.close()
+        self._catalog.clear()
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    @property
+    def uri(self) -> str:
+        return self._backend.uri
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def catalog(self) -> Catalog:
+        """What this process knows of the store's manifests, config and dedup index."""
+        return self._catalog
+
+    @property
+    def backup(self) -> Mirror | None:
+        """The backup mirror (``.flush()``, ``.status``), or None."""
+        return self._mirror
+
+    def copy_to(self, dst: "Store | str | os.PathLike[str]", *, steps: Iterable[int] | None = None,
+                ids: Iterable[str] | None = None, all: bool = False, latest: int | None = None,
+                checkpoints: Iterable[CheckpointInfo] | None = None, workers: int | None = None,
+                readback: bool = False, progress: bool | None = None) -> CopyResult:
+        """Copy checkpoints to another store (a Store or a URI; created when missing). Selection
+        as in ``ckptstore.copy_checkpoints``."""
+        target = dst if isinstance(dst, Store) else Store(dst)
+        try:
+            chosen = (sorted(checkpoints, key=lambda i: (i.step, i.created_at, i.id)) if checkpoints is not None
+                      else select_checkpoints(self, steps=steps, ids=ids, all=all, latest=latest))
+            return copy_between(self, target, chosen, workers=workers or target.workers, readback=readback,
+                                progress=progress)
+        finally:
+            if target is not dst:
+                target.close()
+
+    # -- store config -----------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when a store (its ``ckptstore.json``) exists at the URI."""
+        return self._catalog.exists()
+
+    @property
+    def config(self) -> StoreConfig:
+        return self._catalog.config()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def list(self) -> list[CheckpointInfo]:
+        """Every committed checkpoint, sorted by step then creation time. Damaged manifests are
+        skipped with a warning (``ckptstore verify`` reports them)."""
+        return self._catalog.list(stacklevel=3)
+
+    list_checkpoints = list
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint (highest step; the most recent of equal steps), or None."""
+        return self._catalog.newest()
+
+    def info(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
+        """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique
+        prefix of it) ``id``, or the newest when neither is given."""
+        return self._catalog.find(step, id=id)
+
+    def manifest(self, step: int | None = None, *, id: str | None = None) -> Manifest:
+        """The validated manifest model of a checkpoint (see docs/format.md)."""
+        return self._catalog.manifest(self.info(step, id=id).key)
+
+    # -- save -------------------------------------------------------------------------------
+    def session(self, *, keep: Retention | None = None) -> SaveSession:
+        """A save as two steps, ``stage`` then ``commit`` (see ``SaveSession``): for writers that
+        stage in several processes and commit once. ``with store.session() as s: ...``"""
+        return SaveSession(self, keep=keep)
+
+    def save(
+        self,
+        state: Any,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        config: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        rng: bool | RngState = True,
+        compression: str | bool | None = None,
+        allow_pickle: bool = False,
+        progress: bool | None = None,
+        keep: Retention | None = None,
+    ) -> CheckpointInfo:
+        """Write ``state`` as a new checkpoint; returns when it is committed and durable.
+
+        Then the retention policy (``keep``, else the Store's ``retention``, else the one stored
+        with ``set_retention``) removes what it does not keep; the new checkpoint is never removed.
+
+        ``rng``: True records the RNG states now; an ``RngState`` (from ``capture_rng_state()``)
+        records one captured earlier (a background save of a state staged at an earlier step)."""
+        step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
+        with self.session(keep=keep) as s:
+            staged = s.stage(state, compression=compression, allow_pickle=allow_pickle, progress=progress,
+                             step=step, metrics=metric_vals, tags=tag_list)
+            info = s.commit(staged, step=step, epoch=epoch, config=config, metrics=metric_vals, tags=tag_list,
+                            meta=meta, rng=rng, allow_pickle=allow_pickle)
+        self._apply_retention(keep)
+        if self._mirror is not None:
+            self._mirror.submit(info)  # copied in the background; never blocks or fails the save
+        return info
+
+    # -- load -------------------------------------------------------------------------------
+    def load(
+        self,
+        step: int | None = None,
+        *,
+        id: str | None = None,
+        map_location: MapLocation = None,
+        restore_rng: bool = False,
+        allow_pickle: bool = False,
+        verify: bool = True,
+        progress: bool | None = None,
+        mmap: bool | None = None,
+    ) -> Any:
+        """The state saved at ``step`` (or ``id``; the newest by default), every byte verified.
+
+        ``verify=False`` skips hashing the bytes (BLAKE3: 1-7 GB/s per core, by CPU; the sizes and
+        structure are still checked). ``mmap``: CPU tensors of uncompressed objects in a local
+        store become copy-on-write mappings of the object files (no copy; writes to them never
+        reach the store). ``None`` (default) maps on Linux local filesystems, not on network or
+        FUSE mounts (a dropped mount would kill the process on access); ``True`` maps wherever
+        there is a local path; ``False`` reads into fresh memory."""
+        placement = Placement(map_location)
+        info = self.info(step, id=id)
+        m = self._catalog.manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        if contains_pickle(m.tree) and not allow_pickle:
+            raise PickleNotAllowedError(
+                f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
+                "execute code. Pass allow_pickle=True only if you trust this store.")
+        check_manifest(m, where)
+        devices = blob_devices(m, placement)
+        if mmap is None:
+            root = self._backend.local_path(CONFIG_KEY)
+            mmap = root is not None and mmap_default(root)
+        with byte_bar(m.stats.logical_bytes, f"loading step {info.step}", progress) as bar:
+            try:
+                bufs = read_blobs(self._backend, m, where=where, workers=self.workers, verify=verify, progress=bar,
+                                  devices=devices, mmap=bool(mmap))
+            except ObjectMissingError as e:
+                if not self._backend.exists(info.key):
+                    raise CheckpointNotFoundError(
+                        f"{where} was removed (by retention or gc) while it was being loaded; "
+                        "load another checkpoint") from e
+                self._suspect(e)
+                raise
+            except IntegrityError as e:
+                self._suspect(e)
+                raise
+        tensors = _materialize(m, bufs, placement)
+        if placement.kept_on_cpu:
+            warnings.warn(
+                f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=2)
+        state = Decoder(tensors, allow_pickle=allow_pickle).decode(m.tree)
+        if restore_rng:
+            restore_rng_state(m.rng)
+        return state
+
+    # -- maintenance ----------------------------------------------------------------------
+    def forget(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
+        """Remove one checkpoint's manifest (its objects stay until ``gc`` removes unreferenced
+        data). Returns what was removed."""
+        if step is None and id is None:
+            raise ValueError("forget needs a step or an id")
+        info = self.info(step, id=id)
+        forget(self, [info])
+        return info
+
+    def verify(self, step: int | None = None, *, id: str | None = None, read_data: bool = True) -> None:
+        """Check one checkpoint (the newest by default): its manifest, its structure, and with
+        ``read_data`` every object's bytes against its hash. Raises IntegrityError on damage."""
+        info = self.info(step, id=id)
+        m = self._catalog.manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        check_manifest(m, where)
+        try:
+            if read_data:
+                verify_objects(self._backend, m, where=where, workers=self.workers)
+            else:
+                for key in m.objects:
+                    if not self._backend.exists(object_key(key)):
+                        raise ObjectMissingError(f"{where}: object {key} is missing", key)
+        except IntegrityError as e:
+            self._suspect(e)
+            raise
+
+    def _suspect(self, e: IntegrityError) -> None:
+        """Remember a damaged or missing object: later saves neither reuse nor skip it."""
+        if e.key:
+            _suspect.mark(self._backend.describe(), e.key)
+
+    # -- retention and garbage collection (store/_gc.py, _retention.py) ---------------------
+    def set_retention(self, policy: Retention | None) -> None:
+        """Store ``policy`` in ``ckptstore.json`` (None removes it): every writer applies it after
+        each save, and ``ckptstore gc`` applies it when given no rules."""
+        self._catalog.set_stored_policy(None if policy is None else check_policy(policy))
+
+    def get_retention(self) -> Retention | None:
+        """The policy saves apply: the Store's ``retention``, else the stored one, else None."""
+        return resolve_policy(self)
+
+    def plan_retention(self, policy: Retention | None = None) -> RetentionPlan:
+        """What ``policy`` (default: ``get_retention()``) keeps and removes, and why. Changes nothing."""
+        return plan(self.list(), resolve_policy(self, policy) or Retention())
+
+    def gc(self, policy: Retention | None = None, *, dry_run: bool = False, grace: float | None = None,
+           wait: float = 60.0) -> GcReport:
+        """Forget the checkpoints ``policy`` (default: ``get_retention()``; none: forget nothing)
+        removes, then delete objects no checkpoint references. Waits up to ``wait`` seconds for
+        saves in other processes to finish before deleting objects (else defers that part)."""
+        self._catalog.config()
+        return run_gc(self, resolve_policy(self, policy), dry_run=dry_run, grace=grace, wait=wait)
+
+    def prune(self, *, dry_run: bool = False, grace: float | None = None, wait: float = 60.0) -> GcReport:
+        """Delete objects no checkpoint references (those of aborted saves only once older than
+        ``grace`` seconds, default one hour) and stale temporary files. Forgets nothing."""
+        self._catalog.config()
+        return run_gc(self, None, dry_run=dry_run, grace=grace, wait=wait)
+
+    def _apply_retention(self, keep: Retention | None) -> None:
+        """After a committed save: apply retention; a failure here never fails the save."""
+        try:
+            apply_after_save(self, keep)
+        except Exception as e:  # the checkpoint is committed; report, do not raise
+            warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
+                          stacklevel=3)
+
+
+def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any]:
+    by_blob: dict[int, list[int]] = {}
+    for j, e in enumerate(m.tensors):
+        by_blob.setdefault(e.blob, []).append(j)
+    out: list[Any] = [None] * len(m.tensors)
+    for bi, members in by_blob.items():
+        base = bufs[bi]
+        for j in members:
+            e = m.tensors[j]
+            t = entry_to_tensor(e, base)
+            if placement.callable and e.kind == "torch":
+                moved = placement.map_location(t, e.device)
+                t = t if moved is None else moved
+            out[j] = t
+    return out
