@@ -22,8 +22,8 @@ from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .pipeline._rng import capture_rng_state, restore_rng_state
 from .store._store import Store
+from ._version import __version__
 
-__version__ = "0.1.0"
 
 restore_rng = restore_rng_state
 

@@ -13,9 +13,7 @@ from ._common import add_store_arg, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ._main import _storage_options
-    from ..store._space import fmt_bytes
-    from .adapters.interop import import_checkpoint
+    from ..adapters.interop import import_checkpoint
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -34,8 +32,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ._main import _storage_options
-    from .adapters.interop import export_checkpoint
+    from ..adapters.interop import export_checkpoint
 
     try:
         info, files = export_checkpoint(args.uri, args.dst, step=args.step, id=args.id,

@@ -29,7 +29,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from ..storage._backend import Backend, _storage_error, ensure_dir, fsync_dir
+from ..storage._backend import Backend, storage_error
+from ..storage._local import ensure_dir, fsync_dir
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2
@@ -119,7 +120,7 @@ class LocalSink:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise _storage_error(e, f"cannot write {path}") from e
+            raise storage_error(e, f"cannot write {path}") from e
         return True
 
     def _commit(self, item: tuple[str, str]) -> None:
@@ -132,7 +133,7 @@ class LocalSink:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as e:
-            raise _storage_error(e, f"cannot write {path}") from e
+            raise storage_error(e, f"cannot write {path}") from e
         with self._lock:
             self._dirs.add(os.path.dirname(path))
 

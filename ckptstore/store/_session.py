@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .._errors import InsufficientSpaceError, StorageError
 from .._progress import byte_bar
 from .._units import fmt_bytes
+from .._version import __version__
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
@@ -112,12 +113,6 @@ def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
     return out
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 class SaveSession:
@@ -243,7 +238,7 @@ class SaveSession:
                       new_bytes=s.new_bytes, new_objects=s.new_objects)
         m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
                      metrics=metric_vals, tags=tag_list, meta=meta_tree, rng=rng_state,
-                     producer={"ckptstore": _version(), "torch": torch.__version__,
+                     producer={"ckptstore": __version__, "torch": torch.__version__,
                                "python": platform.python_version()},
                      parent=parent.id if parent is not None else None, tree=s.tree, tensors=s.tensors,
                      blobs=s.blobs, objects=dict(sorted(s.objects.items())), stats=stats)

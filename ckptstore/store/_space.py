@@ -35,7 +35,7 @@ from ..format._layout import OBJECTS_DIR, parse_object_key
 from ._locks import acquire_gc
 from ._retention import Retention
 from ..format._tensors import PlannedBlob
-from ..pipeline._writer import PACK_ALIGN, DedupIndex, _host_bytes
+from ..pipeline._writer import PACK_ALIGN, DedupIndex, host_bytes
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -79,7 +79,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
         if n == 0:
             continue
         if n < pack_threshold:
-            h = _hashing.digest(_host_bytes(b.source, 0, n, None)[0])
+            h = _hashing.digest(host_bytes(b.source, 0, n, None)[0])
             with index.lock:
                 hit = h in index.blobs
             if not hit and h not in seen:
@@ -88,7 +88,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
             continue
         for a in range(0, n, chunk_size):
             e = min(a + chunk_size, n)
-            h = _hashing.digest(_host_bytes(b.source, a, e, None)[0])
+            h = _hashing.digest(host_bytes(b.source, a, e, None)[0])
             with index.lock:
                 hit = h in index.raw_objects
             if not hit and h not in seen:

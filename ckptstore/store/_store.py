@@ -23,7 +23,8 @@ from ..pipeline._devices import MapLocation, Placement
 from ..pipeline._mmap import mmap_default
 from ..pipeline._reader import blob_devices, check_manifest, read_blobs, verify_objects
 from ..pipeline._rng import restore_rng_state
-from ..storage._backend import Backend, open_backend
+from ..storage._backend import Backend
+from ..storage._open import open_backend
 from . import _suspect
 from ._backup import Backup, Mirror, as_backup
 from ._catalog import Catalog
