@@ -8,61 +8,73 @@
 from __future__ import annotations
 
 from ._api import copy_checkpoints, info, list_checkpoints, load, save
-from .store._backup import Backup
-from .store._copy import CopyResult
-from .pipeline._devices import Accelerators, auto_device
-from ._errors import (BackendUnavailableError, BackupWarning, CkptstoreWarning, CheckpointExistsError, CheckpointNotFoundError,
-                      CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
-                      ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
-                      UnsupportedFormatError, UnsupportedValueError)
-from .store._gc import GcReport
+from ._errors import (
+                      BackendUnavailableError,
+                      BackupWarning,
+                      CheckpointExistsError,
+                      CheckpointNotFoundError,
+                      CkptstoreError,
+                      CkptstoreWarning,
+                      DeviceUnavailableError,
+                      InsufficientSpaceError,
+                      IntegrityError,
+                      ObjectMissingError,
+                      PickleNotAllowedError,
+                      StorageError,
+                      StoreNotFoundError,
+                      UnsupportedFormatError,
+                      UnsupportedValueError,
+)
+from ._version import __version__
 from .format._info import CheckpointInfo
 from .format._manifest import Manifest, RngState
+from .pipeline._devices import Accelerators, auto_device
+from .pipeline._rng import capture_rng_state, restore_rng_state
+from .store._backup import Backup
+from .store._copy import CopyResult
+from .store._gc import GcReport
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
-from .pipeline._rng import capture_rng_state, restore_rng_state
 from .store._store import Store
-from ._version import __version__
-
 
 restore_rng = restore_rng_state
 
 __all__ = [
-    "Accelerators",
-    "Backup",
-    "BackendUnavailableError",
-    "BackupWarning",
-    "CheckpointExistsError",
-    "CheckpointInfo",
-    "CheckpointNotFoundError",
-    "CkptstoreError",
-    "CkptstoreWarning",
-    "CopyResult",
-    "DeviceUnavailableError",
-    "GcReport",
-    "InsufficientSpaceError",
-    "IntegrityError",
-    "Manifest",
-    "ObjectMissingError",
-    "PickleNotAllowedError",
-    "Retention",
-    "RetentionPlan",
-    "RngState",
-    "SaveSession",
-    "Staged",
-    "StorageError",
-    "Store",
-    "StoreNotFoundError",
-    "UnsupportedFormatError",
-    "UnsupportedValueError",
-    "__version__",
-    "auto_device",
-    "capture_rng_state",
-    "copy_checkpoints",
-    "info",
-    "list_checkpoints",
-    "load",
-    "restore_rng",
-    "restore_rng_state",
-    "save",
+                      "Accelerators",
+                      "BackendUnavailableError",
+                      "Backup",
+                      "BackupWarning",
+                      "CheckpointExistsError",
+                      "CheckpointInfo",
+                      "CheckpointNotFoundError",
+                      "CkptstoreError",
+                      "CkptstoreWarning",
+                      "CopyResult",
+                      "DeviceUnavailableError",
+                      "GcReport",
+                      "InsufficientSpaceError",
+                      "IntegrityError",
+                      "Manifest",
+                      "ObjectMissingError",
+                      "PickleNotAllowedError",
+                      "Retention",
+                      "RetentionPlan",
+                      "RngState",
+                      "SaveSession",
+                      "Staged",
+                      "StorageError",
+                      "Store",
+                      "StoreNotFoundError",
+                      "UnsupportedFormatError",
+                      "UnsupportedValueError",
+                      "__version__",
+                      "auto_device",
+                      "capture_rng_state",
+                      "copy_checkpoints",
+                      "info",
+                      "list_checkpoints",
+                      "load",
+                      "restore_rng",
+                      "restore_rng_state",
+                      "save",
 ]

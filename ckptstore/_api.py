@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
 
 from ._errors import BackupWarning, CheckpointNotFoundError, StoreNotFoundError
 from .format._info import CheckpointInfo
@@ -30,7 +31,7 @@ def save(
     metrics: Mapping[str, Any] | None = None,
     tags: Iterable[str] = (),
     meta: Mapping[str, Any] | None = None,
-    rng: "bool | RngState" = True,
+    rng: bool | RngState = True,
     compression: str | bool | None = None,
     allow_pickle: bool = False,
     progress: bool | None = None,

@@ -26,8 +26,9 @@ import os
 import secrets
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from ..storage._backend import Backend, storage_error
 from ..storage._local import ensure_dir, fsync_dir

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from .._errors import CkptstoreWarning
-
 from ..format._manifest import NumpyRng, PythonRng, RngState
 
 

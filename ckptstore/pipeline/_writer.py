@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from ..format import _hashing
-from ..storage._backend import Backend
-from ._codec import MIN_SAVING, get_codec, object_codec
 from ..format._layout import object_key
 from ..format._manifest import Blob, Manifest, ObjectInfo, Segment
-from ._objwrite import BackendSink, LocalSink, sink_for
-from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ..format._tensors import PlannedBlob
+from ..storage._backend import Backend
+from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
+from ._codec import MIN_SAVING, get_codec, object_codec
+from ._objwrite import BackendSink, LocalSink, sink_for
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import errno
 from abc import ABC, abstractmethod
-from typing import Union
+
+from typing_extensions import Buffer
 
 from .._errors import InsufficientSpaceError, StorageError
 from ._mounts import dead_mount_message, is_dead_mount_error
 
-Buffer = Union[bytes, bytearray, memoryview]
 
 
 class Backend(ABC):

@@ -22,8 +22,9 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .._errors import BackupWarning, CkptstoreError
 from ._retention import Retention
@@ -98,7 +99,7 @@ class MirrorStatus:
     failures: int = 0
 
 
-_LIVE: "weakref.WeakSet[Mirror]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Mirror] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
@@ -112,12 +113,12 @@ atexit.register(_close_all_at_exit)
 class Mirror:
     """The background copier of one primary store to its backup."""
 
-    def __init__(self, primary: "Store", backup: Backup) -> None:
+    def __init__(self, primary: Store, backup: Backup) -> None:
         self.primary = primary
         self.primary_uri = primary.uri
         self.backup = backup
         self._cond = threading.Condition()
-        self._pending: dict[str, "CheckpointInfo"] = {}
+        self._pending: dict[str, CheckpointInfo] = {}
         self._busy = False
         self._closing = False
         self._next_attempt = 0.0
@@ -134,7 +135,7 @@ class Mirror:
         _LIVE.add(self)
 
     # -- the training thread's side ------------------------------------------------------------
-    def submit(self, info: "CheckpointInfo") -> None:
+    def submit(self, info: CheckpointInfo) -> None:
         """Queue a committed checkpoint; returns at once."""
         with self._cond:
             self._pending[info.id] = info
@@ -241,14 +242,14 @@ class Mirror:
         if first:  # once per failure streak
             warnings.warn(msg, BackupWarning, stacklevel=2)
 
-    def _mirror_store(self) -> "Store":
+    def _mirror_store(self) -> Store:
         if self._store is None:
             b = self.backup
             self._store = type(self.primary)(b.uri, storage_options=b.storage_options, retries=b.retries,
                                              workers=b.workers)
         return self._store
 
-    def _attempt(self, batch: list["CheckpointInfo"]) -> int:
+    def _attempt(self, batch: list[CheckpointInfo]) -> int:
         primary = self.primary
         live = {i.id for i in primary.list()}
         todo = [i for i in batch if i.id in live]  # forgotten by the primary's retention: skip
@@ -272,7 +273,7 @@ class Mirror:
         return copied
 
     # -- restore ----------------------------------------------------------------------------
-    def restore_into(self, primary: "Store") -> list["CheckpointInfo"]:
+    def restore_into(self, primary: Store) -> list[CheckpointInfo]:
         """Copy the mirror's newest ``backup.restore`` checkpoints into an empty primary."""
         n = self.backup.restore
         if n <= 0:
@@ -297,7 +298,7 @@ class Mirror:
         return restored
 
 
-def apply_retention(mirror: "Store", backup: Backup) -> list["CheckpointInfo"]:
+def apply_retention(mirror: Store, backup: Backup) -> list[CheckpointInfo]:
     """The mirror's own retention: ``backup.retention``, else keep the newest ``keep_last``,
     applied with the mirror store's ``gc`` (forget, then delete unreferenced objects). Returns
     what was forgotten."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -61,7 +62,7 @@ class Staged(BaseModel):
     new_objects: int = 0
 
     @classmethod
-    def merge(cls, parts: Sequence["Staged"], tree: Any = None) -> "Staged":
+    def merge(cls, parts: Sequence[Staged], tree: Any = None) -> Staged:
         """One ``Staged`` from several: tensor tables concatenated in order (their blob indices
         rebased). ``tree`` indexes the concatenated table; by default, the list of the parts'
         trees (each rebased)."""
@@ -119,7 +120,7 @@ class SaveSession:
     """One save (or copy) into ``store``; see the module docstring. Use as a context manager, or
     call ``open`` and then ``close`` (``abort`` is ``close`` without a commit)."""
 
-    def __init__(self, store: "Store", *, keep: Retention | None = None) -> None:
+    def __init__(self, store: Store, *, keep: Retention | None = None) -> None:
         self.store = store
         self.catalog: Catalog = store.catalog
         self.backend = store.backend
@@ -135,7 +136,7 @@ class SaveSession:
         self._suspect: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "SaveSession":
+    def __enter__(self) -> SaveSession:
         return self.open()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -150,7 +151,7 @@ class SaveSession:
         finally:
             self.close()
 
-    def open(self) -> "SaveSession":
+    def open(self) -> SaveSession:
         """Create the store if needed, take the save lease, find the parent, build the dedup index."""
         if self.lease is not None:
             return self

@@ -9,9 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .._errors import CkptstoreWarning, CheckpointNotFoundError, IntegrityError, ObjectMissingError, PickleNotAllowedError
+from .._errors import (
+    CheckpointNotFoundError,
+    CkptstoreWarning,
+    IntegrityError,
+    ObjectMissingError,
+    PickleNotAllowedError,
+)
 from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
@@ -29,7 +36,7 @@ from . import _suspect
 from ._backup import Backup, Mirror, as_backup
 from ._catalog import Catalog
 from ._copy import CopyResult, copy_between, select_checkpoints
-from ._gc import GcReport, forget, resolve_policy, run_gc, apply_after_save
+from ._gc import GcReport, apply_after_save, forget, resolve_policy, run_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
 from ._session import SaveSession, check_details
 from ._space import SpaceGuard
@@ -86,7 +93,7 @@ class Store:
         return bool(self._mirror.restore_into(self))
 
     # -- context manager ------------------------------------------------------------------
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +127,7 @@ class Store:
         """The backup mirror (``.flush()``, ``.status``), or None."""
         return self._mirror
 
-    def copy_to(self, dst: "Store | str | os.PathLike[str]", *, steps: Iterable[int] | None = None,
+    def copy_to(self, dst: Store | str | os.PathLike[str], *, steps: Iterable[int] | None = None,
                 ids: Iterable[str] | None = None, all: bool = False, latest: int | None = None,
                 checkpoints: Iterable[CheckpointInfo] | None = None, workers: int | None = None,
                 readback: bool = False, progress: bool | None = None) -> CopyResult:
