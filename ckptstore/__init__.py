@@ -22,6 +22,11 @@ from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .pipeline._rng import capture_rng_state, restore_rng_state
 from .store._store import Store
+from .interop._convert import from_plain, to_plain
+from .interop._exporter import export_checkpoint
+from .interop._hf_folder import read_hf_folder, write_hf_folder
+from .interop._importer import import_checkpoint
+from .interop._torchfile import import_torch_file
 
 __version__ = "0.1.0"
 
@@ -57,10 +62,17 @@ __all__ = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "export_checkpoint",
+    "from_plain",
+    "import_checkpoint",
+    "import_torch_file",
     "info",
     "list_checkpoints",
     "load",
+    "read_hf_folder",
     "restore_rng",
     "restore_rng_state",
     "save",
+    "to_plain",
+    "write_hf_folder",
 ]
