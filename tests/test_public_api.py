@@ -22,6 +22,43 @@ def test_all_is_honest():
     assert public <= set(ckptstore.__all__), public - set(ckptstore.__all__)
 
 
+PUBLIC = [
+    "Accelerators", "Backup", "BackendUnavailableError", "CheckpointExistsError", "CheckpointInfo",
+    "CheckpointNotFoundError", "CkptstoreError", "CopyResult", "DeviceUnavailableError", "GcReport",
+    "InsufficientSpaceError", "IntegrityError", "Manifest", "ObjectMissingError", "PickleNotAllowedError", "Retention",
+    "RetentionPlan", "RngState", "SaveSession", "Staged", "StorageError", "Store", "StoreNotFoundError",
+    "UnsupportedFormatError", "UnsupportedValueError", "__version__", "auto_device", "capture_rng_state",
+    "copy_checkpoints", "export_checkpoint", "from_plain", "import_checkpoint", "import_torch_file", "info",
+    "list_checkpoints", "load", "read_hf_folder", "restore_rng", "restore_rng_state", "save", "to_plain",
+    "write_hf_folder",
+]
+
+
+def test_all_is_exactly_the_public_api():
+    """A name added to or removed from the public API is a decision: update this list with it."""
+    assert sorted(ckptstore.__all__) == sorted(PUBLIC)
+    assert len(set(ckptstore.__all__)) == len(ckptstore.__all__)
+
+
+def test_adapters_use_only_the_public_api():
+    """adapters/ import ckptstore's public names only; the core never imports the adapters."""
+    import re
+
+    private = re.compile(r"^\s*(?:from|import)\s+ckptstore\.(?!adapters\b)|^\s*from\s+\.\.", re.M)
+    for f in os.listdir(os.path.join(ROOT, "adapters")):
+        if f.endswith(".py"):
+            with open(os.path.join(ROOT, "adapters", f), encoding="utf-8") as fh:
+                found = private.findall(fh.read())
+            assert not found, f"adapters/{f} imports ckptstore internals: {found}"
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "ckptstore")):
+        for f in files:
+            if f.endswith(".py"):
+                with open(os.path.join(dirpath, f), encoding="utf-8") as fh:
+                    text = fh.read()
+                assert not re.search(r"^\s*(?:from|import)\s+(?:ckptstore\.adapters|\.+adapters)\b", text, re.M), \
+                    f"{os.path.relpath(os.path.join(dirpath, f), ROOT)} imports ckptstore.adapters"
+
+
 def test_modules_are_private():
     pkg = os.path.join(ROOT, "ckptstore")
     for f in os.listdir(pkg):
