@@ -56,8 +56,7 @@ def resume_from_store(store: ckptstore.Store | str | os.PathLike[str], dest: str
     one is skipped with a warning naming both). The folder appears complete or not at all.
     Returns None when the store holds no checkpoint yet.
     """
-    own = not isinstance(store, ckptstore.Store)
-    s = ckptstore.Store(store, storage_options=storage_options) if own else store  # type: ignore[arg-type]
+    s = store if isinstance(store, ckptstore.Store) else ckptstore.Store(store, storage_options=storage_options)
     try:
         found = find_resumable(s, step=step, id=id, map_location="cpu")
         if found is None:
@@ -72,7 +71,7 @@ def resume_from_store(store: ckptstore.Store | str | os.PathLike[str], dest: str
         log.info("ckptstore: resuming from step %d (%s) of %s via %s", info.step, info.short_id, s.uri, final)
         return final
     finally:
-        if own:
+        if s is not store:
             s.close()
 
 
@@ -81,9 +80,10 @@ def _drop_stale_best_path(state: Any) -> Any:
     the Trainer reads, instead of letting it warn about a missing folder."""
     files = state.get("files") if isinstance(state, dict) else None
     entry = files.get("trainer_state.json") if isinstance(files, dict) else None
-    ts = entry.get("value") if isinstance(entry, dict) and entry.get("kind") == "json" else None
-    if isinstance(ts, dict) and ts.get("best_model_checkpoint") and not os.path.isdir(ts["best_model_checkpoint"]):
-        entry["value"] = {**ts, "best_model_checkpoint": None}
+    if isinstance(entry, dict) and entry.get("kind") == "json":
+        ts = entry.get("value")
+        if isinstance(ts, dict) and ts.get("best_model_checkpoint") and not os.path.isdir(ts["best_model_checkpoint"]):
+            entry["value"] = {**ts, "best_model_checkpoint": None}
     return state
 
 

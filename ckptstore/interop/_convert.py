@@ -211,9 +211,10 @@ def _rebuilders() -> dict[str, Callable[[Any], Any]]:
     }
     for name in _ATTRDICT_NAMES:
         out[name] = attrdict
-    for name in ("pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath",
-                 "pathlib.PurePosixPath", "pathlib.PureWindowsPath"):
-        out[name] = lambda v, _n=name: pathlib.Path(v) if "Pure" not in _n else pathlib.PurePath(v)
+    for name in ("pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath"):
+        out[name] = pathlib.Path
+    for name in ("pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath"):
+        out[name] = pathlib.PurePath
     return out
 
 

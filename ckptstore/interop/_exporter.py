@@ -91,13 +91,12 @@ def export_checkpoint(uri: Store | str | os.PathLike[str], dst: str | os.PathLik
         raise FileExistsError(f"{out} is a file; export writes a folder")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
-    own = not isinstance(uri, Store)
-    store = Store(uri, storage_options=storage_options) if own else uri  # type: ignore[arg-type]
+    store = uri if isinstance(uri, Store) else Store(uri, storage_options=storage_options)
     try:
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location="cpu", allow_pickle=allow_pickle)
     finally:
-        if own:
+        if store is not uri:
             store.close()
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)

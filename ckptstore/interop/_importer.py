@@ -80,8 +80,7 @@ def import_checkpoint(src: str | os.PathLike[str], dst: Store | str | os.PathLik
     if len(items) > 1 and (step is not None or epoch is not None):
         raise ValueError(f"{source} holds {len(items)} checkpoints; step/epoch can only be given for one")
     tag_list = [tags] if isinstance(tags, str) else list(tags)
-    own = not isinstance(dst, Store)
-    store = Store(dst, storage_options=storage_options) if own else dst  # type: ignore[arg-type]
+    store = dst if isinstance(dst, Store) else Store(dst, storage_options=storage_options)
     try:
         out = []
         for kind, path in items:
@@ -89,5 +88,5 @@ def import_checkpoint(src: str | os.PathLike[str], dst: Store | str | os.PathLik
             out.append(fn(store, path, step=step, epoch=epoch, tags=tag_list, allow_pickle=allow_pickle))
         return out
     finally:
-        if own:
+        if store is not dst:
             store.close()

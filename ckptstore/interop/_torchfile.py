@@ -54,7 +54,8 @@ _TORCH_MAGIC = (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 def require_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file to import: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
+        folder = " (it is a folder)" if os.path.isdir(path) else ""
+        raise FileNotFoundError(f"no such file to import: {path}{folder}")
 
 
 def read_torch_file(path: str, *, allow_pickle: bool = False) -> Any:
