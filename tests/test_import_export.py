@@ -186,3 +186,41 @@ def test_lightning_ckpt_import_resume_and_export(tmp_path: Path) -> None:
                    accelerator="cpu", devices=1, enable_checkpointing=False)
     t2.fit(again, train, val, ckpt_path=str(tmp_path / "exp" / "last.ckpt"), weights_only=False)
     assert t2.global_step == 24
+
+
+def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
+    """The pieces the framework adapters use, through the public API only."""
+    import argparse
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "checkpoint-12"
+    src.mkdir()
+    w = {"a.weight": torch.arange(6.0).reshape(2, 3)}
+    save_file(w, str(src / "model.safetensors"))
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, src / "optimizer.pt")
+    (src / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 12, "epoch": 1.5, "log_history": [{"step": 12, "loss": 0.5, "train_runtime": 3.0}]}))
+    (src / "notes.txt").write_bytes(b"hello")
+    torch.save({"obj": Opaque(2)}, src / "training_args.bin")
+    with pytest.warns(UserWarning, match="training_args.bin was left out"):
+        ckptstore.import_checkpoint(src, tmp_path / "warned")
+    read = ckptstore.read_hf_folder(src, leave_out=["training_args.bin"])
+    assert (read.step, read.epoch, read.epoch_float, read.metrics, read.skipped) == (12, 1, 1.5, {"loss": 0.5}, [])
+    ckptstore.save(read.state, tmp_path / "s", step=read.step)
+    dest = tmp_path / "out" / "checkpoint-12"
+    files = ckptstore.write_hf_folder(ckptstore.load(tmp_path / "s"), dest)
+    assert sorted(files) == sorted(os.listdir(dest)) == ["model.safetensors", "notes.txt", "optimizer.pt",
+                                                           "trainer_state.json"]
+    assert _equal(load_file(str(dest / "model.safetensors")), w) and (dest / "notes.txt").read_bytes() == b"hello"
+    assert os.listdir(tmp_path / "out") == ["checkpoint-12"]  # no temporary folder left beside it
+    with pytest.raises(ckptstore.UnsupportedFormatError, match="not a Hugging Face checkpoint folder"):
+        ckptstore.write_hf_folder({"model": w}, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+    value = {"hp": argparse.Namespace(lr=0.1, out=Path("/x/y")), "n": [1, 2]}
+    plain, fixes = ckptstore.to_plain(value)
+    assert plain == {"hp": {"lr": 0.1, "out": "/x/y"}, "n": [1, 2]} and json.dumps(fixes)
+    back = ckptstore.from_plain(plain, fixes)
+    assert isinstance(back["hp"], argparse.Namespace) and back["hp"].out == Path("/x/y")
