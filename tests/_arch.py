@@ -30,6 +30,8 @@ LAYERS = {
 #: private attributes of third-party objects we use on purpose
 THIRD_PARTY_PRIVATE = {"_strip_protocol", "_request", "_getframe"}
 SELF_NAMES = {"self", "cls", "mcs"}
+#: what code outside the core (adapters, users) may import
+PUBLIC_PACKAGES = {"ckptstore", "ckptstore.interop", "ckptstore.testing"}
 
 
 @dataclass
@@ -121,7 +123,7 @@ def analyse(root: Path = ROOT) -> Report:
                 if n.startswith("_") and not n.startswith("__") and f"{target}.{n}" not in known:
                     rep.private_names.append(f"{where}:{line}: imports {n} from {target}")
             if in_adapters:
-                if not target.startswith("ckptstore.adapters") and target != "ckptstore":
+                if not target.startswith("ckptstore.adapters") and target not in PUBLIC_PACKAGES:
                     rep.adapter_private_imports.append(f"{where}:{line}: imports {target}")
                 continue
             if target.startswith("ckptstore.adapters"):
@@ -133,10 +135,13 @@ def analyse(root: Path = ROOT) -> Report:
             elif dst_layer > src_layer:
                 rep.layer_violations.append(f"{where}:{line}: {mod} (layer {src_layer}) imports {target} "
                                             f"(layer {dst_layer})")
+        own = _own_private_names(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 v = node.value
                 if isinstance(v, ast.Name) and v.id in SELF_NAMES:
+                    continue
+                if node.attr in own:  # an object of a class this module defines
                     continue
                 if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "super":
                     continue
@@ -145,6 +150,18 @@ def analyse(root: Path = ROOT) -> Report:
                 rep.private_names.append(f"{where}:{node.lineno}: .{node.attr} of {ast.unparse(v)}")
     rep.cycles = _cycles(graph)
     return rep
+
+
+def _own_private_names(tree: ast.AST) -> set[str]:
+    """Private names this module defines: functions, classes, and ``self._x`` attributes."""
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name.startswith("_"):
+            own.add(node.name)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name)
+              and node.value.id in SELF_NAMES and node.attr.startswith("_")):
+            own.add(node.attr)
+    return own
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

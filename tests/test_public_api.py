@@ -46,6 +46,9 @@ EXPECTED_ALL = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "export_checkpoint",
+    "import_checkpoint",
+    "import_torch_file",
     "info",
     "list_checkpoints",
     "load",
@@ -64,6 +67,26 @@ def test_all_is_exact():
     public = {n for n, v in vars(ckptstore).items()
               if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"}
     assert public == set(ckptstore.__all__) - {"__version__"}, public ^ (set(ckptstore.__all__) - {"__version__"})
+
+
+INTEROP_ALL = [
+    "export_checkpoint",
+    "from_plain",
+    "import_checkpoint",
+    "import_torch_file",
+    "read_hf_folder",
+    "to_plain",
+    "write_hf_folder",
+]
+
+
+def test_interop_all_is_exact():
+    """``ckptstore.interop``: the import/export verbs and the helpers framework adapters use."""
+    import ckptstore.interop
+
+    assert sorted(ckptstore.interop.__all__) == INTEROP_ALL
+    for name in ("export_checkpoint", "import_checkpoint", "import_torch_file"):
+        assert getattr(ckptstore, name) is getattr(ckptstore.interop, name)
 
 
 def test_modules_are_private():
