@@ -14,8 +14,9 @@ import enum
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = ["ConfigDrift", "ConfigDriftWarning", "config_drift", "plain_config"]
 

@@ -23,7 +23,8 @@ import os
 import re
 import shutil
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -282,7 +283,7 @@ def _load_weights(model: Any, tree: Mapping[str, Any]) -> None:
         elif name.startswith(("model", "pytorch_model")) and isinstance(tensors, dict):
             full.update(tensors)
     if adapter:
-        from peft import set_peft_model_state_dict  # type: ignore[import-not-found]
+        from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, adapter)
     elif full:

@@ -7,7 +7,7 @@ same either way).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import blake3 as _blake3
 from typing_extensions import Buffer

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 import zstandard as _zstd
-
 from typing_extensions import Buffer
 
 from .._errors import IntegrityError
 from ._buffers import scratch
-
 
 LEVEL = 1
 # a plane (or object) is stored compressed only when that saves at least this fraction
@@ -185,7 +183,7 @@ class _ByteGrouped:
             pos += length
         out[pos : pos + tail] = src[n * g :]
         pos += tail
-        self._header.pack_into(out, 0, g, *methods, *lengths)  # type: ignore[arg-type]
+        self._header.pack_into(out, 0, g, *methods, *lengths)
         return out[:pos]
 
     def _sections(self, stored: np.ndarray, raw_size: int) -> list[tuple[int, int, int]]:

@@ -261,7 +261,7 @@ def _bounded_gcs_class() -> Any:
 
     inner = getattr(gcsfs.GCSFileSystem._request, "__wrapped__", None)
 
-    class BoundedGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
+    class BoundedGCSFileSystem(gcsfs.GCSFileSystem):
         def __init__(self, *args: Any, ckptstore_retries: int = DEFAULT_RETRIES, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.ckptstore_retries = ckptstore_retries

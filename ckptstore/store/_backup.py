@@ -210,7 +210,7 @@ class Mirror:
             try:
                 copied = self._attempt(batch)
                 err: BaseException | None = None
-            except BaseException as e:  # never let the thread die silently
+            except BaseException as e:  # noqa: BLE001 - never let the thread die silently; reported below
                 err = e
             with self._cond:
                 self._busy = False
