@@ -12,8 +12,6 @@ from collections.abc import Sequence
 import blake3 as _blake3
 from typing_extensions import Buffer
 
-ALGORITHM = "blake3"
-
 _THREADED_MIN = 8 << 20
 
 

@@ -8,7 +8,7 @@ A codec is named in the manifest's object table, so a reader knows how to decode
   ``i`` of every element goes to plane ``i``; each plane is stored either raw or as one zstd
   frame, whichever is smaller (the planes that hold a float's exponent compress well, the
   mantissa planes do not and are stored raw without spending time on them). The layout is in
-  docs/_draft_speed.md ("Codec zstd-bgG").
+  docs/format.md §4.1 ("Codec zstd-bgG").
 
 Users choose ``compression="zstd"`` (or ``None``); the writer picks the byte-grouped variant per
 blob from its dtype (:func:`group_for_dtype`, :func:`object_codec`).
@@ -245,10 +245,6 @@ def get_codec(name: str) -> Codec:
         raise ValueError(
             f"unknown codec {name!r}: this ckptstore knows {', '.join(sorted(_CODECS))}"
         ) from None
-
-
-def codec_names() -> list[str]:
-    return sorted(_CODECS)
 
 
 def resolve_compression(compression: str | bool | None) -> str:

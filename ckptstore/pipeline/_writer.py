@@ -60,11 +60,6 @@ class DedupIndex:
                 if b.segments and b.hash not in self.blobs:
                     self.blobs[b.hash] = (b.segments, {s.object: m.objects[s.object] for s in b.segments})
 
-    def forget_objects(self, keys: set[str]) -> None:
-        """Drop entries that point at objects that were deleted (after gc)."""
-        with self.lock:
-            self.raw_objects = {r: v for r, v in self.raw_objects.items() if v[0] not in keys}
-            self.blobs = {h: v for h, v in self.blobs.items() if not any(s.object in keys for s in v[0])}
 
 
 @dataclass

@@ -319,12 +319,3 @@ class Catalog:
             self._index_keys = present
             return self._index
 
-
-def read_manifest_bytes(backend: Backend, key: str, digest: str) -> tuple[bytes, Manifest]:
-    """A manifest's exact bytes (hash checked) and its model: what a copy needs."""
-    where = backend.describe(key)
-    data = backend.read(key)
-    if _hashing.digest(data) != digest:
-        raise IntegrityError(f"manifest {where} does not match its hash; not copying a damaged checkpoint")
-    return data, parse_manifest(data, where, digest)
-
