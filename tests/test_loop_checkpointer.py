@@ -308,7 +308,8 @@ def test_fallback_over_several_and_all_damaged_raises(tmp_path: Path) -> None:
         r = find_resumable(ckptstore.Store(tmp_path))
     assert r is not None and r.info.step == 1 and [d.step for d in r.skipped] == [3, 2]
     _corrupt_object_of(tmp_path, 1)
-    with pytest.raises(ckptstore.IntegrityError, match="no checkpoint .* verifies"):
+    with pytest.raises(ckptstore.IntegrityError, match="no checkpoint .* verifies"), \
+            pytest.warns(ckptstore.CkptstoreWarning, match="skipping checkpoint at step 2"):
         find_resumable(ckptstore.Store(tmp_path))
 
 
