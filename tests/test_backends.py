@@ -8,7 +8,8 @@ import subprocess
 import sys
 import types
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from ..store._store import Store
 from ..storage._backend import Backend
 from ..storage._open import open_backend
+from ..store._store import Store
 
 
 class ContractBase:

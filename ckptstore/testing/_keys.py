@@ -31,13 +31,11 @@ class KeyContract(ContractBase):
         assert backend.write("a/bytes", payload) is True
         backend.write("a/bytearray", bytearray(payload))
         backend.write("a/memoryview", memoryview(payload)[10:20])
-        backend.write("a/numpy", np.frombuffer(payload, dtype=np.uint8))
         backend.write("a/empty", b"")
         backend.sync()
         assert backend.read("a/bytes") == payload
         assert backend.read("a/bytearray") == payload
         assert backend.read("a/memoryview") == payload[10:20]
-        assert backend.read("a/numpy") == payload
         assert backend.read("a/empty") == b""
 
     def test_overwrite_replaces_the_bytes(self, backend: Backend) -> None:
