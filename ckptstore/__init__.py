@@ -11,7 +11,7 @@ from ._api import copy_checkpoints, info, list_checkpoints, load, save
 from .store._backup import Backup
 from .store._copy import CopyResult
 from .pipeline._devices import Accelerators, auto_device
-from ._errors import (BackendUnavailableError, CheckpointExistsError, CheckpointNotFoundError,
+from ._errors import (BackendUnavailableError, BackupWarning, CkptstoreWarning, CheckpointExistsError, CheckpointNotFoundError,
                       CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
                       ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
                       UnsupportedFormatError, UnsupportedValueError)
@@ -31,10 +31,12 @@ __all__ = [
     "Accelerators",
     "Backup",
     "BackendUnavailableError",
+    "BackupWarning",
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CkptstoreError",
+    "CkptstoreWarning",
     "CopyResult",
     "DeviceUnavailableError",
     "GcReport",

@@ -7,7 +7,7 @@ import os
 import warnings
 from typing import Any, Iterable, Mapping, Union
 
-from ._errors import CheckpointNotFoundError, StoreNotFoundError
+from ._errors import BackupWarning, CheckpointNotFoundError, StoreNotFoundError
 from .format._info import CheckpointInfo
 from .format._manifest import RngState
 from .pipeline._devices import MapLocation
@@ -82,7 +82,7 @@ def load(
         state = store.load(step, id=id, **kw)
     msg = f"loaded from the fallback {store.uri}: {reason}"
     log.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    warnings.warn(msg, BackupWarning, stacklevel=2)
     return state
 
 

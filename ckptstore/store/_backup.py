@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Union
 
-from .._errors import CkptstoreError
+from .._errors import BackupWarning, CkptstoreError
 from ._retention import Retention
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class Mirror:
                    f"({self._last_error or 'still in progress'}). Copy them later with "
                    f"`ckptstore cp {self.primary_uri} {self.backup.uri} --all`.")
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, BackupWarning, stacklevel=2)
         _LIVE.discard(self)
 
     @property
@@ -239,7 +239,7 @@ class Mirror:
                f"the copy is retried in {self.backup.retry_interval:g} s or after the next save")
         log.warning(msg)
         if first:  # once per failure streak
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, BackupWarning, stacklevel=2)
 
     def _mirror_store(self) -> "Store":
         if self._store is None:
@@ -268,7 +268,7 @@ class Mirror:
         if note and not self._noted:
             self._noted = True
             log.warning("backup %s: %s", self.backup.uri, note)
-            warnings.warn(f"backup {self.backup.uri}: {note}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"backup {self.backup.uri}: {note}", BackupWarning, stacklevel=2)
         return copied
 
     # -- restore ----------------------------------------------------------------------------
@@ -285,7 +285,7 @@ class Mirror:
         except CkptstoreError as e:
             msg = f"the store {primary.uri} is empty and restoring from the backup {self.backup.uri} failed: {e}"
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            warnings.warn(msg, BackupWarning, stacklevel=4)
             return []
         restored = list(result.copied) + list(result.present)
         if restored:
@@ -293,7 +293,7 @@ class Mirror:
             msg = (f"the store {primary.uri} had no checkpoints; restored step(s) {steps} from the backup "
                    f"{self.backup.uri}")
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            warnings.warn(msg, BackupWarning, stacklevel=4)
         return restored
 
 

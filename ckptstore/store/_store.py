@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import Any, Iterable, Mapping
 
-from .._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError, PickleNotAllowedError
+from .._errors import CkptstoreWarning, CheckpointNotFoundError, IntegrityError, ObjectMissingError, PickleNotAllowedError
 from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
@@ -258,7 +258,7 @@ class Store:
         if placement.kept_on_cpu:
             warnings.warn(
                 f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
-                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=2)
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", CkptstoreWarning, stacklevel=2)
         state = Decoder(tensors, allow_pickle=allow_pickle).decode(m.tree)
         if restore_rng:
             restore_rng_state(m.rng)
@@ -331,7 +331,7 @@ class Store:
             apply_after_save(self, keep)
         except Exception as e:  # the checkpoint is committed; report, do not raise
             warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
-                          stacklevel=3)
+                          CkptstoreWarning, stacklevel=3)
 
 
 def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any]:
