@@ -29,8 +29,10 @@ class ContractBase:
 
     @pytest.fixture
     def target(self) -> Any:
-        pytest.fail("subclass BackendContract and give it a `target` fixture that returns a fresh, empty "
-                    "ckptstore.testing.Target (a store URI and its storage_options)")
+        pytest.fail(
+            "subclass BackendContract and give it a `target` fixture that returns a fresh, empty "
+            "ckptstore.testing.Target (a store URI and its storage_options)"
+        )
 
     def open_backend(self, target: Any) -> Backend:
         """A new client for ``target``; override when the backend is opened in another way."""

@@ -17,7 +17,9 @@ class StoreContract(ContractBase):
         torch.manual_seed(0)
         frozen = torch.randn(256, 256)  # 256 KiB: packed; identical in every checkpoint
         big = torch.randn(600_000)  # 2.4 MB: its own object
-        states: list[dict[str, Any]] = [{"frozen": frozen, "big": big + i, "step": i, "hist": [0.5 * i]} for i in range(3)]
+        states: list[dict[str, Any]] = [
+            {"frozen": frozen, "big": big + i, "step": i, "hist": [0.5 * i]} for i in range(3)
+        ]
         infos = [store.save(s, step=10 * i, metrics={"loss": 1.0 / (i + 1)}) for i, s in enumerate(states)]
         assert [i.step for i in store.list()] == [0, 10, 20]
         latest = store.latest()

@@ -3,9 +3,8 @@ writes that never lose data, uploads in parts, modification times, and honest ca
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,12 +17,18 @@ from ._base import ContractBase
 
 class KeyContract(ContractBase):
     def test_capability_flags_are_consistent(self, backend: Backend) -> None:
-        for flag in ("supports_create_only", "trusts_existing_objects", "supports_multipart", "supports_mtime",
-                     "supports_local_writes"):
+        for flag in (
+            "supports_create_only",
+            "trusts_existing_objects",
+            "supports_multipart",
+            "supports_mtime",
+            "supports_local_writes",
+        ):
             assert isinstance(getattr(backend, flag), bool), f"{type(backend).__name__}.{flag} must be a bool"
         if backend.supports_local_writes:
-            assert backend.local_path(object_key("ab" * 32)) is not None, \
+            assert backend.local_path(object_key("ab" * 32)) is not None, (
                 "supports_local_writes needs local_path() to name the object files"
+            )
         assert backend.part_size is None or (isinstance(backend.part_size, int) and backend.part_size > 0)
 
     def test_write_then_read_roundtrips_every_buffer_kind(self, backend: Backend) -> None:
@@ -112,19 +117,8 @@ class KeyContract(ContractBase):
     def test_concurrent_create_only_writers_agree(self, backend: Backend) -> None:
         data = b"same content from every writer " * 100
         key = object_key(_hashing.digest(data))
-        results: list[Any] = []
-
-        def put() -> None:
-            try:
-                results.append(backend.write(key, data, if_absent=True))
-            except Exception as e:  # pragma: no cover - reported below
-                results.append(e)
-
-        threads = [threading.Thread(target=put) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with ThreadPoolExecutor(max_workers=6) as pool:  # a writer's exception surfaces here
+            results = list(pool.map(lambda _: backend.write(key, data, if_absent=True), range(6)))
         assert all(isinstance(r, bool) for r in results), results
         assert any(results)
         assert backend.read(key) == data

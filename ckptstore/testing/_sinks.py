@@ -39,8 +39,16 @@ def _random(n: int, seed: int) -> np.ndarray:
 
 def _write_blobs(backend: Backend, blobs: list[Any], codec: str = "none") -> WriteResult:
     planned = [PlannedBlob(source=b, nbytes=len(b), device="cpu") for b in blobs]
-    return write_blobs(backend, planned, codec=codec, index=DedupIndex(), chunk_size=64 << 10,
-                       pack_threshold=16 << 10, pack_size=64 << 10, workers=4)
+    return write_blobs(
+        backend,
+        planned,
+        codec=codec,
+        index=DedupIndex(),
+        chunk_size=64 << 10,
+        pack_threshold=16 << 10,
+        pack_size=64 << 10,
+        workers=4,
+    )
 
 
 def _blobs() -> list[np.ndarray]:
@@ -123,8 +131,9 @@ class SinkContract(ContractBase):
         assert put(key, data, if_absent=False) is True
         assert backend.read(key) == data
 
-    def test_names_are_durable_once_written(self, backend: Backend, target: Any, via: str, put: Put,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_names_are_durable_once_written(
+        self, backend: Backend, target: Any, via: str, put: Put, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Seen by a new client at once; on a local disk, fsynced in the order of format.md §7."""
         datas = [_random(5000 + i, i).tobytes() for i in range(4)]
         keys = [object_key(_hashing.digest(d)) for d in datas]
