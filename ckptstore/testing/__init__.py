@@ -1,15 +1,14 @@
-"""The backend contract suite, for your own pytest run (``pip install pytest``; not imported by ``import ckptstore``).
+"""The backend contract suite for your own pytest run (needs pytest; ``import ckptstore`` never loads it).
 
-Subclass :class:`BackendContract` in a test module, name the class ``Test...`` and give it a
-``target`` fixture: a fresh, empty location (:class:`Target`: a URI ``ckptstore.Store`` accepts
-and its ``storage_options``). Every test then runs against it::
+Subclass :class:`BackendContract` as a ``Test...`` class with a ``target`` fixture that returns a
+fresh, empty :class:`Target` (a URI ``ckptstore.Store`` accepts and its ``storage_options``)::
 
-    from ckptstore.testing import BackendContract, Target
     class TestMyFS(BackendContract):
         @pytest.fixture
-        def target(self, tmp_path): return Target(f"myfs://bucket/{tmp_path.name}", {"token": "..."})
+        def target(self):
+            return Target(f"myfs://bucket/{uuid.uuid4().hex}", {"token": "..."})
 
-Set ``ENFORCES_CREATE_ONLY = False`` for a server that ignores write preconditions; docs/backends.md has the rest.
+pytest then runs every test against it. Settings and the flags: docs/backends.md.
 """
 
 from ._contract import BackendContract
