@@ -11,7 +11,6 @@ raise. Retries are bounded (counted in requests, not timed).
 from __future__ import annotations
 
 import warnings
-
 from typing import Any, Iterator
 
 import pytest

@@ -246,9 +246,9 @@ def write_blobs(
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
     # copies, compression), so one thread per core; remote writes wait on the network
-    threads = workers if isinstance(sink, BackendSink) else max(2, min(workers, os.cpu_count() or 2))
+    threads = workers if sink.joins_parts else max(2, min(workers, os.cpu_count() or 2))
     pipe = _Pipeline(threads, ByteBudget(limit))
-    pack_copies = compressing or isinstance(sink, BackendSink)  # packs need one contiguous buffer
+    pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 
     blobs: list[Blob | None] = [None] * len(planned)
     large: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}
