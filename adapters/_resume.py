@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-class ResumeFallbackWarning(UserWarning):
+class ResumeFallbackWarning(ckptstore.CkptstoreWarning):
     """The newest checkpoint did not verify; an older one was used."""
 
 

@@ -176,7 +176,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
                 warnings.warn(
                     f"{self.store.uri} already holds checkpoints up to step {latest.step}, but this run did not "
                     "resume from it. To continue, use CkptstoreModelCheckpoint and fit(ckpt_path='last').",
-                    stacklevel=2)
+                    ckptstore.CkptstoreWarning, stacklevel=2)
         plain, fixes = ckptstore.interop.to_plain(checkpoint)
         step = checkpoint.get("global_step")
         epoch = checkpoint.get("epoch")
