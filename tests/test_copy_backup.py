@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ import torch
 from . import cloudservers as cs
 import ckptstore
 from ckptstore.cli import main
-from ckptstore.format._layout import OBJECTS_DIR
+from ckptstore.format._layout import OBJECTS_DIR, object_key
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -241,3 +243,17 @@ def test_bad_arguments_are_refused_early(tmp_path: Any) -> None:
     empty.forget(id=info.id)
     with pytest.raises(ckptstore.CheckpointNotFoundError, match="no checkpoints to copy"):
         ckptstore.copy_checkpoints(empty, str(tmp_path / "b"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_load_with_fallback_passes_mmap_on(tmp_path: Any) -> None:
+    """``load(fallback=...)`` honours ``mmap`` like a plain load: mapped with True, read with False."""
+    drive = str(tmp_path / "drive")
+    big = torch.arange(400_000, dtype=torch.float32)  # over the pack threshold: one object of its own
+    info = ckptstore.save({"big": big}, drive, step=1)
+    path = str(Path(drive) / object_key(ckptstore.Store(drive).manifest(id=info.id).blobs[0].segments[0].object))
+    for mmap in (False, True):  # False first: a mapping may outlive the tensors that used it
+        with pytest.warns(ckptstore.BackupWarning, match="loaded from the fallback"):
+            out = ckptstore.load(tmp_path / "gone", fallback=drive, mmap=mmap)
+        assert torch.equal(out["big"], big)
+        assert (path in Path("/proc/self/maps").read_text()) is mmap
