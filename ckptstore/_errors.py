@@ -10,6 +10,7 @@ also derives from the standard-library exception that code already catches for t
     ├── IntegrityError(ValueError)                    bytes or structure do not match their hash
     │   └── ObjectMissingError(FileNotFoundError)     a referenced object is gone
     ├── UnsupportedFormatError(ValueError)            written by a newer / unknown format version
+    ├── InvalidArgumentError(ValueError)              an argument that cannot be right (an id not in hex)
     ├── UnsupportedValueError(TypeError)              a value in the state cannot be stored safely
     ├── PickleNotAllowedError(ValueError)             pickled data found without allow_pickle=True
     ├── DeviceUnavailableError(RuntimeError)          map_location names a device this machine lacks
@@ -101,6 +102,12 @@ class ObjectMissingError(IntegrityError, FileNotFoundError):
 
 class UnsupportedFormatError(CkptstoreError, ValueError):
     """The store or manifest was written in a format version this ckptstore cannot read."""
+
+
+class InvalidArgumentError(CkptstoreError, ValueError):
+    """An argument that cannot be right whatever the store holds (a checkpoint id that is not hex,
+    a URI whose form no backend reads). Not exported by name: catch ``ValueError`` or
+    ``CkptstoreError``."""
 
 
 class UnsupportedValueError(CkptstoreError, TypeError):

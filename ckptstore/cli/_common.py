@@ -17,9 +17,18 @@ def add_store_arg(sp: argparse.ArgumentParser) -> None:
         "-o",
         "--storage-option",
         action="append",
+        type=key_value,
         metavar="KEY=VALUE",
         help="fsspec storage option (value parsed as JSON when it can be); repeatable",
     )
+
+
+def key_value(text: str) -> str:
+    """An argparse type: ``KEY=VALUE`` (a usage error, exit 2, without the ``=``)."""
+    key, sep, _value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. -o anon=true, not {text!r}")
+    return text
 
 
 def storage_options(items: list[str] | None) -> dict[str, Any]:
@@ -28,7 +37,7 @@ def storage_options(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         k, sep, v = item.partition("=")
         if not sep:
-            raise SystemExit(f"ckptstore: --storage-option needs KEY=VALUE, got {item!r}")
+            raise ValueError(f"a storage option is KEY=VALUE, not {item!r}")
         try:
             opts[k] = json.loads(v)
         except ValueError:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._api import copy_checkpoints
 from .._units import fmt_bytes
-from ._common import storage_options
+from ._common import key_value, storage_options
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -82,11 +82,16 @@ def add_parsers(sub: Any) -> None:
         "-o",
         "--storage-option",
         action="append",
+        type=key_value,
         metavar="KEY=VALUE",
         help="fsspec storage option for both stores (JSON value when it parses); repeatable",
     )
-    cp.add_argument("--src-option", action="append", metavar="KEY=VALUE", help="storage option for SRC only")
-    cp.add_argument("--dst-option", action="append", metavar="KEY=VALUE", help="storage option for DST only")
+    cp.add_argument(
+        "--src-option", action="append", type=key_value, metavar="KEY=VALUE", help="storage option for SRC only"
+    )
+    cp.add_argument(
+        "--dst-option", action="append", type=key_value, metavar="KEY=VALUE", help="storage option for DST only"
+    )
     cp.add_argument("--retries", type=int, metavar="N", help="retries per storage request (default 3)")
     cp.add_argument("--workers", type=positive, metavar="N", help="parallel transfers")
     cp.add_argument("--readback", action="store_true", help="also read every new object back from DST and check it")

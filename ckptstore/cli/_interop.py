@@ -9,7 +9,7 @@ from typing import Any
 
 from .._units import fmt_bytes
 from ..interop import export_checkpoint, import_checkpoint
-from ._common import add_store_arg, storage_options
+from ._common import add_store_arg, key_value, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -62,7 +62,9 @@ def add_parsers(sub: Any) -> None:
     imp = sub.add_parser("import", help="import HF checkpoint-N folders, Lightning .ckpt or torch.save files")
     imp.add_argument("src", help="a checkpoint-N folder, a Trainer output folder, a .ckpt/.pt file or a folder of them")
     imp.add_argument("dst", help="store location (created if needed)")
-    imp.add_argument("-o", "--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option for DST")
+    imp.add_argument(
+        "-o", "--storage-option", action="append", type=key_value, metavar="KEY=VALUE", help="fsspec option for DST"
+    )
     imp.add_argument("--step", type=int, help="step to record (default: read from the files)")
     imp.add_argument("--epoch", type=int, help="epoch to record (default: read from the files)")
     imp.add_argument("--tag", action="append", help="tag the imported checkpoints; repeatable")

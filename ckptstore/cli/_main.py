@@ -3,21 +3,46 @@
 One module per command group, each with ``add_parsers(sub)``: ``_inspect`` (ls, show, du),
 ``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export). A new command goes into the
 module of its group (or a new one) and is registered in ``build_parser``.
+
+What the user sees besides a command's output is one line per message on stderr:
+``ckptstore: error: ...`` (exit 1), ``ckptstore: warning: ...`` (ckptstore's warnings and log
+records, each text once), or a subcommand's usage (exit 2). Never a traceback for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from .._errors import CkptstoreError
 from .._version import __version__
 from . import _cp, _gc, _inspect, _interop, _verify
 
+#: exit status of a command whose reader went away (as a tool killed by SIGPIPE)
+BROKEN_PIPE = 141
+
+
+class _Parser(argparse.ArgumentParser):
+    """An unknown flag is reported by the subcommand's parser, with that subcommand's usage."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = getattr(self, "commands", {}).get(getattr(ns, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckptstore", description="Safe, small, fast PyTorch checkpoints.")
+    p = _Parser(prog="ckptstore", description="Safe, small, fast PyTorch checkpoints.")
     p.add_argument("--version", action="version", version=f"ckptstore {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -26,7 +51,64 @@ def build_parser() -> argparse.ArgumentParser:
     _gc.add_parsers(sub)
     _cp.add_parsers(sub)
     _interop.add_parsers(sub)
+    # `ckptstore X --help` starts with the line `ckptstore --help` shows for X
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        if not parser.description and helps.get(name):
+            text = str(helps[name])
+            parser.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    p.commands = dict(sub.choices)
     return p
+
+
+class _OneLine(logging.Handler):
+    """ckptstore's log records at WARNING and above, as the same one line a warning gets."""
+
+    def __init__(self, say: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(record.getMessage())
+
+
+@contextmanager
+def _clean_messages() -> Iterator[None]:
+    """Warnings and log records print as ``ckptstore: warning: <text>``, each text once."""
+    shown: set[str] = set()
+
+    def say(text: str) -> None:
+        text = " ".join(str(text).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"ckptstore: warning: {text}", file=sys.stderr)
+
+    def show(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None) -> None:
+        say(str(message))
+
+    logger = logging.getLogger("ckptstore")
+    handler = _OneLine(say)
+    propagate = logger.propagate
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout is gone: send what is still buffered nowhere, so exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0) if isinstance(e.code, int) else 2
     try:
-        return int(args.func(args))
-    except CkptstoreError as e:
+        with _clean_messages():
+            code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return BROKEN_PIPE
+    except (CkptstoreError, OSError) as e:
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .._errors import BackendUnavailableError
+from .._errors import BackendUnavailableError, InvalidArgumentError
 from ._backend import Backend
 from ._local import LocalBackend
 
@@ -41,7 +41,13 @@ def open_backend(
         hint = f'pip install "ckptstore[{extra}]"' if extra else "install the fsspec package for it"
         raise BackendUnavailableError(f"cannot open {uri!r}: {e}. To use {proto}://, {hint}.") from None
     except ValueError as e:
-        raise ValueError(f"cannot open store URI {uri!r}: {e}") from None
+        if str(e).startswith("Protocol not known"):
+            proto = proto or uri.split("://", 1)[0]
+            raise BackendUnavailableError(
+                f"cannot open {uri!r}: no storage backend knows the protocol {proto}://. Use a local path, "
+                "file://, memory://, s3://, gs:// or another fsspec protocol (its package must be installed)."
+            ) from None
+        raise InvalidArgumentError(f"cannot open store URI {uri!r}: {e}") from None
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(path, uri=uri)
     from ._fsspec import FsspecBackend

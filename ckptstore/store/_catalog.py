@@ -20,6 +20,7 @@ from .._errors import (
     CheckpointNotFoundError,
     CkptstoreWarning,
     IntegrityError,
+    InvalidArgumentError,
     StoreNotFoundError,
     UnsupportedFormatError,
 )
@@ -245,7 +246,7 @@ class Catalog:
             raise ValueError("give step or id, not both")
         if id is not None:
             if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
-                raise ValueError(f"a checkpoint id is lowercase hex, not {id!r}")
+                raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {id!r}")
             matches = [k for k in self.manifest_keys() if k[1].startswith(id)]
             if len(matches) > 1:
                 raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")

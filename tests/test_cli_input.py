@@ -1,0 +1,217 @@
+"""The command line meets ordinary bad input and damaged stores: one clean line, never a traceback.
+
+Exit codes: 0 ok, 1 a problem (an error, or damage found), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptstore import Store
+from ckptstore.cli import main
+from ckptstore.cli._main import build_parser
+
+
+def rand(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    root = tmp_path / "run"
+    s = Store(root)
+    for i in range(3):
+        s.save(
+            {"model": {"w": rand(300_000, i), "b": rand(10, 100 + i)}, "step": i},
+            step=i * 10,
+            metrics={"loss": 1.0 / (i + 1), "acc": 0.1 * i},
+        )
+    return root
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_clean_error(err: str) -> None:
+    assert "Traceback" not in err and 'File "' not in err, err
+    assert err.startswith("ckptstore: error: "), err
+
+
+def _exe() -> list[str]:
+    return [sys.executable, "-m", "ckptstore"]
+
+
+# -- no traceback for ordinary bad input ---------------------------------------------------
+@pytest.mark.parametrize("cmd", ["show", "cp"])
+def test_an_id_that_is_not_hex_is_one_clean_error(store_path, tmp_path, capsys, cmd):
+    argv = [cmd, str(store_path)] + ([str(tmp_path / "dst")] if cmd == "cp" else []) + ["--id", "zzzz"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    one_clean_error(err)
+    assert "zzzz" in err and "hex" in err
+
+
+def test_an_unknown_protocol_is_one_clean_error(capsys):
+    code, _, err = run(capsys, "ls", "foo://bar")
+    assert code == 1
+    one_clean_error(err)
+    assert "foo://" in err
+
+
+def test_storage_option_without_a_value_is_a_usage_error_of_the_subcommand(store_path, capsys):
+    code, _, err = run(capsys, "ls", str(store_path), "-o", "foo")
+    assert code == 2
+    assert "usage: ckptstore ls" in err and "KEY=VALUE" in err and "'foo'" in err
+    code, _, err = run(capsys, "cp", str(store_path), str(store_path) + "2", "--src-option", "bar")
+    assert code == 2 and "usage: ckptstore cp" in err
+
+
+def test_a_mistyped_flag_prints_the_subcommands_usage(store_path, capsys):
+    code, _, err = run(capsys, "ls", str(store_path), "--jsn")
+    assert code == 2
+    assert "usage: ckptstore ls" in err and "unrecognized arguments: --jsn" in err
+    code, _, err = run(capsys, "gc", str(store_path), "--keep-lats", "2")
+    assert code == 2 and "usage: ckptstore gc" in err
+
+
+def test_output_into_a_closed_pipe_is_quiet(store_path):
+    """`ckptstore ls STORE | head -0`: the reader is gone before we write; no BrokenPipeError."""
+    p = subprocess.Popen([*_exe(), "ls", str(store_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before the child has started up: its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert p.returncode != 0  # like a tool killed by SIGPIPE; never a crash message
+
+
+def test_every_subcommand_has_a_one_line_description():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert set(helps) == set(sub.choices)
+    for name, sp in sub.choices.items():
+        assert helps[name] and "\n" not in helps[name], name
+        assert sp.description, f"`ckptstore {name} --help` has no description"
+        assert sp.format_help().splitlines()[2].strip(), name  # the description follows the usage line
+
+
+# -- warnings reach the user as one clean line -----------------------------------------------
+def test_a_warning_is_one_clean_line_in_a_subprocess(store_path):
+    manifest = sorted((store_path / "manifests").iterdir())[0]
+    manifest.write_bytes(manifest.read_bytes()[:-5] + b"xxxxx")
+    r = subprocess.run(
+        [*_exe(), "cp", str(store_path), str(store_path) + "-copy", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = r.stderr.splitlines()
+    assert any(ln.startswith("ckptstore: warning: skipping checkpoint at step 0") for ln in lines), r.stderr
+    assert "UserWarning" not in r.stderr and ".py:" not in r.stderr and "warnings.warn" not in r.stderr
+    assert len(lines) == len(set(lines)), "a message is shown once"
+
+
+# -- verify reads the data by default ----------------------------------------------------------
+def _flip_newest_own_object(store_path: Path) -> str:
+    s = Store(store_path)
+    newest = s.manifest()
+    older = {k for i in s.list()[:-1] for k in s.manifest(id=i.id).objects}
+    key = next(k for k in newest.objects if k not in older)
+    p = store_path / "objects" / key[:2] / key
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(p, 0o644)
+    p.write_bytes(bytes(data))
+    return key
+
+
+def test_verify_reads_every_byte_by_default_and_says_so(store_path, capsys):
+    code, out, _ = run(capsys, "verify", str(store_path))
+    assert code == 0 and out.splitlines()[-1] == "checked 3 checkpoint(s) (structure and every byte): all ok"
+    key = _flip_newest_own_object(store_path)
+    code, out, _ = run(capsys, "verify", str(store_path))
+    assert code == 1 and f"object {key} does not match its hash" in out
+    assert out.splitlines()[-1] == "checked 3 checkpoint(s) (structure and every byte): 1 damaged"
+    # the quick presence check is still there, behind a flag that says what it skips
+    code, out, _ = run(capsys, "verify", str(store_path), "--quick")
+    assert code == 0 and "(structure and object presence only; bytes not read)" in out
+    # --read-data stays accepted (it is the default now)
+    code, out, _ = run(capsys, "verify", str(store_path), "--read-data", "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["read_data"] is True and not doc["ok"]
+    code, _, err = run(capsys, "verify", str(store_path), "--quick", "--read-data")
+    assert code == 2 and "usage: ckptstore verify" in err
+
+
+# -- cp --all copies every healthy checkpoint ------------------------------------------------
+def test_cp_all_copies_every_healthy_checkpoint_and_reports_the_damaged_one(store_path, tmp_path, capsys):
+    key = _flip_newest_own_object(store_path)
+    dst = tmp_path / "dst"
+    code, out, err = run(capsys, "cp", str(store_path), str(dst), "--all")
+    assert code == 1
+    assert [i.step for i in Store(dst).list()] == [0, 10]
+    assert "copied 2 checkpoint(s) (step 0, 10)" in out
+    assert "step 20" in err and key in err and "not copied" in err
+    for i in (0, 10):
+        assert torch.equal(Store(dst).load(i)["model"]["w"], rand(300_000, i // 10))
+    # a rerun sends nothing new and still reports the damage
+    code, out, err = run(capsys, "cp", str(store_path), str(dst), "--all", "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["copied"] == [] and [d["step"] for d in doc["damaged"]] == [20]
+
+
+def test_cp_all_reports_a_damaged_manifest(store_path, tmp_path, capsys):
+    manifest = sorted((store_path / "manifests").iterdir())[0]
+    manifest.write_bytes(manifest.read_bytes()[:-5] + b"xxxxx")
+    dst = tmp_path / "dst"
+    code, out, err = run(capsys, "cp", str(store_path), str(dst), "--all")
+    assert code == 1
+    assert len(Store(dst).list()) == 2
+    assert "ckptstore: warning: skipping checkpoint at step 0" in err
+
+
+# -- gc names the metrics that exist ---------------------------------------------------------
+def test_gc_keep_best_on_a_metric_no_checkpoint_has_is_an_error(store_path, capsys):
+    code, out, err = run(capsys, "gc", str(store_path), "--keep-best", "nosuch:min", "--dry-run")
+    assert code == 1 and out == ""
+    one_clean_error(err)
+    assert "nosuch" in err and "acc, loss" in err
+    assert len(Store(store_path).list()) == 3
+    code, out, _ = run(capsys, "gc", str(store_path), "--keep-best", "loss:min", "--dry-run")
+    assert code == 0 and "would remove 1 checkpoint(s)" in out
+
+
+# -- export: every file gets the same permissions ----------------------------------------------
+def test_export_writes_every_file_with_the_same_permissions(store_path, tmp_path, capsys):
+    dst = tmp_path / "out"
+    code, out, _ = run(capsys, "export", str(store_path), str(dst))
+    assert code == 0, out
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in dst.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and len(modes) >= 2, modes
+    assert len(set(modes.values())) == 1, modes
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes["model.safetensors"] == 0o666 & ~umask
+
+
+def test_export_names_the_cli_flag(store_path, tmp_path, capsys):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "x").write_text("x")
+    code, _, err = run(capsys, "export", str(store_path), str(dst))
+    assert code == 1
+    one_clean_error(err)
+    assert "--overwrite" in err and "overwrite=True" not in err
