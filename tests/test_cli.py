@@ -152,8 +152,10 @@ def test_usage_errors_exit_2(store_path, capsys, argv):
 
 
 def test_verify_ok_then_damage_found(store_path, capsys):
-    code, out, _ = run(capsys, "verify", str(store_path))
-    assert code == 0 and out.splitlines()[-1] == "checked 6 checkpoint(s) (structure and object presence): all ok"
+    code, out, _ = run(capsys, "verify", str(store_path), "--quick")
+    assert code == 0 and out.splitlines()[-1] == (
+        "checked 6 checkpoint(s) (structure and object presence only; bytes not read): all ok"
+    )
     # flip one byte of an object only the newest checkpoint uses
     s = Store(store_path)
     m = s.manifest(step=500)
@@ -163,7 +165,7 @@ def test_verify_ok_then_damage_found(store_path, capsys):
     data = bytearray(p.read_bytes())
     data[10] ^= 0xFF
     p.write_bytes(bytes(data))
-    code, out, _ = run(capsys, "verify", str(store_path))
+    code, out, _ = run(capsys, "verify", str(store_path), "--quick")
     assert code == 0  # presence only: the object is there
     code, out, _ = run(capsys, "verify", str(store_path), "--read-data")
     assert code == 1
@@ -172,7 +174,7 @@ def test_verify_ok_then_damage_found(store_path, capsys):
     code, out, _ = run(capsys, "verify", str(store_path), "--read-data", "--step", "400")
     assert code == 0 and "checked 1 checkpoint(s)" in out
     p.unlink()
-    code, out, _ = run(capsys, "verify", str(store_path), "--json")
+    code, out, _ = run(capsys, "verify", str(store_path), "--quick", "--json")
     doc = json.loads(out)
     assert code == 1 and not doc["ok"] and doc["checkpoints"][-1]["problems"] == [f"object {key} missing"]
 

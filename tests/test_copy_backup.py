@@ -76,7 +76,7 @@ def test_copy_hops_across_every_backend_and_only_sends_what_is_missing(tmp_path:
     assert _objects(final) == _objects(src)
 
 
-def test_copy_refuses_a_damaged_source_object_and_commits_nothing_for_it(tmp_path: Any) -> None:
+def test_copy_refuses_a_damaged_source_object_and_still_copies_the_healthy_ones(tmp_path: Any) -> None:
     src = _fill(str(tmp_path / "src"), [1, 2])
     newest = src.manifest(2)
     own = [k for k in newest.objects if k not in src.manifest(1).objects]
@@ -86,11 +86,14 @@ def test_copy_refuses_a_damaged_source_object_and_commits_nothing_for_it(tmp_pat
     with open(path, "wb") as f:
         f.write(bytes(data))
     dst = str(tmp_path / "dst")
-    with pytest.raises(ckptstore.IntegrityError, match="does not match its hash"):
+    with pytest.raises(ckptstore.IntegrityError, match="does not match its hash") as ei:
         ckptstore.copy_checkpoints(src.uri, dst, all=True)
-    assert [i.step for i in ckptstore.list_checkpoints(dst)] == []  # newest first: failed before any commit
-    ok = ckptstore.copy_checkpoints(src.uri, dst, steps=[1])
-    assert [i.step for i in ok.copied] == [1]
+    # the damaged one is named and not committed; the healthy one is copied anyway
+    assert [(i.step, own[0] in why) for i, why in ei.value.damaged] == [(2, True)]  # type: ignore[attr-defined]
+    assert [i.step for i in ei.value.result.copied] == [1]  # type: ignore[attr-defined]
+    assert [i.step for i in ckptstore.list_checkpoints(dst)] == [1]
+    again = ckptstore.copy_checkpoints(src.uri, dst, steps=[1])
+    assert [i.step for i in again.present] == [1] and not again.copied
 
 
 def test_interrupted_copy_leaves_dst_consistent_and_a_rerun_resumes(tmp_path: Any) -> None:

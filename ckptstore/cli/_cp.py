@@ -9,41 +9,52 @@ from typing import Any
 
 from .._api import copy_checkpoints
 from .._units import fmt_bytes
+from ..format._layout import parse_manifest_key
+from ..store._copy import CopyIncompleteError
+from ..store._store import Store
 from ._common import key_value, storage_options
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    """``ckptstore cp SRC DST``: copy checkpoints, deduplicated and verified, manifests last."""
+    """``ckptstore cp SRC DST``: copy checkpoints, deduplicated and verified, manifests last.
+    A damaged source checkpoint is reported and the healthy ones are still copied (exit 1)."""
     shared = storage_options(args.storage_option)
-    result = copy_checkpoints(
-        args.src,
-        args.dst,
-        steps=args.step,
-        ids=args.id,
-        all=args.all,
-        latest=args.latest,
-        src_options={**shared, **storage_options(args.src_option)},
-        dst_options={**shared, **storage_options(args.dst_option)},
-        retries=args.retries,
-        workers=args.workers,
-        readback=args.readback,
-        progress=False if args.quiet else (True if sys.stderr.isatty() else None),
-    )
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "copied": [{"id": i.id, "step": i.step} for i in result.copied],
-                    "present": [{"id": i.id, "step": i.step} for i in result.present],
-                    "objects_copied": result.objects_copied,
-                    "bytes_copied": result.bytes_copied,
-                    "objects_present": result.objects_present,
-                    "bytes_present": result.bytes_present,
-                },
-                indent=2,
+    damaged: list[tuple[int, str, str]] = []  # (step, id, why)
+    with Store(args.src, storage_options={**shared, **storage_options(args.src_option)}, retries=args.retries) as src:
+        try:
+            result = copy_checkpoints(
+                src,
+                args.dst,
+                steps=args.step,
+                ids=args.id,
+                all=args.all,
+                latest=args.latest,
+                dst_options={**shared, **storage_options(args.dst_option)},
+                retries=args.retries,
+                workers=args.workers,
+                readback=args.readback,
+                progress=False if args.quiet else (True if sys.stderr.isatty() else None),
             )
-        )
-        return 0
+        except CopyIncompleteError as e:
+            result = e.result
+            damaged += [(i.step, i.id, why) for i, why in e.damaged]
+        if args.all or args.latest is not None:  # manifests the listing skipped (each warned once)
+            for key, why in src.catalog.damaged().items():
+                step, digest = parse_manifest_key(key) or (-1, key)
+                damaged.append((step, digest, why))
+        damaged.sort()
+    if args.json:
+        doc = {
+            "copied": [{"id": i.id, "step": i.step} for i in result.copied],
+            "present": [{"id": i.id, "step": i.step} for i in result.present],
+            "objects_copied": result.objects_copied,
+            "bytes_copied": result.bytes_copied,
+            "objects_present": result.objects_present,
+            "bytes_present": result.bytes_present,
+            "damaged": [{"step": step, "id": id_, "problem": why} for step, id_, why in damaged],
+        }
+        print(json.dumps(doc, indent=2))
+        return 1 if damaged else 0
     if result.copied:
         steps = ", ".join(str(i.step) for i in result.copied)
         print(
@@ -54,7 +65,14 @@ def cmd_cp(args: argparse.Namespace) -> int:
     if result.present:
         steps = ", ".join(str(i.step) for i in result.present)
         print(f"already in {args.dst}: step {steps}")
-    return 0
+    for step, id_, why in damaged:
+        print(f"ckptstore: damaged, not copied: step {step} ({id_[:12]}): {why}", file=sys.stderr)
+    if damaged:
+        print(
+            f"ckptstore: {len(damaged)} damaged checkpoint(s) not copied; `ckptstore verify {args.src}` shows them",
+            file=sys.stderr,
+        )
+    return 1 if damaged else 0
 
 
 def add_parsers(sub: Any) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from datetime import timedelta
 from typing import Any
 
+from .._errors import CkptstoreWarning, InvalidArgumentError
 from .._units import fmt_bytes
+from ..format._info import CheckpointInfo
 from ..store._gc import GRACE
 from ..store._retention import Retention, format_duration, parse_duration
 from ._common import add_store_arg, open_store, positive_int, table, when
@@ -100,15 +103,34 @@ def policy_from_args(args: argparse.Namespace) -> Retention | None:
     )
 
 
+def unknown_metric(policy: Retention, infos: list[CheckpointInfo]) -> str | None:
+    """What is wrong when ``keep_best`` names a metric that no checkpoint in ``infos`` has."""
+    best = policy.best
+    if best is None or not infos:
+        return None
+    have = sorted({k for i in infos for k in i.metrics})
+    if best[0] in have:
+        return None
+    known = f"the metrics that exist: {', '.join(have)}" if have else "no checkpoint records any metric"
+    return f"--keep-best {best[0]}:{best[1]}: no checkpoint has a metric {best[0]!r} ({known})"
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     grace = None if args.grace is None else args.grace.total_seconds()
     with open_store(args) as store:
         store.catalog.config()  # StoreNotFoundError before anything else
         source = "command line"
+        if policy is not None:
+            wrong = unknown_metric(policy, store.list())
+            if wrong is not None:  # it would keep nothing by that rule, silently
+                raise InvalidArgumentError(f"{wrong}. Name one of those, or leave the rule out.")
         if policy is None:
             policy = store.get_retention()
             source = "stored in the store"
+            wrong = None if policy is None else unknown_metric(policy, store.list())
+            if wrong is not None:
+                warnings.warn(f"the stored policy's {wrong}", CkptstoreWarning, stacklevel=1)
         elif args.set_policy and not args.dry_run:
             store.set_retention(policy)
             source = "command line, now stored in the store"

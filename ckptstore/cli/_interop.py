@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Any
@@ -40,7 +41,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
+    out = os.path.abspath(args.dst)
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        print(
+            f"ckptstore: error: {out} exists and is not empty; pick a new folder or pass --overwrite", file=sys.stderr
+        )
+        return 1
     try:
         info, files = export_checkpoint(
             args.uri,

@@ -150,6 +150,22 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: 
     from safetensors.torch import save_file
 
     save_file(_own_storage(tensors), path, metadata=dict(metadata) if metadata else {"format": "pt"})
+    # safetensors creates the file private (0600); give it the mode every other file gets
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the OS says it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _dumps_json(value: Any) -> bytes:

@@ -7,6 +7,11 @@ its name before it is written ("verified on arrival"); ``readback=True`` also re
 object back from the destination and checks it there. An interrupted copy leaves the destination
 consistent (at worst some unreferenced objects, which gc removes); running the copy again sends
 only what is still missing.
+
+A damaged source checkpoint (its manifest or an object it needs does not match its hash, or is
+missing) does not stop the others: every healthy checkpoint is copied, then
+``CopyIncompleteError`` (an ``IntegrityError``) names the damaged ones and carries the result.
+A storage failure (network, dead mount) stops the copy at once; a rerun resumes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ class CopyResult:
     bytes_copied: int
     objects_present: int
     bytes_present: int
+
+
+class CopyIncompleteError(IntegrityError):
+    """Some selected checkpoints are damaged at the source and were not copied; every healthy one
+    was. ``result``: what the copy did; ``damaged``: (checkpoint, what is wrong) for the others."""
+
+    def __init__(self, result: CopyResult, damaged: list[tuple[CheckpointInfo, str]]) -> None:
+        what = "; ".join(f"step {i.step} ({i.short_id}): {why}" for i, why in damaged)
+        super().__init__(
+            f"{len(damaged)} checkpoint(s) damaged at the source, not copied: {what}. "
+            f"The {len(result.copied) + len(result.present)} healthy one(s) are in the destination; "
+            "`ckptstore verify` on the source shows the damage"
+        )
+        self.result = result
+        self.damaged = damaged
 
 
 def select_checkpoints(
@@ -153,8 +173,13 @@ class _Copier:
         planned: set[str] = set()
         counted: set[str] = set()
         total = present_objects = present_bytes = 0
+        damaged: list[tuple[CheckpointInfo, str]] = []
         for info in reversed(chosen):  # newest first: if interrupted, the newest made it
-            raw, m = self._manifest(info)
+            try:
+                raw, m = self._manifest(info)
+            except IntegrityError as e:
+                damaged.append((info, str(e)))
+                continue
             need = []
             for h, oi in m.objects.items():
                 if h in have_objects or h in planned:
@@ -168,11 +193,20 @@ class _Copier:
                 total += oi.size
             plans.append((info, raw, m, need))
         copied, present = [], []
+        bad: dict[str, str] = {}  # object -> what is wrong with it at the source
         threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-copy")
         with byte_bar(total, f"copying to {self.dst.uri}", progress) as bar, threads as pool:
             for info, raw, m, need in plans:
-                # list() consumes the iterator: the first failure propagates, nothing is committed
-                list(pool.map(lambda hs: self._copy_object(hs[0], hs[1], bar), need))
+                futures = [(h, pool.submit(self._copy_object, h, size, bar)) for h, size in need]
+                for h, fut in futures:  # every one finishes; a storage failure propagates
+                    try:
+                        fut.result()
+                    except IntegrityError as e:  # damaged at the source (or missing there)
+                        bad[h] = str(e)
+                problems = [bad[h] for h in m.objects if h in bad]
+                if problems:
+                    damaged.append((info, problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")))
+                    continue
                 if info.key in have_manifests:
                     present.append(dataclasses.replace(info, uri=self.dst.uri))
                     continue
@@ -180,7 +214,7 @@ class _Copier:
                 copied.append(session.publish(raw, m))
         copied.sort(key=lambda i: (i.step, i.created_at, i.id))
         present.sort(key=lambda i: (i.step, i.created_at, i.id))
-        return CopyResult(
+        result = CopyResult(
             copied=tuple(copied),
             present=tuple(present),
             objects_copied=self.objects,
@@ -188,3 +222,7 @@ class _Copier:
             objects_present=present_objects,
             bytes_present=present_bytes,
         )
+        if damaged:
+            damaged.sort(key=lambda d: (d[0].step, d[0].created_at, d[0].id))
+            raise CopyIncompleteError(result, damaged)
+        return result
