@@ -98,7 +98,8 @@ def export_checkpoint(
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[CheckpointInfo, list[str]]:
-    """Write one checkpoint (the newest unless ``step``/``id``) to the folder ``dst``.
+    """Write one checkpoint of the store ``uri`` (a :class:`Store` or a location; ``storage_options``:
+    fsspec options for it), the newest unless ``step``/``id``, to the folder ``dst``.
 
     Returns the checkpoint's record and the files written (relative to ``dst``). ``dst`` must
     not exist or be empty unless ``overwrite``. Stored pickles (only there if the checkpoint was

@@ -90,9 +90,11 @@ def import_checkpoint(
     ``src`` is a Hugging Face ``checkpoint-N`` folder, a Trainer output folder holding several,
     a Lightning ``.ckpt``, a ``torch.save`` file, or a folder of such files (see
     :func:`import_torch_file` for how one file is laid out and numbered). ``step``/``epoch``
-    override what the files say (only for a single checkpoint). Files are read with
-    ``torch.load(weights_only=True)``; ``allow_pickle=True`` unpickles files that hold more than
-    tensors and plain data (this runs code from the file) and stores what has no plain form with pickle.
+    override what the files say (only for a single checkpoint); ``tags`` label every imported
+    checkpoint. Files are read with ``torch.load(weights_only=True)``; ``allow_pickle=True``
+    unpickles files that hold more than tensors and plain data (this runs code from the file) and
+    stores what has no plain form with pickle. ``storage_options``: fsspec options for ``dst``
+    when it is a location.
     """
     source = os.fspath(src)
     items = sources(source)

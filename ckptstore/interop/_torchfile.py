@@ -261,8 +261,9 @@ def import_torch_file(
     allow_pickle: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> CheckpointInfo:
-    """Import one ``torch.save`` file (``checkpoint_step_4000.pt``, ``final_model.pt``, a Lightning
-    ``.ckpt``) into the store at ``uri`` (a :class:`Store` or a location, created if needed).
+    """Import one ``torch.save`` file at ``path`` (``checkpoint_step_4000.pt``, ``final_model.pt``, a
+    Lightning ``.ckpt``) into the store at ``uri`` (a :class:`Store` or a location, created if
+    needed; ``storage_options``: fsspec options for it), labelled with ``tags``.
 
     Plain checkpoints are laid out as the raw-loop ``Checkpointer`` saves (``model``,
     ``optimizer``, ``scheduler``, ``scaler``, ``extra``), so ``Checkpointer.resume()`` continues

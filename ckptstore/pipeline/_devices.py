@@ -40,6 +40,8 @@ class Accelerators:
 
 
 def auto_device(acc: Accelerators) -> torch.device:
+    """The device ``map_location="auto"`` picks, given what ``acc`` says this machine has
+    (``Accelerators.probe()``): the current CUDA device, else MPS, else the CPU."""
     if acc.cuda_count > 0:
         return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     if acc.mps:

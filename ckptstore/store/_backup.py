@@ -182,7 +182,6 @@ class Mirror:
                 f"({self._last_error or 'still in progress'}). Copy them later with "
                 f"`ckptstore cp {self.primary_uri} {self.backup.uri} --all`."
             )
-            log.warning(msg)
             warnings.warn(msg, BackupWarning, stacklevel=2)
         _LIVE.discard(self)
 
@@ -245,9 +244,10 @@ class Mirror:
             f"backup to {self.backup.uri} failed ({type(err).__name__}: {err}); training goes on, "
             f"the copy is retried in {self.backup.retry_interval:g} s or after the next save"
         )
-        log.warning(msg)
-        if first:  # once per failure streak
+        if first:  # a warning once per failure streak; later failures only go to the log
             warnings.warn(msg, BackupWarning, stacklevel=2)
+        else:
+            log.warning(msg)
 
     def _mirror_store(self) -> Store:
         if self._store is None:
@@ -283,7 +283,6 @@ class Mirror:
         note = mirror.backend.delete_note() if dropped else None
         if note and not self._noted:
             self._noted = True
-            log.warning("backup %s: %s", self.backup.uri, note)
             warnings.warn(f"backup {self.backup.uri}: {note}", BackupWarning, stacklevel=2)
         return copied
 
@@ -300,7 +299,6 @@ class Mirror:
             result = mirror.copy_to(primary, latest=n, readback=self.backup.readback, progress=None)
         except CkptstoreError as e:
             msg = f"the store {primary.uri} is empty and restoring from the backup {self.backup.uri} failed: {e}"
-            log.warning(msg)
             warnings.warn(msg, BackupWarning, stacklevel=4)
             return []
         restored = list(result.copied) + list(result.present)
@@ -310,7 +308,6 @@ class Mirror:
                 f"the store {primary.uri} had no checkpoints; restored step(s) {steps} from the backup "
                 f"{self.backup.uri}"
             )
-            log.warning(msg)
             warnings.warn(msg, BackupWarning, stacklevel=4)
         return restored
 

@@ -1,0 +1,107 @@
+"""Places where the library surprised a new user: what it says, what it accepts, what it documents."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import ckptstore
+from ckptstore import BackupWarning, CkptstoreWarning
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _state() -> dict:
+    return {"model": {"w": torch.arange(6.0)}}
+
+
+# -- a store is a folder -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["model.pt", "ckpt.pth", "weights.bin", "last.ckpt", "model.safetensors"])
+def test_saving_to_a_file_name_warns_that_a_store_is_a_folder(tmp_path, name):
+    with pytest.warns(CkptstoreWarning, match="is a folder") as rec:
+        ckptstore.save(_state(), tmp_path / name)
+    assert len(rec) == 1 and "torch.load" in str(rec[0].message)
+    assert (tmp_path / name).is_dir()
+    assert torch.equal(ckptstore.load(tmp_path / name)["model"]["w"], torch.arange(6.0))
+
+
+def test_a_plain_folder_name_does_not_warn(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckptstore.save(_state(), tmp_path / "runs" / "exp1.v2")
+
+
+# -- configs ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    layers: tuple = (4, 8)
+    name: str = "tiny"
+
+
+def test_save_takes_an_argparse_namespace_and_a_dataclass_as_config(tmp_path):
+    ns = argparse.Namespace(lr=0.1, batch=32, tags=["a", "b"])
+    info = ckptstore.save(_state(), tmp_path / "s", config=ns, step=1)
+    assert info.config == {"lr": 0.1, "batch": 32, "tags": ["a", "b"]}
+    info = ckptstore.save(_state(), tmp_path / "s", config=TrainConfig(), step=2)
+    assert info.config == {"lr": 1e-3, "layers": (4, 8), "name": "tiny"}
+    nested = {"train": TrainConfig(lr=0.5), "args": argparse.Namespace(seed=3)}
+    info = ckptstore.save(_state(), tmp_path / "s", config=nested, step=3)
+    assert ckptstore.info(tmp_path / "s", 3).config == {
+        "train": {"lr": 0.5, "layers": (4, 8), "name": "tiny"},
+        "args": {"seed": 3},
+    }
+    with pytest.raises(ckptstore.UnsupportedValueError):  # other objects are still refused
+        ckptstore.save(_state(), tmp_path / "s", config=object(), step=4)
+
+
+# -- a fallback that worked says so, once ----------------------------------------------------
+def test_a_fallback_that_worked_says_so_once_without_advice(tmp_path, caplog):
+    backup = tmp_path / "backup"
+    ckptstore.save(_state(), backup, step=5)
+    with caplog.at_level(logging.WARNING, logger="ckptstore"), pytest.warns(BackupWarning) as rec:
+        state = ckptstore.load(tmp_path / "gone", fallback=backup)
+    assert torch.equal(state["model"]["w"], torch.arange(6.0))
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert "loaded from the fallback" in msg and "gone" in msg
+    assert "save a checkpoint there first" not in msg and "Check the path" not in msg
+    assert not [r for r in caplog.records if "fallback" in r.getMessage()]  # not a log line as well
+
+
+# -- every public function documents its parameters ------------------------------------------
+def _undocumented(fn) -> list[str]:
+    doc = inspect.getdoc(fn) or ""
+    return [
+        p
+        for p in inspect.signature(fn).parameters
+        if p not in ("self", "cls") and f"``{p}``" not in doc and f"``{p}=" not in doc
+    ]
+
+
+def test_every_public_function_documents_its_parameters():
+    missing = {}
+    for name in ckptstore.__all__:
+        obj = getattr(ckptstore, name)
+        if inspect.isfunction(obj) and _undocumented(obj):
+            missing[name] = _undocumented(obj)
+    for name in ("import_checkpoint", "export_checkpoint", "import_torch_file"):
+        fn = getattr(ckptstore.interop, name)
+        if _undocumented(fn):
+            missing[f"interop.{name}"] = _undocumented(fn)
+    assert not missing, missing
+
+
+def test_api_md_names_every_public_error():
+    text = (ROOT / "docs" / "api.md").read_text()
+    for name in ckptstore.__all__:
+        obj = getattr(ckptstore, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert name in text, f"docs/api.md does not mention {name}"
