@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Any
 
+from .._errors import PickleNotAllowedError
 from .._units import fmt_bytes
 from ..interop import export_checkpoint, import_checkpoint
 from ._common import add_store_arg, key_value, storage_options
@@ -57,6 +58,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             storage_options=storage_options(args.storage_option),
         )
+    except PickleNotAllowedError as e:
+        print(f"ckptstore: error: {e} (on the command line: --allow-pickle)", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:  # DST exists, a wrong path
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1

@@ -45,6 +45,39 @@ def _protocols(fs: Any) -> set[str]:
     return {p} if isinstance(p, str) else set(p)
 
 
+#: exception class names (botocore, google-auth) that mean "no credentials were found": no retry helps
+_NO_CREDENTIALS = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "DefaultCredentialsError"}
+)
+
+
+def _credentials_missing(e: BaseException) -> str | None:
+    """What the client said when ``e`` (or its cause) means no credentials were found, else None."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 5:
+        if any(c.__name__ in _NO_CREDENTIALS for c in type(cur).__mro__):
+            return str(cur) or type(cur).__name__
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def _credential_hint(fs: Any) -> str:
+    """How to give credentials to this filesystem, for the library and the command line."""
+    if _protocols(fs) & {"gs", "gcs"}:
+        return (
+            "Log in with `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, "
+            'or pass storage_options={"token": ...} (`-o token=...` on the command line; token=anon '
+            "for a public bucket)."
+        )
+    return (
+        "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass "
+        'storage_options={"key": ..., "secret": ...} (`-o key=... -o secret=...` on the command line; '
+        "anon=true for a public bucket)."
+    )
+
+
 def _self_hash(key: str) -> str | None:
     """The hash a key's content must have, for keys named by their content."""
     h = parse_object_key(key)
@@ -88,18 +121,24 @@ class FsspecBackend(Backend):
             yield
         except (FileNotFoundError, FileExistsError, CkptstoreError):
             raise
-        except PermissionError as e:
-            raise StorageError(
+        except Exception as e:  # network stacks raise many unrelated types
+            raise self._storage_error(what, e) from e
+
+    def _storage_error(self, what: str, e: Exception) -> StorageError:
+        missing = _credentials_missing(e)
+        if missing is not None:  # no retry helps: say how to give them, at once
+            return StorageError(f"{what}: no credentials ({missing}). {_credential_hint(self.fs)}")
+        if isinstance(e, PermissionError):
+            return StorageError(
                 f"{what}: permission denied ({e}). Check the credentials and the "
                 "bucket's access rights (storage_options / environment)."
-            ) from e
-        except Exception as e:  # network stacks raise many unrelated types
-            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise StorageError(
-                f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
-                "credentials and the network, then try again; raise retries= for a flaky "
-                "link."
-            ) from e
+            )
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return StorageError(
+            f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
+            "credentials and the network, then try again; raise retries= for a flaky "
+            "link."
+        )
 
     # -- reads ------------------------------------------------------------------------------
     def root_state(self) -> str:
