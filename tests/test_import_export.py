@@ -273,3 +273,33 @@ def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
     assert plain == {"hp": {"lr": 0.1, "out": "/x/y"}, "n": [1, 2]} and json.dumps(fixes)
     back = ckptstore.interop.from_plain(plain, fixes)
     assert isinstance(back["hp"], argparse.Namespace) and back["hp"].out == Path("/x/y")
+
+
+def test_importing_the_same_source_twice_is_a_no_op_that_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "old"
+    src.mkdir()
+    torch.save({"model": {"w": torch.arange(5.0)}, "step": 10}, src / "ckpt_step_10.pt")
+    torch.save({"model": {"w": torch.arange(6.0)}, "step": 20}, src / "ckpt_step_20.pt")
+    store = tmp_path / "store"
+    assert main(["import", str(src), str(store)]) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert len([ln for ln in first if ln.startswith("imported ")]) == 2
+    files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file() and "locks" not in p.parts)
+    assert main(["import", str(src), str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not [ln for ln in out if ln.startswith("imported ")]
+    assert len([ln for ln in out if ln.startswith("already imported")]) == 2 and "nothing written" in out[-1]
+    assert [i.step for i in ckptstore.list_checkpoints(store)] == [10, 20]
+    assert sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file() and "locks" not in p.parts) == files
+    # the API returns the existing records
+    again = ckptstore.interop.import_checkpoint(src / "ckpt_step_20.pt", store)
+    assert [i.step for i in again] == [20] and len(ckptstore.list_checkpoints(store)) == 2
+    # a changed file is a new source
+    torch.save({"model": {"w": torch.arange(7.0)}, "step": 20}, src / "ckpt_step_20.pt")
+    assert main(["import", str(src), str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([ln for ln in out if ln.startswith("already imported")]) == 1
+    assert len([ln for ln in out if ln.startswith("imported ")]) == 1
+    assert [i.step for i in ckptstore.list_checkpoints(store)] == [10, 20, 20]

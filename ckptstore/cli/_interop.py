@@ -5,39 +5,42 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from typing import Any
 
 from .._errors import PickleNotAllowedError
 from .._units import fmt_bytes
 from ..interop import export_checkpoint, import_checkpoint
+from ..store._store import Store
 from ._common import add_store_arg, key_value, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-
+    options = storage_options(args.storage_option)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with Store(args.dst, storage_options=options) as dst:
+            before = {i.id for i in dst.list()} if dst.exists() else set()
             infos = import_checkpoint(
                 args.src,
-                args.dst,
+                dst,
                 step=args.step,
                 epoch=args.epoch,
                 tags=args.tag or (),
                 allow_pickle=args.allow_pickle,
-                storage_options=storage_options(args.storage_option),
             )
     except (OSError, ValueError) as e:  # a wrong path, a file that is not a checkpoint
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
-    for note in dict.fromkeys(str(w.message) for w in caught):
-        print(f"ckptstore: note: {note}", file=sys.stderr)
     for i in infos:
-        print(
-            f"imported {i.meta.get('imported_from')} -> step {i.step} ({i.short_id}) in {args.dst}: "
-            f"{i.meta.get('framework')}, {fmt_bytes(i.size)}, {fmt_bytes(i.new_bytes)} new"
-        )
+        src = i.meta.get("imported_from")
+        if i.id in before:
+            print(f"already imported {src} as step {i.step} ({i.short_id}) in {args.dst}")
+        else:
+            print(
+                f"imported {src} -> step {i.step} ({i.short_id}) in {args.dst}: "
+                f"{i.meta.get('framework')}, {fmt_bytes(i.size)}, {fmt_bytes(i.new_bytes)} new"
+            )
+    if infos and all(i.id in before for i in infos):
+        print("nothing written: every source was imported before (same bytes)")
     return 0
 
 

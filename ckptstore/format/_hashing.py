@@ -39,6 +39,11 @@ def digest_many(parts: Sequence[Buffer], *, parallel: bool = True) -> str:
     return h.hexdigest()
 
 
+def hasher() -> _blake3.blake3:
+    """An incremental BLAKE3 (``update`` then ``hexdigest``), for data read in pieces."""
+    return _blake3.blake3()
+
+
 def digest_parts(label: bytes, digests: list[str]) -> str:
     """Hash of a sequence of hex digests under a label: the id of a multi-chunk blob."""
     h = _blake3.blake3(label)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..store._store import Store
 from ._hf_folder import is_hf_folder, read_hf_folder
@@ -50,8 +51,36 @@ def sources(src: str) -> list[tuple[str, str]]:
     return [("file", os.path.join(src, n)) for n in sorted(files, key=_file_order)]
 
 
+def source_digest(path: str) -> str:
+    """BLAKE3 over what an import reads at ``path``: a file's bytes, or a folder's files (names and
+    bytes, in name order). Two imports of the same bytes give one checkpoint."""
+    h = _hashing.hasher()
+    if os.path.isfile(path):
+        files = [("", path)]
+    else:
+        files = []
+        for dirpath, dirnames, names in os.walk(path):
+            dirnames.sort()
+            for n in sorted(names):
+                full = os.path.join(dirpath, n)
+                files.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
+    for rel, full in files:
+        h.update(rel.encode() + b"\0" + str(os.path.getsize(full)).encode() + b"\0")
+        with open(full, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _import_hf(
-    store: Store, path: str, *, step: int | None, epoch: int | None, tags: list[str], allow_pickle: bool
+    store: Store,
+    path: str,
+    *,
+    step: int | None,
+    epoch: int | None,
+    tags: list[str],
+    allow_pickle: bool,
+    meta_extra: Mapping[str, Any] | None = None,
 ) -> CheckpointInfo:
     folder = read_hf_folder(path, allow_pickle=allow_pickle)
     for reason in folder.skipped:
@@ -62,6 +91,7 @@ def _import_hf(
         "epoch_float": folder.epoch_float,
         "imported_from": os.path.abspath(path),
         "skipped": folder.skipped,
+        **(meta_extra or {}),
     }
     return store.save(
         folder.state,
@@ -103,10 +133,31 @@ def import_checkpoint(
     tag_list = [tags] if isinstance(tags, str) else list(tags)
     store = dst if isinstance(dst, Store) else Store(dst, storage_options=storage_options)
     try:
+        done: dict[str, CheckpointInfo] = {}
+        if store.exists():
+            for i in store.list():
+                d = i.meta.get("source_digest")
+                if isinstance(d, str):
+                    done[d] = i
         out = []
         for kind, path in items:
+            digest = source_digest(path)
+            prev = done.get(digest)
+            if prev is not None and step in (None, prev.step) and epoch in (None, prev.epoch):
+                out.append(prev)
+                continue
             fn = _import_hf if kind == "hf" else save_torch_file
-            out.append(fn(store, path, step=step, epoch=epoch, tags=tag_list, allow_pickle=allow_pickle))
+            info = fn(
+                store,
+                path,
+                step=step,
+                epoch=epoch,
+                tags=tag_list,
+                allow_pickle=allow_pickle,
+                meta_extra={"source_digest": digest},
+            )
+            done[digest] = info
+            out.append(info)
         return out
     finally:
         if store is not dst:

@@ -202,8 +202,10 @@ def save_torch_file(
     epoch: int | None = None,
     tags: Iterable[str] = (),
     allow_pickle: bool = False,
+    meta_extra: Mapping[str, Any] | None = None,
 ) -> CheckpointInfo:
-    """Import the ``torch.save`` file at ``path`` into ``store`` as one new checkpoint."""
+    """Import the ``torch.save`` file at ``path`` into ``store`` as one new checkpoint
+    (``meta_extra``: more entries for its ``meta``)."""
     obj = read_torch_file(path, allow_pickle=allow_pickle)
     name = os.path.basename(path)
     name_step, name_epoch = progress_from_name(name)
@@ -211,6 +213,7 @@ def save_torch_file(
         "imported_from": os.path.abspath(path),
         "imported_bytes": os.path.getsize(path),
         "name": name,
+        **(meta_extra or {}),
     }
     config = None
     if is_lightning(obj):
@@ -235,7 +238,7 @@ def save_torch_file(
     use_epoch = next((e for e in (epoch, in_epoch, name_epoch) if e is not None), None)
     if use_step is None:
         warn(
-            f"ckptstore: {name} records no step (in its contents or its name); it is numbered after the newest "
+            f"{name} records no step (in its contents or its name); it is numbered after the newest "
             "checkpoint in the store (pass step= or --step to choose)"
         )
     return store.save(
