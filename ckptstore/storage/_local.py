@@ -211,7 +211,11 @@ class LocalBackend(Backend):
                 return None
             p = parent
         try:
-            return shutil.disk_usage(p).free
+            # what an unprivileged writer may use (f_bavail), not what the root reserve adds (f_bfree)
+            if not hasattr(os, "statvfs"):  # Windows: the free space the caller may use
+                return shutil.disk_usage(p).free
+            st = os.statvfs(p)
+            return st.f_bavail * st.f_frsize
         except OSError as e:
             raise storage_error(e, f"cannot read the free space of {p}", p) from e
 

@@ -15,15 +15,19 @@ written; ``"make_room"`` first applies the retention policy as if the new checkp
 existed (the newest existing checkpoint is kept), then estimates again; ``"ignore"`` skips the
 check. ``reserve`` bytes must stay free after the save in every mode but "ignore".
 
-A disk that fills up during the write (another process, a bad estimate) raises
-``InsufficientSpaceError`` too; the store stays consistent (no manifest was written) and the
-objects this save had written are removed again.
+A disk that fills up during the write (another process, a bad estimate; ``ENOSPC`` or a quota's
+``EDQUOT``) raises ``InsufficientSpaceError`` too; the store stays consistent (no manifest was
+written) and the objects this save had written are removed again. That needs no new byte on
+the disk: when not even a gc lease file fits, the save's own lease stands in for it, provided no
+other save is in progress (an unreferenced object written since this save started is then this
+save's, or garbage of a save that failed). An object already on disk (a failed save's that could
+not be removed) counts as free in the estimate: the writer does not write it again.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -32,10 +36,10 @@ from .._errors import InsufficientSpaceError
 from .._units import fmt_bytes, parse_size
 from ..format import _hashing
 from ..format._info import CheckpointInfo
-from ..format._layout import OBJECTS_DIR, parse_object_key
+from ..format._layout import OBJECTS_DIR, object_key, parse_object_key
 from ..format._tensors import PlannedBlob
 from ..pipeline._writer import PACK_ALIGN, DedupIndex, host_bytes
-from ._locks import acquire_gc
+from ._locks import acquire_gc, live_locks
 from ._retention import Retention
 
 if TYPE_CHECKING:
@@ -72,8 +76,17 @@ def upper_bound(blobs: list[PlannedBlob]) -> int:
     return sum(b.nbytes for b in blobs) + overhead(blobs)
 
 
-def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: int, pack_threshold: int) -> int:
-    """Raw bytes the writer will store: content whose hash the index (or this save) lacks."""
+def new_raw_bytes(
+    blobs: list[PlannedBlob],
+    index: DedupIndex,
+    *,
+    chunk_size: int,
+    pack_threshold: int,
+    present: Callable[[str], bool] | None = None,
+) -> int:
+    """Raw bytes the writer will store: content whose hash the index (or this save) lacks.
+    ``present(h)``: whether an object named ``h`` is already stored (uncompressed chunks are named
+    by their raw hash, and the writer skips one that exists)."""
     seen: set[str] = set()
     total = 0
     for b in blobs:
@@ -93,6 +106,8 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
             h = _hashing.digest(host_bytes(b.source, a, e, None)[0])
             with index.lock:
                 hit = h in index.raw_objects
+            if not hit and present is not None and h not in seen and present(h):
+                hit = True
             if not hit and h not in seen:
                 seen.add(h)
                 total += e - a
@@ -193,7 +208,9 @@ class SpaceCheck:
     def _estimate(
         self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, chunk_size: int, pack_threshold: int
     ) -> int:
-        raw = new_raw_bytes(blobs, index, chunk_size=chunk_size, pack_threshold=pack_threshold)
+        backend = self.store.backend
+        present = (lambda h: backend.exists(object_key(h))) if codec == "none" else None
+        raw = new_raw_bytes(blobs, index, chunk_size=chunk_size, pack_threshold=pack_threshold, present=present)
         return math.ceil(raw * compression_ratio(index, codec)) + overhead(blobs)
 
     def _make_room(
@@ -250,36 +267,61 @@ class SpaceCheck:
         return InsufficientSpaceError(msg, needed=need + guard.reserve, free=free)
 
     # -- after a failed write ---------------------------------------------------------------
-    def remove_partial(self, started: float) -> int:
-        """Delete unreferenced objects written since ``started``, if no other save runs."""
+    def remove_partial(self, started: float, written: Iterable[str] | None = None) -> int:
+        """Delete the unreferenced objects this save wrote (``written``, when the caller knows them;
+        else every unreferenced object written since ``started``), if no other save runs.
+
+        Under a gc lease when one fits; when the disk is too full for even that file, under this
+        save's own lease after checking (by reading only) that no other save is in progress."""
         store = self.store
         backend = store.backend
         try:
             lease, _busy = acquire_gc(backend, wait=0.0, exclude=[self.lease_key])
-        except OSError:
-            return 0  # not even a lease file fits; leave it to gc
-        if lease is None:
-            return 0
-        freed = 0
-        try:
-            manifests, problems = store.catalog.manifests()
-            if problems:
+            if lease is None:
+                return 0  # another save may have decided to reuse these objects
+        except OSError:  # not even a lease file fits: this save's own lease stands in
+            lease = None
+            try:
+                if live_locks(backend, "save", exclude=[self.lease_key], remove_stale=False):
+                    return 0
+            except OSError:
                 return 0
-            referenced = {k for m in manifests.values() for k in m.objects}
-            for key in backend.list(OBJECTS_DIR):
-                d = parse_object_key(key)
-                if d is None or d in referenced:
-                    continue
-                try:
-                    mt = backend.mtime(key)
-                    size = backend.size(key)
-                except OSError:
-                    continue
-                if mt is not None and mt >= started - 1.0:
-                    backend.delete(key)
-                    freed += size
-            backend.sync()
+        try:
+            return self._remove_unreferenced(started, written)
         finally:
-            lease.release()
-        store.catalog.invalidate()
+            if lease is not None:
+                lease.release()
+            store.catalog.invalidate()
+
+    def _remove_unreferenced(self, started: float, written: Iterable[str] | None) -> int:
+        backend = self.store.backend
+        manifests, problems = self.store.catalog.manifests()
+        if problems:
+            return 0  # a damaged manifest may reference anything: leave it to gc
+        referenced = {k for m in manifests.values() for k in m.objects}
+        if written is not None:
+            keys = [object_key(d) for d in written if d not in referenced]
+        else:
+            keys = []
+            for k in backend.list(OBJECTS_DIR):
+                d = parse_object_key(k)
+                if d is not None and d not in referenced:
+                    keys.append(k)
+        freed = 0
+        for key in keys:
+            try:
+                mt = backend.mtime(key)
+                size = backend.size(key)
+            except OSError:
+                continue
+            if written is not None or (mt is not None and mt >= started - 1.0):
+                try:
+                    backend.delete(key)
+                except FileNotFoundError:
+                    continue
+                freed += size
+        try:
+            backend.sync()
+        except OSError:
+            pass
         return freed
