@@ -105,3 +105,20 @@ def test_api_md_names_every_public_error():
         obj = getattr(ckptstore, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert name in text, f"docs/api.md does not mention {name}"
+
+
+# -- "new" is at most "size" -----------------------------------------------------------------
+def test_new_bytes_never_exceed_the_logical_size(tmp_path):
+    """Small tensors share packs with alignment padding; padding is not new data."""
+    infos = []
+    for i in range(3):
+        state = {
+            "a": torch.zeros(3),
+            "b": torch.ones(2, dtype=torch.int8),
+            "s": torch.tensor(1.0 + i),
+            "h": torch.arange(5, dtype=torch.float64) * i,
+            "z": torch.randn(50_000, generator=torch.Generator().manual_seed(i)),  # compressed or not
+        }
+        infos.append(ckptstore.save(state, tmp_path / "s", step=i, compression=i == 2))
+    for info in infos:
+        assert 0 < info.new_bytes <= info.size, (info.step, info.new_bytes, info.size)

@@ -86,8 +86,15 @@ def host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> tu
 class _Session:
     """One save's shared state between the producer and the worker threads."""
 
-    def __init__(self, sink: BackendSink | LocalSink, index: DedupIndex, suspect: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        sink: BackendSink | LocalSink,
+        index: DedupIndex,
+        suspect: frozenset[str] = frozenset(),
+        written: set[str] | None = None,
+    ) -> None:
         self.sink = sink
+        self.written = written  # objects this save created (not found present), as they land
         self.index = index
         self.suspect = suspect  # objects found damaged or missing: never reused, overwritten when written
         self.objects: dict[str, ObjectInfo] = {}
@@ -107,9 +114,12 @@ class _Session:
                 return None
         return hit
 
-    def put(self, parts: list[np.ndarray], codec_name: str, rh: str | None = None) -> tuple[str, str, ObjectInfo]:
+    def put(
+        self, parts: list[np.ndarray], codec_name: str, rh: str | None = None, payload: int | None = None
+    ) -> tuple[str, str, ObjectInfo]:
         """Store the concatenation of ``parts`` as one object unless an identical one exists;
-        returns (raw hash, key, info)."""
+        returns (raw hash, key, info). ``payload``: the tensor bytes among ``parts`` (a pack's
+        alignment padding is not new data); the save's ``new_bytes`` counts at most that."""
         nbytes = sum(p.nbytes for p in parts)
         rh = rh or _hashing.digest_many(parts, parallel=False)
         hit = self.lookup(rh)
@@ -129,7 +139,10 @@ class _Session:
         key = rh if codec_name == "none" else _hashing.digest(stored[0], parallel=False)
         info = ObjectInfo(codec=codec_name, size=size, raw_size=nbytes, raw_hash=None if key == rh else rh)
         written = self.sink.put(object_key(key), stored, force=key in self.suspect)
-        self._record(rh, key, info, size if written else 0)
+        if written and self.written is not None:
+            with self.lock:
+                self.written.add(key)
+        self._record(rh, key, info, min(size, nbytes if payload is None else payload) if written else 0)
         return rh, key, info
 
     def _record(self, rh: str, key: str, info: ObjectInfo, written: int) -> None:
@@ -224,15 +237,17 @@ def write_blobs(
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
     suspect: frozenset[str] = frozenset(),
+    written: set[str] | None = None,
 ) -> WriteResult:
     """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
     ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
     byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2/4/8`` where that helps.
-    When this returns, every object is durable under its name.
+    When this returns, every object is durable under its name. ``written``: a set this fills with
+    the objects the save creates as each lands (so a caller can remove them after a failure).
     """
     sink = sink_for(backend, workers)
-    s = _Session(sink, index, suspect)
+    s = _Session(sink, index, suspect, written)
     groups = groups or [1] * len(planned)
     compressing = codec != "none"
     chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
@@ -289,7 +304,7 @@ def write_blobs(
 
     def _pack(b: _Batch, members: list[tuple[int, np.ndarray]]) -> tuple[str, str, ObjectInfo] | None:
         parts: list[np.ndarray] = []
-        fill = 0
+        fill = payload = 0
         placed: list[tuple[int, str, int, int, int]] = []
         for bi, raw in members:
             n = raw.nbytes
@@ -317,11 +332,12 @@ def write_blobs(
             placed.append((bi, h, b.id, fill + pad, n))
             parts.append(raw)
             fill += pad + n
+            payload += n
         with small_lock:
             small.extend(placed)
         if progress:
             progress(sum(raw.nbytes for _, raw in members))
-        return s.put(parts, object_codec(codec, b.group)) if parts else None
+        return s.put(parts, object_codec(codec, b.group), payload=payload) if parts else None
 
     def flush(group: int) -> None:
         b = batches.pop(group)
