@@ -215,3 +215,14 @@ def test_export_names_the_cli_flag(store_path, tmp_path, capsys):
     assert code == 1
     one_clean_error(err)
     assert "--overwrite" in err and "overwrite=True" not in err
+
+
+def test_a_damaged_newest_manifest_is_reported_once_in_one_wording(store_path, tmp_path, capsys):
+    newest = sorted((store_path / "manifests").iterdir())[-1]
+    data = bytearray(newest.read_bytes())
+    data[50] ^= 1
+    newest.write_bytes(bytes(data))
+    code, out, err = run(capsys, "cp", str(store_path), str(tmp_path / "dst"))
+    assert code == 0 and "copied 1 checkpoint(s) (step 10)" in out
+    assert err.count("step 20") == 1, err
+    assert err.startswith("ckptstore: warning: skipping checkpoint at step 20: manifest ")

@@ -41,6 +41,10 @@ Key = tuple[int, str, str]
 _UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
 
 
+def _skip_message(step: int, e: Exception) -> str:
+    return f"skipping checkpoint at step {step}: {e}"
+
+
 class Catalog:
     """Manifests, config and dedup index of the store behind ``backend``.
 
@@ -53,6 +57,7 @@ class Catalog:
         self._lock = threading.RLock()
         self._manifests: dict[str, Manifest] = {}
         self._bad: dict[str, str] = {}
+        self._logged: set[str] = set()  # damaged manifests ``newest`` already logged
         self._config: StoreConfig | None = None
         self._index: DedupIndex | None = None
         self._index_keys: set[str] | None = None  # manifests present when the index was last checked
@@ -184,6 +189,13 @@ class Catalog:
         with self._lock:
             return dict(self._bad)
 
+    def _note_damaged(self, key: str, e: Exception) -> bool:
+        """Remember a damaged manifest; True the first time this process meets it."""
+        with self._lock:
+            new = key not in self._bad
+            self._bad[key] = str(e)
+        return new
+
     def checkpoints(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
         """Every readable checkpoint, sorted by step then creation time; damaged manifests are
         skipped with one warning each."""
@@ -193,11 +205,8 @@ class Catalog:
             try:
                 m = self.manifest(key)
             except (IntegrityError, UnsupportedFormatError) as e:
-                with self._lock:
-                    new = key not in self._bad
-                    self._bad[key] = str(e)
-                if new:
-                    warnings.warn(f"skipping checkpoint at step {step}: {e}", CkptstoreWarning, stacklevel=stacklevel)
+                if self._note_damaged(key, e):
+                    warnings.warn(_skip_message(step, e), CkptstoreWarning, stacklevel=stacklevel)
                 continue
             except CheckpointNotFoundError:
                 continue
@@ -231,8 +240,14 @@ class Catalog:
                 break
             try:
                 info = self.info(key, digest, self.manifest(key))
-            except _UNREADABLE as e:
-                log.warning("skipping damaged checkpoint at step %d: %s", step, e)
+            except CheckpointNotFoundError:
+                continue
+            except (IntegrityError, UnsupportedFormatError) as e:
+                with self._lock:  # said once, in the listing's words (its warning, or this log line)
+                    new = key not in self._bad and key not in self._logged
+                    self._logged.add(key)
+                if new:
+                    log.warning("%s", _skip_message(step, e))
                 continue
             if best is None or (info.created_at, info.id) > (best.created_at, best.id):
                 best = info
