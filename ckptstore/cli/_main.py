@@ -41,23 +41,36 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
+class _Commands:
+    """The subparsers action, handed to each group's ``add_parsers``: a command without its own
+    description gets its one-line help as the description, so ``ckptstore X --help`` starts with
+    the line ``ckptstore --help`` shows for X."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+        self.parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        text = kw.get("help")
+        if text and not kw.get("description"):
+            kw["description"] = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+        parser: argparse.ArgumentParser = self.sub.add_parser(name, **kw)
+        self.parsers[name] = parser
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ckptstore", description="Safe, small, fast PyTorch checkpoints.")
     p.add_argument("--version", action="version", version=f"ckptstore {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _inspect.add_parsers(sub)
-    _verify.add_parsers(sub)
-    _gc.add_parsers(sub)
-    _cp.add_parsers(sub)
-    _interop.add_parsers(sub)
-    # `ckptstore X --help` starts with the line `ckptstore --help` shows for X
-    helps = {a.dest: a.help for a in sub._choices_actions}
-    for name, parser in sub.choices.items():
-        if not parser.description and helps.get(name):
-            text = str(helps[name])
-            parser.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
-    p.commands = dict(sub.choices)
+    commands = _Commands(sub)
+    _inspect.add_parsers(commands)
+    _verify.add_parsers(commands)
+    _gc.add_parsers(commands)
+    _cp.add_parsers(commands)
+    _interop.add_parsers(commands)
+    p.commands = commands.parsers
     return p
 
 
