@@ -226,3 +226,17 @@ def test_a_damaged_newest_manifest_is_reported_once_in_one_wording(store_path, t
     assert code == 0 and "copied 1 checkpoint(s) (step 10)" in out
     assert err.count("step 20") == 1, err
     assert err.startswith("ckptstore: warning: skipping checkpoint at step 20: manifest ")
+
+
+def test_an_unreachable_store_names_the_cli_flag_for_retries(store_path, capsys):
+    import socket
+
+    with socket.socket() as sk:  # a port nothing listens on
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    argv = ["cp", str(store_path), "s3://bucket/x", "--dst-option", f"endpoint_url=http://127.0.0.1:{port}"]
+    argv += ["--dst-option", "key=k", "--dst-option", "secret=s", "--retries", "0"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    one_clean_error(err)
+    assert "--retries" in err and "retries=" not in err

@@ -59,7 +59,7 @@ class _Commands:
         return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     p = _Parser(prog="ckptstore", description="Safe, small, fast PyTorch checkpoints.")
     p.add_argument("--version", action="version", version=f"ckptstore {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -124,6 +124,21 @@ def _quiet_stdout() -> None:
         pass
 
 
+#: how a library message names an argument -> the command-line flag that sets it
+_FLAGS = (("raise retries=", "raise --retries", "--retries"), ("retries=N", "--retries N", "--retries"))
+
+
+def _in_cli_words(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """A library message with its argument names replaced by this command's flags."""
+    if parser is None:
+        return message
+    usage = parser.format_usage()
+    for api, cli, flag in _FLAGS:
+        if f"[{flag}" in usage:
+            message = message.replace(api, cli)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -139,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return BROKEN_PIPE
     except (CkptstoreError, OSError) as e:
-        print(f"ckptstore: error: {e}", file=sys.stderr)
+        print(f"ckptstore: error: {_in_cli_words(str(e), parser.commands.get(args.command))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ckptstore: interrupted", file=sys.stderr)
