@@ -26,6 +26,7 @@ from ._errors import (
     UnsupportedValueError,
 )
 from ._version import __version__
+from .dashboard import dashboard, diff_checkpoints  # the function shadows the subpackage's name
 from .format._info import CheckpointInfo
 from .format._manifest import Manifest, RngState
 from .interop import export_checkpoint, import_checkpoint, import_torch_file
@@ -72,6 +73,8 @@ __all__ = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "dashboard",
+    "diff_checkpoints",
     "export_checkpoint",
     "import_checkpoint",
     "import_torch_file",
