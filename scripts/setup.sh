@@ -26,7 +26,7 @@ if [ "${1:-}" = "test" ]; then
     echo "setup: chromium is missing; run as root (or: sudo apt-get install -y chromium) for the dashboard tests" >&2
   else
     echo "setup: installing chromium (apt-get) for the dashboard tests"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
       >/dev/null 2>&1 || echo "setup: apt-get could not install chromium; the dashboard tests will be skipped" >&2
   fi
 fi
