@@ -36,11 +36,24 @@ class Browser:
         if exe is None:
             raise RuntimeError("no chromium: run scripts/setup.sh test")
         self.profile = tempfile.mkdtemp(prefix="ckpt-chromium-")
-        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"]
+        args = [
+            exe,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.errors: list[str] = []
         self._id = 0
@@ -88,7 +101,9 @@ class Browser:
             d = p.get("exceptionDetails", {})
             self.errors.append("exception: " + str(d.get("exception", {}).get("description") or d.get("text")))
         elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            self.errors.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            self.errors.append(
+                "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"])
+            )
         elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
             e = p["entry"]
             self.errors.append(f"log: {e.get('text')} {e.get('url', '')}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from ..dashboard._api import dashboard, diff_checkpoints
 from ..dashboard._diff import CheckpointDiff
@@ -43,17 +44,27 @@ def add_parsers(sub: Any) -> None:
     df.set_defaults(func=cmd_diff)
 
 
+def _usage(msg: str) -> NoReturn:
+    print(f"ckptstore dashboard: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     opts = storage_options(args.storage_option)
     if args.compare and not args.output:
-        raise SystemExit("ckptstore: --compare needs --output (the served page compares on demand)")
+        _usage("--compare needs --output (the served page compares on demand)")
     if args.refresh <= 0:
-        raise SystemExit("ckptstore: --refresh must be a positive number of seconds")
+        _usage("--refresh must be a positive number of seconds")
     if not 0 <= args.port <= 65535:
-        raise SystemExit("ckptstore: --port must be from 0 (a free port) to 65535")
+        _usage("--port must be from 0 (a free port) to 65535")
     if args.output:
-        path = dashboard(args.uri, output=args.output, storage_options=opts, backup=args.backup,
-                         compare=tuple(args.compare) if args.compare else None)
+        path = dashboard(
+            args.uri,
+            output=args.output,
+            storage_options=opts,
+            backup=args.backup,
+            compare=tuple(args.compare) if args.compare else None,
+        )
         print(f"wrote the dashboard of {args.uri} to {path}")
         return 0
     try:
@@ -78,8 +89,14 @@ def _rel(v: float | None) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    d = diff_checkpoints(args.uri, args.a, args.b, load=not args.no_load, allow_pickle=args.allow_pickle,
-                         storage_options=storage_options(args.storage_option))
+    d = diff_checkpoints(
+        args.uri,
+        args.a,
+        args.b,
+        load=not args.no_load,
+        allow_pickle=args.allow_pickle,
+        storage_options=storage_options(args.storage_option),
+    )
     if args.json:
         print(json.dumps(d.to_json(), indent=2))
         return 0
@@ -90,8 +107,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def print_diff(d: CheckpointDiff, *, show_identical: bool = False) -> None:
     j = d.to_json()
     counts = ", ".join(f"{n} {k}" for k, n in j["counts"].items()) or "no tensors"
-    print(f"step {d.a.step} ({d.a.short_id}) -> step {d.b.step} ({d.b.short_id}): {counts}; "
-          f"{j['deduplicated']} deduplicated (stored once)")
+    print(
+        f"step {d.a.step} ({d.a.short_id}) -> step {d.b.step} ({d.b.short_id}): {counts}; "
+        f"{j['deduplicated']} deduplicated (stored once)"
+    )
     if d.config:
         print("config:")
         for path, x, y in d.config:
@@ -116,8 +135,10 @@ def print_diff(d: CheckpointDiff, *, show_identical: bool = False) -> None:
     changed_layers = [la for la in d.layers if la.changed]
     if changed_layers:
         print("layers with changes:")
-        table(["layer", "tensors", "changed", "relative change"],
-              [[la.name, str(la.tensors), str(la.changed), _rel(la.relative_change)] for la in changed_layers])
+        table(
+            ["layer", "tensors", "changed", "relative change"],
+            [[la.name, str(la.tensors), str(la.changed), _rel(la.relative_change)] for la in changed_layers],
+        )
     if not d.loaded and d.by_status("changed"):
         print("(tensors not loaded: run without --no-load to measure the changes)")
     same = d.by_status("identical")

@@ -1,8 +1,8 @@
 """The ``ckptstore`` command line. ``main(argv) -> exit code`` (0 ok, 1 problems, 2 usage).
 
 One module per command group, each with ``add_parsers(sub)``: ``_inspect`` (ls, show, du),
-``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff). A new command goes into the
-module of its group (or a new one) and is registered in ``build_parser``.
+``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff).
+A new command goes into the module of its group (or a new one) and is registered in ``build_parser``.
 """
 
 from __future__ import annotations

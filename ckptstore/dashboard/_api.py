@@ -68,18 +68,30 @@ def diff_checkpoints(
 
 @overload
 def dashboard(
-    uri: str | os.PathLike[str] | Store, *, output: None = None, port: int = 0, refresh: float = 5.0,
-    backup: str | None = None, storage_options: Mapping[str, Any] | None = None,
-    backup_options: Mapping[str, Any] | None = None, retention: Retention | None = None,
+    uri: str | os.PathLike[str] | Store,
+    *,
+    output: None = None,
+    port: int = 0,
+    refresh: float = 5.0,
+    backup: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backup_options: Mapping[str, Any] | None = None,
+    retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
 ) -> DashboardServer: ...
 
 
 @overload
 def dashboard(
-    uri: str | os.PathLike[str] | Store, *, output: str | os.PathLike[str], port: int = 0, refresh: float = 5.0,
-    backup: str | None = None, storage_options: Mapping[str, Any] | None = None,
-    backup_options: Mapping[str, Any] | None = None, retention: Retention | None = None,
+    uri: str | os.PathLike[str] | Store,
+    *,
+    output: str | os.PathLike[str],
+    port: int = 0,
+    refresh: float = 5.0,
+    backup: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    backup_options: Mapping[str, Any] | None = None,
+    retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
 ) -> str: ...
 

@@ -38,7 +38,7 @@ def signature(store: Store) -> str:
 
 
 def metric_mode(name: str, policy: Retention | None) -> str:
-    """"min" or "max": the retention policy's mode for its ``keep_best`` metric, else by name."""
+    """ "min" or "max": the retention policy's mode for its ``keep_best`` metric, else by name."""
     if policy is not None and policy.best is not None and policy.best[0] == name:
         return policy.best[1]
     low = name.lower()
@@ -193,8 +193,18 @@ def snapshot(
         "signature": signature(store) if store.exists() else "",
     }
     if not store.exists():
-        return {**base, "exists": False, "checkpoints": [], "damaged": [], "metrics": {}, "storage": None,
-                "progress": None, "backup": None, "policy": None, "build_seconds": 0.0}
+        return {
+            **base,
+            "exists": False,
+            "checkpoints": [],
+            "damaged": [],
+            "metrics": {},
+            "storage": None,
+            "progress": None,
+            "backup": None,
+            "policy": None,
+            "build_seconds": 0.0,
+        }
     pairs, damaged = read_checkpoints(store)
     infos = [i for i, _m in pairs]
     policy = policy if policy is not None else store.get_retention()
@@ -230,28 +240,30 @@ def snapshot(
     for i, m in pairs:
         dec = decisions[i.id]
         missing = sum(1 for k in m.objects if k not in present)
-        rows.append({
-            "id": i.id,
-            "short_id": i.short_id,
-            "step": i.step,
-            "epoch": i.epoch,
-            "created_at": i.created_at.isoformat(),
-            "t": i.created_at.timestamp(),
-            "size": i.size,
-            "stored_bytes": i.stored_bytes,
-            "new_bytes": i.new_bytes,
-            "tensors": i.num_tensors,
-            "objects": len(m.objects),
-            "metrics": {k: json_number(v) for k, v in i.metrics.items()},
-            "tags": list(i.tags),
-            "trigger": _trigger(i.meta),
-            "progress": _progress_text(i.meta, i.step),
-            "keep": dec.keep,
-            "reasons": list(dec.reasons),
-            "missing_objects": missing,
-            "health": "ok" if missing == 0 else f"{missing} object(s) missing",
-            "backup": None if backup_ids is None else i.id in backup_ids,
-        })
+        rows.append(
+            {
+                "id": i.id,
+                "short_id": i.short_id,
+                "step": i.step,
+                "epoch": i.epoch,
+                "created_at": i.created_at.isoformat(),
+                "t": i.created_at.timestamp(),
+                "size": i.size,
+                "stored_bytes": i.stored_bytes,
+                "new_bytes": i.new_bytes,
+                "tensors": i.num_tensors,
+                "objects": len(m.objects),
+                "metrics": {k: json_number(v) for k, v in i.metrics.items()},
+                "tags": list(i.tags),
+                "trigger": _trigger(i.meta),
+                "progress": _progress_text(i.meta, i.step),
+                "keep": dec.keep,
+                "reasons": list(dec.reasons),
+                "missing_objects": missing,
+                "health": "ok" if missing == 0 else f"{missing} object(s) missing",
+                "backup": None if backup_ids is None else i.id in backup_ids,
+            }
+        )
 
     referenced = {k for k in users if k in present}
     unreferenced = [k for k in present if k not in users]
@@ -288,8 +300,11 @@ def snapshot(
         "metrics": _metrics_summary(infos, policy),
         "storage": storage,
         "progress": _progress(infos),
-        "backup": None if backup_state is None else {
-            "uri": backup_state["uri"], "error": backup_state["error"],
+        "backup": None
+        if backup_state is None
+        else {
+            "uri": backup_state["uri"],
+            "error": backup_state["error"],
             "holds": None if backup_ids is None else sum(1 for i in infos if i.id in backup_ids),
         },
         "build_seconds": time.perf_counter() - started,

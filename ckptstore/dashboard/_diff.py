@@ -92,13 +92,27 @@ class CheckpointDiff:
             "config": [{"path": p, "a": x, "b": y} for p, x, y in self.config],
             "metrics": [{"name": p, "a": num(x), "b": num(y)} for p, x, y in self.metrics],
             "tensors": [
-                {"name": t.name, "status": t.status, "dtype": t.dtype, "shape": list(t.shape),
-                 "old_dtype": t.old_dtype, "old_shape": None if t.old_shape is None else list(t.old_shape),
-                 "deduplicated": t.deduplicated, "relative_change": num(t.relative_change)}
+                {
+                    "name": t.name,
+                    "status": t.status,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "old_dtype": t.old_dtype,
+                    "old_shape": None if t.old_shape is None else list(t.old_shape),
+                    "deduplicated": t.deduplicated,
+                    "relative_change": num(t.relative_change),
+                }
                 for t in self.tensors
             ],
-            "layers": [{"name": la.name, "tensors": la.tensors, "changed": la.changed,
-                        "relative_change": num(la.relative_change)} for la in self.layers],
+            "layers": [
+                {
+                    "name": la.name,
+                    "tensors": la.tensors,
+                    "changed": la.changed,
+                    "relative_change": num(la.relative_change),
+                }
+                for la in self.layers
+            ],
         }
 
 
@@ -200,8 +214,9 @@ def layer_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def diff(store: Store, a: CheckpointInfo, b: CheckpointInfo, *, allow_pickle: bool = False,
-         load: bool = True) -> CheckpointDiff:
+def diff(
+    store: Store, a: CheckpointInfo, b: CheckpointInfo, *, allow_pickle: bool = False, load: bool = True
+) -> CheckpointDiff:
     """Compare checkpoint ``a`` (older) with ``b``. ``load=False`` never reads tensor data: changed
     tensors are listed without their relative change."""
     ma, mb = store.manifest(id=a.id), store.manifest(id=b.id)
@@ -238,13 +253,26 @@ def diff(store: Store, a: CheckpointInfo, b: CheckpointInfo, *, allow_pickle: bo
                 continue
             norm, d = _norms(sa[name], sb[name])
             status = "changed" if d != 0 else "identical"  # equal values stored again elsewhere
-            changes[name] = TensorChange(name, status, c.dtype, c.shape, deduplicated=c.deduplicated,
-                                         relative_change=_rel(norm, d), norm=norm, diff_norm=d)
+            changes[name] = TensorChange(
+                name,
+                status,
+                c.dtype,
+                c.shape,
+                deduplicated=c.deduplicated,
+                relative_change=_rel(norm, d),
+                norm=norm,
+                diff_norm=d,
+            )
         del sa, sb
     tensors = list(changes.values())
     return CheckpointDiff(
-        a=a, b=b, config=_config_changes(a.config, b.config), metrics=_metric_changes(a.metrics, b.metrics),
-        tensors=tensors, layers=_layers(tensors), loaded=loaded,
+        a=a,
+        b=b,
+        config=_config_changes(a.config, b.config),
+        metrics=_metric_changes(a.metrics, b.metrics),
+        tensors=tensors,
+        layers=_layers(tensors),
+        loaded=loaded,
     )
 
 

@@ -21,7 +21,7 @@ UPLOT_VERSION = "1.6.32"
 _KEYS = re.compile(r"(/\*__[A-Z_]+__\*/|__[A-Z]+__)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def asset(name: str) -> str:
     """A file shipped in this package (page.html, page.js, page.css, uPlot.iife.min.js, ...)."""
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")

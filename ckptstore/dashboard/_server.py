@@ -36,8 +36,15 @@ HOST = "127.0.0.1"
 class Source:
     """Snapshots and diffs of one store, cached by manifest-listing signature."""
 
-    def __init__(self, store: Store, *, backup: str | None = None, backup_options: Mapping[str, Any] | None = None,
-                 policy: Retention | None = None, max_age: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backup: str | None = None,
+        backup_options: Mapping[str, Any] | None = None,
+        policy: Retention | None = None,
+        max_age: float = 60.0,
+    ) -> None:
         self.store = store
         self.backup = backup
         self.backup_options = backup_options
@@ -57,8 +64,9 @@ class Source:
                 assert self._cached is not None
                 return self._cached
             self.store.catalog.clear()  # another process may have removed or replaced manifests
-            self._cached = snapshot(self.store, backup=self.backup, backup_options=self.backup_options,
-                                    policy=self.policy)
+            self._cached = snapshot(
+                self.store, backup=self.backup, backup_options=self.backup_options, policy=self.policy
+            )
             self._built = time.monotonic()
             return self._cached
 
@@ -72,7 +80,7 @@ def _handler(source: Source, refresh: float) -> type[BaseHTTPRequestHandler]:
         server_version = "ckptstore-dashboard"
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("dashboard: " + format, *args)
 
         def _send(self, status: int, body: str, ctype: str) -> None:
@@ -119,7 +127,7 @@ def _handler(source: Source, refresh: float) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _read_only  # noqa: N815
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _read_only
 
     return Handler
 
@@ -129,8 +137,9 @@ class DashboardServer:
 
     Serves from a daemon thread; a context manager. ``wait()`` blocks until Ctrl+C or ``close``."""
 
-    def __init__(self, source: Source, *, port: int = 0, refresh: float = 5.0,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, source: Source, *, port: int = 0, refresh: float = 5.0, on_close: Callable[[], None] | None = None
+    ) -> None:
         self.source = source
         self._on_close = on_close
         self._httpd = ThreadingHTTPServer((HOST, port), _handler(source, refresh))

@@ -301,6 +301,8 @@
     D.renders++;
     D.ready = true;
   }
+  D.render = render;
+
   function poll() {
     var sig = D.data ? D.data.signature : "";
     fetch("api/snapshot?since=" + encodeURIComponent(sig)).then(function (r) {
