@@ -253,6 +253,33 @@ def test_damaged_manifest_and_missing_object_are_shown(tmp_path, browser):
     check_no_errors(browser)
 
 
+def test_odd_metrics_draw_without_errors(tmp_path, browser):
+    """All-NaN, infinite, negative and zero values, a metric on one checkpoint, a step saved twice."""
+    uri = str(tmp_path / "odd")
+    values = [
+        {"nan": math.nan, "neg": -1.0, "zero": 0.0, "inf": 1.0},
+        {"nan": math.nan, "neg": 2.0, "zero": 0.0, "inf": math.inf, "once": 3.0},
+        {"nan": math.nan, "neg": -3.0, "zero": 0.0, "inf": -math.inf},
+    ]
+    for k, m in enumerate(values):
+        ckptstore.save({"w": torch.full((2,), float(k))}, uri, step=min(k, 1) * 10, metrics=m)
+    browser.open("file://" + ckptstore.dashboard(uri, output=str(tmp_path / "odd.html")))
+    assert browser.eval(CHARTS) == {
+        "metric:nan": 0,
+        "metric:neg": 3,
+        "metric:zero": 3,
+        "metric:inf": 1,
+        "metric:once": 1,
+        "storage": 3,
+    }
+    assert [r["step"] for r in browser.eval(ROWS)] == [10, 10, 0]
+    cells = browser.eval(
+        "Array.from(document.querySelectorAll('#checkpoints tbody tr')[1].cells).map(c=>c.textContent)"
+    )
+    assert "Infinity" in cells and "NaN" in cells
+    check_no_errors(browser)
+
+
 def test_a_thousand_checkpoints(tmp_path, browser):
     store = long_run(str(tmp_path / "long"), 1000, total_steps=20000)
     t = time.perf_counter()

@@ -176,6 +176,31 @@ def _progress_text(meta: Mapping[str, Any], step: int) -> str | None:
     return f"{step}/{total} ({100.0 * step / total:.1f}%)"
 
 
+def _empty(uri: str, signature: str) -> dict[str, Any]:
+    return {
+        "uri": uri,
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "generated_t": time.time(),
+        "ckptstore": __version__,
+        "signature": signature,
+        "exists": False,
+        "error": None,
+        "checkpoints": [],
+        "damaged": [],
+        "metrics": {},
+        "storage": None,
+        "progress": None,
+        "backup": None,
+        "policy": None,
+        "build_seconds": 0.0,
+    }
+
+
+def error_snapshot(uri: str, error: BaseException) -> dict[str, Any]:
+    """What the page shows when the store cannot be read at all (it keeps retrying)."""
+    return {**_empty(uri, ""), "error": f"cannot read the store: {type(error).__name__}: {error}"}
+
+
 def snapshot(
     store: Store,
     *,
@@ -185,26 +210,9 @@ def snapshot(
 ) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict (see docs/dashboard.md)."""
     started = time.perf_counter()
-    base: dict[str, Any] = {
-        "uri": store.uri,
-        "generated_at": datetime.now(timezone.utc).isoformat(),
-        "generated_t": time.time(),
-        "ckptstore": __version__,
-        "signature": signature(store) if store.exists() else "",
-    }
     if not store.exists():
-        return {
-            **base,
-            "exists": False,
-            "checkpoints": [],
-            "damaged": [],
-            "metrics": {},
-            "storage": None,
-            "progress": None,
-            "backup": None,
-            "policy": None,
-            "build_seconds": 0.0,
-        }
+        return _empty(store.uri, "")
+    base = _empty(store.uri, signature(store))
     pairs, damaged = read_checkpoints(store)
     infos = [i for i, _m in pairs]
     policy = policy if policy is not None else store.get_retention()

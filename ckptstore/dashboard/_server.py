@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from .._errors import CkptstoreError
 from ..store._retention import Retention
 from ..store._store import Store
-from ._collect import signature, snapshot
+from ._collect import error_snapshot, signature, snapshot
 from ._diff import diff
 from ._page import render, to_json
 
@@ -63,7 +63,6 @@ class Source:
                     return {"unchanged": True, "signature": sig}
                 assert self._cached is not None
                 return self._cached
-            self.store.catalog.clear()  # another process may have removed or replaced manifests
             self._cached = snapshot(
                 self.store, backup=self.backup, backup_options=self.backup_options, policy=self.policy
             )
@@ -101,8 +100,11 @@ def _handler(source: Source, refresh: float) -> type[BaseHTTPRequestHandler]:
             q = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
                 if url.path in ("/", "/index.html"):
-                    page = render(source.snapshot(), mode="live", refresh=refresh)
-                    self._send(200, page, "text/html; charset=utf-8")
+                    try:
+                        snap = source.snapshot()
+                    except (CkptstoreError, OSError) as e:  # show the page anyway; it retries
+                        snap = error_snapshot(source.store.uri, e)
+                    self._send(200, render(snap, mode="live", refresh=refresh), "text/html; charset=utf-8")
                 elif url.path == "/api/snapshot":
                     self._json(200, source.snapshot(q.get("since")))
                 elif url.path == "/api/diff":
@@ -116,7 +118,7 @@ def _handler(source: Source, refresh: float) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                 else:
                     self._json(404, {"error": f"no page {url.path}"})
-            except (CkptstoreError, ValueError, TypeError) as e:
+            except (CkptstoreError, OSError, ValueError, TypeError) as e:
                 self._json(400 if url.path == "/api/diff" else 500, {"error": str(e)})
             except (BrokenPipeError, ConnectionResetError):
                 pass

@@ -49,6 +49,10 @@
   // -- overview: progress and health -------------------------------------------------------------
   function renderOverview(data) {
     var cps = data.checkpoints, p = data.progress, html = "";
+    if (data.error) {
+      $("overview").innerHTML = '<div class="empty">' + esc(data.error) + "</div>";
+      return;
+    }
     if (!data.exists) {
       $("overview").innerHTML = '<div class="empty">No checkpoint store at this location yet. ' +
         (window.CKPT_MODE === "live" ? "This page updates when the first checkpoint is saved." : "") + "</div>";
