@@ -140,12 +140,13 @@ class Browser:
         self.call("Page.navigate", url=url)
         self.wait_for("!!(window.ckptDashboard && window.ckptDashboard.ready)", timeout)
 
-    def screenshot(self, path: str, full_page: bool = True) -> None:
+    def screenshot(self, path: str, full_page: bool = True, max_height: float | None = None) -> None:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             params["captureBeyondViewport"] = True
             m = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            params["clip"] = {"x": 0, "y": 0, "width": m["width"], "height": m["height"], "scale": 1}
+            height = m["height"] if max_height is None else min(m["height"], max_height)
+            params["clip"] = {"x": 0, "y": 0, "width": m["width"], "height": height, "scale": 1}
         data = self.call("Page.captureScreenshot", **params)["data"]
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))

@@ -25,6 +25,8 @@ from ..store._store import Store
 
 #: metric names (lowercase substrings) where a higher value is better; any other metric is "min"
 HIGHER_IS_BETTER = ("acc", "score", "f1", "bleu", "rouge", "auc", "precision", "recall", "reward", "map", "iou")
+#: metric names (lowercase, exact) that describe the run rather than rank it: no "best" is marked
+NO_BEST = ("lr", "learning_rate", "lr_scale", "momentum", "grad_norm", "epoch", "step", "tokens", "samples")
 #: a metric is drawn on a log scale when all its values are > 0 and span at least this factor
 LOG_SPAN = 20.0
 #: how many of the newest checkpoints the save rate (and so the ETA) is measured over
@@ -37,11 +39,14 @@ def signature(store: Store) -> str:
     return _hashing.digest("\n".join(keys).encode())[:16]
 
 
-def metric_mode(name: str, policy: Retention | None) -> str:
-    """ "min" or "max": the retention policy's mode for its ``keep_best`` metric, else by name."""
+def metric_mode(name: str, policy: Retention | None) -> str | None:
+    """``"min"`` or ``"max"``: the retention policy's mode for its ``keep_best`` metric, else by
+    name; None for a learning rate and the like (nothing is "best")."""
     if policy is not None and policy.best is not None and policy.best[0] == name:
         return policy.best[1]
     low = name.lower()
+    if low.rsplit("/", 1)[-1] in NO_BEST:
+        return None
     return "max" if any(w in low for w in HIGHER_IS_BETTER) else "min"
 
 
@@ -94,7 +99,7 @@ def _metrics_summary(infos: list[CheckpointInfo], policy: Retention | None) -> d
         vals = [(i, _finite(float(i.metrics[name]))) for i in infos if name in i.metrics]
         finite = [(i, v) for i, v in vals if v is not None]
         best = None
-        if finite:
+        if finite and mode is not None:
             # the best value; among equals the newest, as retention ranks them
             best = max(enumerate(finite), key=lambda p: ((p[1][1] if mode == "max" else -p[1][1]), p[0]))[1][0]
         positive = [v for _i, v in finite if v > 0]

@@ -120,24 +120,26 @@
       fmtNum(info.best_value) + " at step " + info.best_step + "</span>";
     div.innerHTML = "<h3>" + esc(name) + (info.log ? " (log scale)" : "") + '</h3><div class="note">' + note + best + "</div>";
     host.appendChild(div);
-    var xs = [], ys = [], bs = [];
-    cps.forEach(function (c) {
-      if (!(name in c.metrics)) return;
-      xs.push(c.step);
-      ys.push(num(c.metrics[name]));
-      bs.push(c.id === info.best_id ? num(c.metrics[name]) : null);
-    });
-    var opts = {
-      width: chartWidth(div), height: 220,
-      scales: { x: { time: false }, y: info.log ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, { size: 60, values: function (u, v) { return v.map(fmtNum); } }],
-      series: [
-        { label: "step" },
-        { label: name, stroke: "#2b6cb0", width: 1.5, points: { show: true, size: 5 }, spanGaps: false },
-        { label: "best", stroke: "#d97706", fill: "#f59e0b", width: 0, points: { show: true, size: 11, width: 2 } },
-      ],
+    return function () {
+      var xs = [], ys = [], bs = [];
+      cps.forEach(function (c) {
+        if (!(name in c.metrics)) return;
+        xs.push(c.step);
+        ys.push(num(c.metrics[name]));
+        bs.push(c.id === info.best_id ? num(c.metrics[name]) : null);
+      });
+      var opts = {
+        width: chartWidth(div), height: 220,
+        scales: { x: { time: false }, y: info.log ? { distr: 3 } : {} },
+        axes: [{ label: "step" }, { size: 60, values: function (u, v) { return v.map(fmtNum); } }],
+        series: [
+          { label: "step" },
+          { label: name, stroke: "#2b6cb0", width: 1.5, points: { show: true, size: 5 }, spanGaps: false },
+          { label: "best", stroke: "#d97706", fill: "#f59e0b", width: 0, points: { show: true, size: 11, width: 2 } },
+        ],
     };
     D.charts["metric:" + name] = new uPlot(opts, [xs, ys, bs], div);
+    };
   }
 
   function storageChart(host, st) {
@@ -167,10 +169,13 @@
     s.innerHTML = "";
     var names = Object.keys(data.metrics);
     if (!names.length) m.innerHTML = '<div class="empty">No metrics recorded (save with metrics={...}).</div>';
-    names.forEach(function (n) { metricChart(m, n, data.metrics[n], data.checkpoints); });
+    // every box first, then each chart sized to its box (a chart drawn before its neighbours
+    // exist would keep the width of a full row)
+    names.map(function (n) { return metricChart(m, n, data.metrics[n], data.checkpoints); })
+      .forEach(function (draw) { draw(); });
     var st = data.storage;
     if (!st) { $("storage-cards").innerHTML = ""; return; }
-    var saved = st.logical_bytes ? (1 - st.stored_bytes / st.logical_bytes) : 0;
+    var saved = st.logical_bytes ? Math.max(0, 1 - st.stored_bytes / st.logical_bytes) : 0;
     var html = card("logical (all checkpoints)", fmtBytes(st.logical_bytes), "tensor bytes as loaded");
     html += card("stored", fmtBytes(st.stored_bytes), st.referenced_objects + " objects, " +
       (100 * saved).toFixed(0) + " % saved by dedup and compression");
@@ -303,6 +308,7 @@
     $("status").textContent = (window.CKPT_MODE === "live" ? "live · refreshed " : "snapshot of ") +
       fmtTime(data.generated_t);
     D.renders++;
+    if (!D.ready) D.readyMs = performance.now();  // since navigation start (benchmarks/bench_dashboard.py)
     D.ready = true;
   }
   D.render = render;
