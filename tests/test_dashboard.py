@@ -116,6 +116,51 @@ def test_backup_column_says_which_checkpoints_the_mirror_holds(tmp_path):
     assert missing["backup"]["holds"] == 0 and "does not exist" in missing["backup"]["error"]
 
 
+def test_the_page_reads_no_tensor_data_and_the_comparison_only_when_needed(tmp_path):
+    store = make_run(str(tmp_path / "run"))
+    backend = store.backend
+    reads: list[str] = []
+    real_read, real_range, real_path = backend.read, backend.read_range, backend.local_path
+
+    def read(key, *a, **kw):
+        reads.append(key)
+        return real_read(key, *a, **kw)
+
+    def read_range(key, *a, **kw):
+        reads.append(key)
+        return real_range(key, *a, **kw)
+
+    def local_path(key, *a, **kw):  # loads map local objects instead of reading them
+        reads.append(key)
+        return real_path(key, *a, **kw)
+
+    backend.read, backend.read_range, backend.local_path = read, read_range, local_path  # count what is read
+    snapshot(store)
+    ckptstore.dashboard(store, output=str(tmp_path / "p.html"))
+    ckptstore.diff_checkpoints(store, 10, 20, load=False)
+    assert reads and not [k for k in reads if k.startswith("objects/")]
+    ckptstore.diff_checkpoints(store, 10, 20)  # changed tensors: now both checkpoints are read
+    assert [k for k in reads if k.startswith("objects/")]
+
+
+def test_s3_store_served(tmp_path):
+    cs = pytest.importorskip("tests.cloudservers")
+    target = cs.new_s3_bucket(cs.shared("moto").url)
+    store = ckptstore.Store(target.uri, storage_options=target.options)
+    for k in range(3):
+        store.save({"w": torch.full((4,), float(k)), "b": torch.ones(2)}, step=k, metrics={"loss": 1.0 / (k + 1)})
+    with ckptstore.dashboard(target.uri, storage_options=target.options, refresh=1) as server:
+        with urllib.request.urlopen(server.url + "api/snapshot", timeout=60) as r:
+            snap = json.load(r)
+        assert [c["step"] for c in snap["checkpoints"]] == [0, 1, 2]
+        assert all(c["health"] == "ok" for c in snap["checkpoints"]) and snap["storage"]["free_bytes"] is None
+        ids = [c["id"] for c in snap["checkpoints"]]
+        with urllib.request.urlopen(f"{server.url}api/diff?a={ids[0]}&b={ids[2]}", timeout=60) as r:
+            d = json.load(r)
+        assert {t["name"]: t["status"] for t in d["tensors"]} == {"w": "changed", "b": "identical"}
+        assert d["tensors"][0]["relative_change"] == "Infinity"  # from all zeros
+
+
 def test_works_on_an_object_store_without_reading_objects(tmp_path):
     uri = f"memory://dash-{os.getpid()}-{time.time_ns()}/run"
     store = make_run(uri)
