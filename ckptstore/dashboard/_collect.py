@@ -33,10 +33,11 @@ LOG_SPAN = 20.0
 RATE_WINDOW = 20
 
 
-def signature(store: Store) -> str:
-    """A short hash of the manifest listing: it changes when a checkpoint is added or removed."""
-    keys = [k for _s, _d, k in store.catalog.manifest_keys()]
-    return _hashing.digest("\n".join(keys).encode())[:16]
+def signature(store: Store, keys: list[tuple[int, str, str]] | None = None) -> str:
+    """A short hash of the manifest listing (``keys``, or a fresh LIST): it changes when a
+    checkpoint is added or removed."""
+    keys = store.catalog.manifest_keys() if keys is None else keys
+    return _hashing.digest("\n".join(k for _s, _d, k in keys).encode())[:16]
 
 
 def metric_mode(name: str, policy: Retention | None) -> str | None:
@@ -66,14 +67,17 @@ def _finite(v: Any) -> float | None:
     return v if isinstance(v, float) and math.isfinite(v) else None
 
 
-def read_checkpoints(store: Store) -> tuple[list[tuple[CheckpointInfo, Manifest]], list[dict[str, Any]]]:
-    """(info, manifest) of every readable checkpoint by step, and the damaged manifests. Unlike
-    ``Store.list`` this warns about nothing: the page shows the damage instead."""
+def read_checkpoints(
+    store: Store, keys: list[tuple[int, str, str]] | None = None
+) -> tuple[list[tuple[CheckpointInfo, Manifest]], list[dict[str, Any]]]:
+    """(info, manifest) of every readable checkpoint by step, and the damaged manifests, from
+    ``keys`` (a listing) or a fresh one. Unlike ``Store.list`` this warns about nothing: the page
+    shows the damage instead."""
     catalog = store.catalog
     catalog.config()
     good: list[tuple[CheckpointInfo, Manifest]] = []
     damaged: list[dict[str, Any]] = []
-    for step, digest, key in catalog.manifest_keys():
+    for step, digest, key in catalog.manifest_keys() if keys is None else keys:
         try:
             m = catalog.manifest(key)
             info = catalog.info(key, digest, m)
@@ -217,38 +221,18 @@ def snapshot(
     started = time.perf_counter()
     if not store.exists():
         return _empty(store.uri, "")
-    base = _empty(store.uri, signature(store))
-    pairs, damaged = read_checkpoints(store)
+    keys = store.catalog.manifest_keys()
+    base = _empty(store.uri, signature(store, keys))
+    # manifests first, then objects: a writer stores a checkpoint's objects before its manifest,
+    # so every object a listed manifest names is already there when objects/ is listed
+    pairs, damaged = read_checkpoints(store, keys)
     infos = [i for i, _m in pairs]
     policy = policy if policy is not None else store.get_retention()
     the_plan = plan(infos, policy or Retention())
-    decisions = {d.checkpoint.id: d for d in the_plan.decisions}
-
-    # objects: present ones (one listing) against what each manifest names
-    present: dict[str, bool] = {}
-    for key in store.backend.list(OBJECTS_DIR):
-        d = parse_object_key(key)
-        if d is not None:
-            present[d] = True
-    users: dict[str, int] = {}
-    sizes: dict[str, int] = {}
-    for _i, m in pairs:
-        for k, oi in m.objects.items():
-            users[k] = users.get(k, 0) + 1
-            sizes[k] = oi.size
-    removed_ids = {c.id for c in the_plan.remove}
-    frees: dict[str, int] = {}  # objects only removed checkpoints name: the next gc deletes them
-    remaining: set[str] = set()
-    for i, m in pairs:
-        if i.id in removed_ids:
-            frees.update({k: oi.size for k, oi in m.objects.items()})
-        else:
-            remaining.update(m.objects)
-    gc_frees = sum(s for k, s in frees.items() if k not in remaining and k in present)
-
+    present = {d for d in map(parse_object_key, store.backend.list(OBJECTS_DIR)) if d is not None}
     backup_state = _backup_ids(backup, backup_options)
     backup_ids = set(backup_state["ids"]) if backup_state and backup_state["ids"] is not None else None
-
+    decisions = {d.checkpoint.id: d for d in the_plan.decisions}
     rows = []
     for i, m in pairs:
         dec = decisions[i.id]
@@ -277,33 +261,6 @@ def snapshot(
                 "backup": None if backup_ids is None else i.id in backup_ids,
             }
         )
-
-    referenced = {k for k in users if k in present}
-    unreferenced = [k for k in present if k not in users]
-    by_time = sorted(infos, key=lambda i: (i.created_at, i.step))
-    logical_cum, written_cum, t = [], [], []
-    lsum = wsum = 0
-    for i in by_time:
-        lsum += i.size
-        wsum += i.new_bytes
-        t.append(i.created_at.timestamp())
-        logical_cum.append(lsum)
-        written_cum.append(wsum)
-    try:
-        free = store.backend.free_bytes()
-    except OSError:
-        free = None
-    storage = {
-        "logical_bytes": sum(i.size for i in infos),
-        "stored_bytes": sum(sizes[k] for k in referenced),
-        "referenced_objects": len(referenced),
-        "unreferenced_objects": len(unreferenced),
-        "gc_removes": len(removed_ids),
-        "gc_frees_bytes": gc_frees,
-        "gc_blocked": "a damaged manifest stops gc from deleting objects (run `ckptstore verify`)" if damaged else None,
-        "free_bytes": free,
-        "series": {"t": t, "logical_cum": logical_cum, "written_cum": written_cum},
-    }
     return {
         **base,
         "exists": True,
@@ -311,7 +268,7 @@ def snapshot(
         "checkpoints": rows,
         "damaged": damaged,
         "metrics": _metrics_summary(infos, policy),
-        "storage": storage,
+        "storage": _storage(store, pairs, present, {c.id for c in the_plan.remove}, bool(damaged)),
         "progress": _progress(infos),
         "backup": None
         if backup_state is None
@@ -321,4 +278,47 @@ def snapshot(
             "holds": None if backup_ids is None else sum(1 for i in infos if i.id in backup_ids),
         },
         "build_seconds": time.perf_counter() - started,
+    }
+
+
+def _storage(
+    store: Store, pairs: list[tuple[CheckpointInfo, Manifest]], present: set[str], removed: set[str], damaged: bool
+) -> dict[str, Any]:
+    """Logical vs stored bytes (now and cumulative over time), what the next gc frees, free space."""
+    sizes: dict[str, int] = {}
+    remaining: set[str] = set()  # objects of the checkpoints the plan keeps
+    for i, m in pairs:
+        for k, oi in m.objects.items():
+            sizes[k] = oi.size
+        if i.id not in removed:
+            remaining.update(m.objects)
+    # a gc forgets what the plan removes, then deletes the objects no remaining checkpoint names;
+    # a damaged manifest stops the deleting (gc cannot know what it references)
+    frees = 0 if damaged else sum(s for k, s in sizes.items() if k not in remaining and k in present)
+    infos = sorted((i for i, _m in pairs), key=lambda i: (i.created_at, i.step))
+    logical_cum, written_cum = [], []
+    lsum = wsum = 0
+    for i in infos:
+        lsum += i.size
+        wsum += i.new_bytes
+        logical_cum.append(lsum)
+        written_cum.append(wsum)
+    try:
+        free = store.backend.free_bytes()
+    except OSError:
+        free = None
+    return {
+        "logical_bytes": lsum,
+        "stored_bytes": sum(s for k, s in sizes.items() if k in present),
+        "referenced_objects": sum(1 for k in sizes if k in present),
+        "unreferenced_objects": sum(1 for k in present if k not in sizes),
+        "gc_removes": len(removed),
+        "gc_frees_bytes": frees,
+        "gc_blocked": "a damaged manifest stops gc from deleting objects (run `ckptstore verify`)" if damaged else None,
+        "free_bytes": free,
+        "series": {
+            "t": [i.created_at.timestamp() for i in infos],
+            "logical_cum": logical_cum,
+            "written_cum": written_cum,
+        },
     }
