@@ -408,6 +408,8 @@ def test_diff_command(tmp_path):
     assert j["b"]["step"] == 60 and j["config"] == [{"path": "batch", "a": 8, "b": 9}]
     bad = run_cli("diff", store.uri, "999")
     assert bad.returncode == 1 and "no checkpoint at step 999" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("diff", store.uri, "best", "10")
+    assert bad.returncode == 1 and "'best' names no checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_dashboard_command_writes_a_file_and_serves_until_ctrl_c(tmp_path):
@@ -416,6 +418,8 @@ def test_dashboard_command_writes_a_file_and_serves_until_ctrl_c(tmp_path):
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(tmp_path / "page.html") > 50_000
     assert run_cli("dashboard", store.uri, "--compare", "10", "20").returncode == 2  # needs --output
+    bad = run_cli("dashboard", store.uri, "--output", str(tmp_path / "no" / "such" / "dir.html"))
+    assert bad.returncode == 1 and "cannot write" in bad.stderr and "Traceback" not in bad.stderr
     p = subprocess.Popen(
         [sys.executable, "-m", "ckptstore", "dashboard", store.uri],
         stdout=subprocess.PIPE,

@@ -8,6 +8,7 @@ import math
 import sys
 from typing import Any, NoReturn
 
+from .._errors import CkptstoreError
 from ..dashboard._api import dashboard, diff_checkpoints
 from ..dashboard._diff import CheckpointDiff
 from ._common import add_store_arg, storage_options, table
@@ -58,13 +59,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         _usage("--port must be from 0 (a free port) to 65535")
     if args.output:
-        path = dashboard(
-            args.uri,
-            output=args.output,
-            storage_options=opts,
-            backup=args.backup,
-            compare=tuple(args.compare) if args.compare else None,
-        )
+        try:
+            path = dashboard(
+                args.uri,
+                output=args.output,
+                storage_options=opts,
+                backup=args.backup,
+                compare=tuple(args.compare) if args.compare else None,
+            )
+        except OSError as e:
+            if isinstance(e, CkptstoreError):
+                raise
+            print(f"ckptstore: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote the dashboard of {args.uri} to {path}")
         return 0
     try:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Union, overload
 
+from .._errors import CheckpointNotFoundError
 from ..format._info import CheckpointInfo
 from ..store._retention import Retention
 from ..store._store import Store
@@ -34,6 +35,10 @@ def find(store: Store, which: Which) -> CheckpointInfo:
         return store.info(id=text[3:])
     if text.isdigit():
         return store.info(int(text))
+    if not all(c in "0123456789abcdef" for c in text.lower()):
+        raise CheckpointNotFoundError(
+            f"{which!r} names no checkpoint: give a step (500), an id or id prefix (3fa9c2), or 'latest'"
+        )
     return store.info(id=text.lower())
 
 
