@@ -19,8 +19,6 @@ import time
 import urllib.request
 from typing import Any
 
-import websocket
-
 
 def find_chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -32,6 +30,8 @@ def find_chromium() -> str | None:
 
 class Browser:
     def __init__(self, width: int = 1400, height: int = 1000, timeout: float = 90.0) -> None:
+        import websocket  # the test extra (websocket-client)
+
         exe = find_chromium()
         if exe is None:
             raise RuntimeError("no chromium: run scripts/setup.sh test")

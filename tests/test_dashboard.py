@@ -45,6 +45,7 @@ ROWS = (
 def browser():
     if find_chromium() is None:
         pytest.skip("needs chromium (scripts/setup.sh test installs it)")
+    pytest.importorskip("websocket", reason="needs websocket-client (the test extra: scripts/setup.sh test)")
     with Browser() as b:
         yield b
 
