@@ -35,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import ckptstore  # noqa: E402
-from ckptstore.dashboard._collect import snapshot  # noqa: E402
-from ckptstore.dashboard._page import render  # noqa: E402
+from ckptstore.web._collect import snapshot  # noqa: E402
+from ckptstore.web._page import render  # noqa: E402
 from tests._browser import Browser  # noqa: E402
 from tests._dashboard_data import long_run  # noqa: E402
 

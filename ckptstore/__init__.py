@@ -26,7 +26,6 @@ from ._errors import (
     UnsupportedValueError,
 )
 from ._version import __version__
-from .dashboard import dashboard, diff_checkpoints  # the function shadows the subpackage's name
 from .format._info import CheckpointInfo
 from .format._manifest import Manifest, RngState
 from .interop import export_checkpoint, import_checkpoint, import_torch_file
@@ -38,6 +37,7 @@ from .store._gc import GcReport
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .store._store import Store
+from .web import dashboard, diff_checkpoints
 
 restore_rng = restore_rng_state
 

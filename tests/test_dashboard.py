@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore.dashboard._collect import snapshot
 from ckptstore.store._retention import plan
+from ckptstore.web._collect import snapshot
 from tests._browser import Browser, find_chromium
 from tests._dashboard_data import long_run
 
@@ -444,6 +444,7 @@ def test_dashboard_command_writes_a_file_and_serves_until_ctrl_c(tmp_path):
 
 
 def test_the_public_name_is_the_function():
-    import ckptstore.dashboard._collect  # noqa: F401 - importing a submodule must not rebind it
+    import ckptstore.web._collect  # noqa: F401 - importing the package's modules leaves the name alone
 
     assert callable(ckptstore.dashboard) and ckptstore.dashboard.__name__ == "dashboard"
+    assert ckptstore.dashboard is ckptstore.web.dashboard

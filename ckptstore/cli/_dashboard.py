@@ -9,8 +9,8 @@ import sys
 from typing import Any, NoReturn
 
 from .._errors import CkptstoreError
-from ..dashboard._api import dashboard, diff_checkpoints
-from ..dashboard._diff import CheckpointDiff
+from ..web._api import dashboard, diff_checkpoints
+from ..web._diff import CheckpointDiff
 from ._common import add_store_arg, storage_options, table
 
 

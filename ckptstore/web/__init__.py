@@ -1,9 +1,5 @@
 """The dashboard of a run's checkpoints: a web page (served on 127.0.0.1 or written as one file)
-and the comparison of two checkpoints. Public: ``ckptstore.dashboard``, ``ckptstore.diff_checkpoints``.
-
-Note: ``ckptstore/__init__.py`` re-exports the function ``dashboard`` under the name of this
-package, so ``ckptstore.dashboard`` is the function; import the modules here by their full
-names (``from ckptstore.dashboard._collect import snapshot``)."""
+and the comparison of two checkpoints. Public: ``ckptstore.dashboard``, ``ckptstore.diff_checkpoints``."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import re
 from importlib import resources
 from typing import Any
 
-#: the bundled uPlot release (ckptstore/dashboard/uPlot.*)
+#: the bundled uPlot release (ckptstore/web/uPlot.*)
 UPLOT_VERSION = "1.6.32"
 _KEYS = re.compile(r"(/\*__[A-Z_]+__\*/|__[A-Z]+__)")
 
