@@ -37,6 +37,7 @@ from .store._gc import GcReport
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .store._store import Store
+from .web import dashboard, diff_checkpoints
 
 restore_rng = restore_rng_state
 
@@ -72,6 +73,8 @@ __all__ = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "dashboard",
+    "diff_checkpoints",
     "export_checkpoint",
     "import_checkpoint",
     "import_torch_file",

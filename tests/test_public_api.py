@@ -46,6 +46,8 @@ EXPECTED_ALL = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "dashboard",
+    "diff_checkpoints",
     "export_checkpoint",
     "import_checkpoint",
     "import_torch_file",

@@ -1,8 +1,8 @@
 """The ``ckptstore`` command line. ``main(argv) -> exit code`` (0 ok, 1 problems, 2 usage).
 
 One module per command group, each with ``add_parsers(sub)``: ``_inspect`` (ls, show, du),
-``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export). A new command goes into the
-module of its group (or a new one) and is registered in ``build_parser``.
+``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff).
+A new command goes into the module of its group (or a new one) and is registered in ``build_parser``.
 
 What the user sees besides a command's output is one line per message on stderr:
 ``ckptstore: error: ...`` (exit 1), ``ckptstore: warning: ...`` (ckptstore's warnings and log
@@ -22,7 +22,7 @@ from typing import Any
 
 from .._errors import CkptstoreError
 from .._version import __version__
-from . import _cp, _gc, _inspect, _interop, _verify
+from . import _cp, _dashboard, _gc, _inspect, _interop, _verify
 
 #: exit status of a command whose reader went away (as a tool killed by SIGPIPE)
 BROKEN_PIPE = 141
@@ -70,6 +70,7 @@ def build_parser() -> _Parser:
     _gc.add_parsers(commands)
     _cp.add_parsers(commands)
     _interop.add_parsers(commands)
+    _dashboard.add_parsers(commands)
     p.commands = commands.parsers
     return p
 
