@@ -17,7 +17,8 @@ from ._errors import (BackendUnavailableError, CheckpointExistsError, Checkpoint
                       UnsupportedFormatError, UnsupportedValueError)
 from .store._gc import GcReport
 from .format._info import CheckpointInfo
-from .format._manifest import Manifest, RngState
+from .format._manifest import Distributed, Manifest, RngState, ShardChunk, ShardedTensor
+from .format._tree import TensorRef, decode_tree, decode_value, encode_value
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .pipeline._rng import capture_rng_state, restore_rng_state
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CkptstoreError",
     "CopyResult",
+    "Distributed",
     "DeviceUnavailableError",
     "GcReport",
     "InsufficientSpaceError",
@@ -47,16 +49,22 @@ __all__ = [
     "RetentionPlan",
     "RngState",
     "SaveSession",
+    "ShardChunk",
+    "ShardedTensor",
     "Staged",
     "StorageError",
     "Store",
     "StoreNotFoundError",
+    "TensorRef",
     "UnsupportedFormatError",
     "UnsupportedValueError",
     "__version__",
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "decode_tree",
+    "decode_value",
+    "encode_value",
     "info",
     "list_checkpoints",
     "load",

@@ -26,10 +26,12 @@ from .._units import fmt_bytes
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
-from ..format._manifest import Blob, Manifest, ObjectInfo, RngState, Stats, TensorEntry, dump
+from ..format._manifest import (DISTRIBUTED_VERSION, FORMAT_VERSION, Blob, Distributed, Manifest, ObjectInfo, RngState,
+                                Stats, TensorEntry, dump)
 from ..format._tensors import plan_tensors
-from ..format._tree import Encoder, rebase_tensors
+from ..format._tree import Decoder, Encoder, TensorRef, rebase_tensors
 from ..pipeline._codec import resolve_compression
+from ..pipeline._reader import check_manifest
 from ..pipeline._rng import capture_rng_state
 from ..pipeline._writer import DedupIndex, blob_groups, effective_chunking, planned_device_sync, write_blobs
 from . import _suspect
@@ -225,13 +227,29 @@ class SaveSession:
     def commit(self, staged: Staged | Sequence[Staged], *, tree: Any = None, step: int | None = None,
                epoch: int | None = None, config: Any = None, metrics: Mapping[str, Any] | None = None,
                tags: Iterable[str] | str = (), meta: Mapping[str, Any] | None = None,
-               rng: bool | RngState | None = True, allow_pickle: bool = False) -> CheckpointInfo:
+               rng: bool | RngState | None = True, allow_pickle: bool = False, state: Any = None,
+               distributed: Distributed | None = None) -> CheckpointInfo:
         """Write the manifest of ``staged`` (one part, or the parts of every rank, merged with
-        ``Staged.merge``): the commit point. ``step`` defaults to the parent's + 1."""
+        ``Staged.merge``): the commit point. ``step`` defaults to the parent's + 1.
+
+        ``state`` (instead of ``tree``): the state as Python values whose tensors are
+        ``TensorRef(i)`` (tensor ``i`` of the concatenated tables of the parts) or
+        ``ShardedTensor`` leaves (chunks naming such indices). ``distributed``: the section of a
+        checkpoint written by several processes (docs/format.md §21); its ``sharded`` list is
+        filled from ``state``. Such a manifest is format version 2."""
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         parts = [staged] if isinstance(staged, Staged) else list(staged)
         if not parts:
             raise ValueError("commit needs at least one staged part")
+        if state is not None:
+            if tree is not None:
+                raise ValueError("pass either tree or state to commit, not both")
+            enc = Encoder(allow_pickle=allow_pickle, refs=True)
+            tree = enc.encode(state)
+            if distributed is not None:
+                distributed = distributed.model_copy(update={"sharded": list(enc.sharded)})
+            elif enc.sharded:
+                raise ValueError("a state with sharded tensors needs a distributed section")
         s = Staged.merge(parts, tree)
         config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config, "config")
         meta_tree = Encoder(allow_tensors=False).encode(dict(meta or {}), "meta")
@@ -246,7 +264,12 @@ class SaveSession:
                      producer={"ckptstore": _version(), "torch": torch.__version__,
                                "python": platform.python_version()},
                      parent=parent.id if parent is not None else None, tree=s.tree, tensors=s.tensors,
-                     blobs=s.blobs, objects=dict(sorted(s.objects.items())), stats=stats)
+                     blobs=s.blobs, objects=dict(sorted(s.objects.items())), stats=stats,
+                     version=FORMAT_VERSION if distributed is None else DISTRIBUTED_VERSION, distributed=distributed)
+        if distributed is not None or state is not None:  # assembled here: check it as a reader will
+            check_manifest(m, "the new checkpoint")
+            Decoder([TensorRef(i) for i in range(len(m.tensors))], allow_pickle=True,
+                    sharded=m.distributed.sharded if m.distributed is not None else None).decode(m.tree)
         info = self.publish(dump(m), m)
         if self._suspect:
             _suspect.clear(self.backend.describe(), self._suspect)  # rewritten whole

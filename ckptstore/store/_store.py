@@ -16,12 +16,13 @@ from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
 from ..format._manifest import Manifest, RngState, StoreConfig
+from ..format._sharded import assemble
 from ..format._tensors import entry_to_tensor
 from ..format._tree import Decoder, contains_pickle
 from ..pipeline._codec import resolve_compression
 from ..pipeline._devices import MapLocation, Placement
 from ..pipeline._mmap import mmap_default
-from ..pipeline._reader import blob_devices, check_manifest, read_blobs, verify_objects
+from ..pipeline._reader import blob_devices, check_manifest, read_blobs, select_tensors, verify_objects
 from ..pipeline._rng import restore_rng_state
 from ..storage._backend import Backend, open_backend
 from . import _suspect
@@ -235,6 +236,28 @@ class Store:
                 f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
                 "execute code. Pass allow_pickle=True only if you trust this store.")
         check_manifest(m, where)
+        tensors = self._read_tensors(info, m, where, placement=placement, verify=verify, progress=progress, mmap=mmap)
+        sharded = [assemble(st, tensors) for st in m.distributed.sharded] if m.distributed is not None else []
+        state = Decoder(tensors, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)
+        if restore_rng:
+            restore_rng_state(m.rng)
+        return state
+
+    def load_tensors(self, indices: Iterable[int], step: int | None = None, *, id: str | None = None,
+                     map_location: MapLocation = None, verify: bool = True, mmap: bool | None = None) -> list[Any]:
+        """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
+        reading and verifying only the objects they use: a process that needs a few chunks of a
+        large checkpoint (a rank of a distributed load) reads only those."""
+        info = self.info(step, id=id)
+        m = self._catalog.manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        check_manifest(m, where)
+        return self._read_tensors(info, select_tensors(m, list(indices)), where, placement=Placement(map_location),
+                                  verify=verify, progress=False, mmap=mmap)
+
+    def _read_tensors(self, info: CheckpointInfo, m: Manifest, where: str, *, placement: Placement,
+                      verify: bool, progress: bool | None, mmap: bool | None) -> list[Any]:
+        """The tensors of ``m``'s tensor table, read and placed."""
         devices = blob_devices(m, placement)
         if mmap is None:
             root = self._backend.local_path(CONFIG_KEY)
@@ -257,11 +280,8 @@ class Store:
         if placement.kept_on_cpu:
             warnings.warn(
                 f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
-                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=2)
-        state = Decoder(tensors, allow_pickle=allow_pickle).decode(m.tree)
-        if restore_rng:
-            restore_rng_state(m.rng)
-        return state
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=3)
+        return tensors
 
     # -- maintenance ----------------------------------------------------------------------
     def forget(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
