@@ -243,6 +243,7 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
             ad.CkptstoreWriter.finish = lambda self, metadata, results: die()  # type: ignore[method-assign]
     model, opt = _fsdp(ctx["world"], ctx["sizes"])
     opt_step(model, opt)
+    opt_step(model, opt)  # new values: the interrupted save writes objects of its own
     raised = None
     try:
         ad.save_distributed(_state(model, opt, EXTRA), ctx["uri"], step=step, **_writer_kw(ctx))
@@ -293,7 +294,8 @@ def _worker(rank: int, world: int, port: int, ops: list[Any], tmp: str, ctx_in: 
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR=HOST, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR=HOST, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      GLOO_SOCKET_IFNAME="lo")  # loopback only
     for k, v in ctx_in.get("env", {}).items():
         os.environ[k] = v
     ctx = dict(ctx_in, rank=rank, world=world, sizes=tuple(ctx_in.get("sizes", (16, 30, 10, 8))))

@@ -254,3 +254,64 @@ def test_writer_pickles_without_handles(tmp_path: Any) -> None:
     finally:
         w.close()
     assert not [n for n in os.listdir(os.path.join(str(tmp_path / "s"), "locks")) if n.startswith("save-")]
+
+
+# -- faults, S3, async process mode (slow: a few more process groups) ---------------------------------
+def _survived(uri: str, steps: list[int], **load_kw: Any) -> None:
+    """Exactly ``steps`` are listed; each loads (full tensors, exact values) and verifies."""
+    assert [i.step for i in ckptstore.list_checkpoints(uri, **load_kw)] == steps
+    store = Store(uri, **load_kw)
+    for step in steps:
+        check_full(ckptstore.load(uri, step=step, **load_kw))
+        store.verify(step)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_mid_save(tmp_path: Any) -> None:
+    uri = str(tmp_path / "store")
+    save_distributed(one_process_state(), uri, step=1)
+    trials = [(10, 1, "staged"), (20, 0, "finish"), (30, 1, "resolve")]
+    for step, victim, at in trials:
+        # the first save of each trial is also "the next save succeeds" after the previous kill
+        recs = run_job(2, [["fsdp_save", {"step": step}], ["kill", {"step": step + 1, "rank": victim, "at": at}]],
+                       str(tmp_path / f"j{step}"), uri=uri)
+        assert recs[victim]["exitcode"] == -9, (at, recs[victim])
+        survivor = recs[1 - victim]
+        assert survivor["status"] == "ok", (at, survivor["status"])
+        assert survivor["results"][1]["raised"] is not None, at  # the survivor raised, it did not hang
+        _survived(uri, [1] + [s for s, _, _ in trials if s <= step])
+    info = save_distributed(one_process_state(), uri, step=40)
+    assert info.step == 40
+    report = Store(uri).prune(grace=0)  # the killed saves' objects are unreferenced garbage
+    assert report.deleted_objects > 0, report
+    _survived(uri, [1, 10, 20, 30, 40])
+
+
+@pytest.mark.slow
+def test_on_s3_save_fail_load_and_kill(tmp_path: Any) -> None:
+    from . import cloudservers as cs
+
+    target = cs.new_s3_bucket(cs.shared("moto").url)
+    kw = {"storage_options": target.options}
+    save_distributed(one_process_state(), target.uri, step=1, **kw)
+    recs = run_job(2, [["fsdp_save", {"step": 2}], ["fail", {"step": 3}], ["fsdp_load", {"step": 1}],
+                       ["fsdp_load", {"step": 2}], ["kill", {"step": 4, "rank": 1, "at": "staged"}]],
+                   str(tmp_path / "j"), uri=target.uri, options=target.options)
+    assert recs[1]["exitcode"] == -9
+    res = recs[0]["results"]
+    assert recs[0]["status"] == "ok", recs[0]["status"]
+    assert res[1]["raised"] == "CheckpointException" and 3 not in res[1]["steps"]
+    assert res[2] == {"step": 1, "ok": True, "extra_ok": True}
+    assert res[3] == {"step": 2, "ok": True, "extra_ok": True}
+    assert res[4]["raised"] is not None
+    _survived(target.uri, [1, 2], **kw)
+    save_distributed(one_process_state(), target.uri, step=5, **kw)
+    _survived(target.uri, [1, 2, 5], **kw)
+
+
+@pytest.mark.slow
+def test_async_save_in_process_mode(tmp_path: Any) -> None:
+    uri = str(tmp_path / "store")
+    recs = run_job(2, [["async_process", {"step": 6}]], str(tmp_path / "j"), uri=uri, timeout=240)
+    assert all(r["status"] == "ok" for r in recs), [r["status"] for r in recs]
+    _survived(uri, [6])
