@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 # -- the model and its reference state (the same numbers on any world size) ------------------------
-def make_model(sizes: tuple[int, ...] = (16, 30, 10, 8)) -> torch.nn.Module:
+def make_model(sizes: tuple[int, ...] = (16, 30, 10, 3)) -> torch.nn.Module:
     layers: list[torch.nn.Module] = []
     for a, b in zip(sizes, sizes[1:]):
         layers.append(torch.nn.Linear(a, b))
@@ -47,7 +47,7 @@ def opt_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scale: float = 
     opt.zero_grad(set_to_none=True)
 
 
-def reference(sizes: tuple[int, ...] = (16, 30, 10, 8), steps: int = 1) -> dict[str, Any]:
+def reference(sizes: tuple[int, ...] = (16, 30, 10, 3), steps: int = 1) -> dict[str, Any]:
     """Full model and optimizer state (optimizer keyed by parameter name), in one process."""
     model = make_model(sizes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -298,7 +298,7 @@ def _worker(rank: int, world: int, port: int, ops: list[Any], tmp: str, ctx_in: 
                       GLOO_SOCKET_IFNAME="lo")  # loopback only
     for k, v in ctx_in.get("env", {}).items():
         os.environ[k] = v
-    ctx = dict(ctx_in, rank=rank, world=world, sizes=tuple(ctx_in.get("sizes", (16, 30, 10, 8))))
+    ctx = dict(ctx_in, rank=rank, world=world, sizes=tuple(ctx_in.get("sizes", (16, 30, 10, 3))))
     out: list[Any] = []
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
     try:

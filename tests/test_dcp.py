@@ -94,6 +94,17 @@ def test_reshard_1_to_2_to_4_and_back(jobs: dict[str, Any]) -> None:
         assert same(EXTRA, sd["extra"])
 
 
+def test_show_tells_how_tensors_are_sharded(jobs: dict[str, Any], capsys: Any) -> None:
+    assert main(["show", jobs["uri"], "--step", "5", "--json"]) == 0
+    dist = json.loads(capsys.readouterr().out)["distributed"]
+    assert dist["world_size"] == 4
+    rows = {r["name"]: r for r in dist["sharded"]}
+    assert rows["model.0.weight"]["split"] == "dim 0: 8+8+8+6" and rows["model.0.weight"]["shape"] == [30, 16]
+    assert rows["model.2.bias"]["chunks"] >= 3  # 3 elements over 4 ranks: a rank holds none
+    assert main(["show", jobs["uri"], "--step", "5"]) == 0
+    assert "written by 4 processes" in capsys.readouterr().out
+
+
 def test_one_process_load_gives_full_tensors(jobs: dict[str, Any]) -> None:
     store = Store(jobs["uri"])
     for step in (1, 2, 5):
@@ -233,6 +244,8 @@ def test_commands_work_on_a_distributed_checkpoint(tmp_path: Any, capsys: Any) -
         code = main(argv)
         out = capsys.readouterr()
         assert code == 0, (argv, out)
+        if argv[0] == "show":  # the plan gave each replicated tensor to one rank: none is sharded here
+            assert "written by 2 processes" in out.out and "0 of " in out.out
     check_full(ckptstore.load(dst))
     assert Store(dst).info().id == writers[0].info.id  # same manifest bytes
     assert main(["gc", uri, "--grace", "0s"]) == 0
