@@ -48,6 +48,11 @@ class BackgroundJob:
         self.raise_error()
         return True
 
+    @property
+    def failed(self) -> bool:
+        """True when the job raised and the error was not yet handed to the caller."""
+        return self._error is not None
+
     def raise_error(self) -> None:
         err, self._error = self._error, None
         if err is not None:

@@ -59,11 +59,8 @@ class Resumable:
 
 
 def _damaged_manifests(store: Store, good: set[str]) -> list[tuple[int, str]]:
-    backend = getattr(store, "backend", None)
-    if backend is None:  # pragma: no cover - a store without a visible backend
-        return []
     out = []
-    for key in backend.list("manifests"):
+    for key in store.backend.list("manifests"):
         m = _MANIFEST_KEY.match(key)
         if m is not None and m.group(2) not in good:
             out.append((int(m.group(1)), m.group(2)))
@@ -110,11 +107,10 @@ def find_resumable(
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
         return Resumable(info, state)
-    backend = getattr(store, "backend", None)
-    if backend is not None and backend.root_state() == "file":
+    if store.backend.root_state() == "file":
         raise StoreNotFoundError(
             f"{store.uri} is a file, not a checkpoint store. Give a folder (or bucket prefix) for the store; to bring "
-            "a torch.save file into one, use ckptstore.adapters.loop.import_torch_file().", path=store.uri)
+            "a torch.save file into one, use ckptstore.import_torch_file().", path=store.uri)
     if not store.exists():
         return None
     good = store.list()

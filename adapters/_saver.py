@@ -11,7 +11,6 @@ interpreter exit a save still in flight is waited for, unless the user aborted (
 from __future__ import annotations
 
 import atexit
-import inspect
 import weakref
 from typing import Any, Callable
 
@@ -21,42 +20,31 @@ import ckptstore
 from ckptstore import CheckpointInfo, Store
 
 from ._background import BackgroundJob
-from ._signals import _say
+from ._signals import say
 from ._staging import StagingBuffers, tensor_bytes
-from ._warn import warn
 
 __all__ = ["Saver", "build_retention"]
 
 
-def build_retention(keep_last: int | None, keep_best: tuple[Any, ...] | None) -> Any:
-    """A ``ckptstore.Retention`` for the options given, or None (with a warning when the
-    options were given but this ckptstore has no retention)."""
+def build_retention(keep_last: int | None, keep_best: tuple[Any, ...] | None) -> ckptstore.Retention | None:
+    """A ``ckptstore.Retention`` for the options given, or None when none was given."""
     if keep_last is None and keep_best is None:
-        return None
-    Retention = getattr(ckptstore, "Retention", None)
-    if Retention is None:
-        warn("ckptstore: this version has no retention yet; keep_last/keep_best are not applied and every "
-             "checkpoint is kept")
         return None
     kw: dict[str, Any] = {}
     if keep_last is not None:
         kw["keep_last"] = keep_last
     if keep_best is not None:
         kw["keep_best"] = keep_best
-    return Retention(**kw)
+    return ckptstore.Retention(**kw)
 
 
 class Saver:
-    """See the module docstring. ``retention`` is a policy object; ``retention_factory`` builds
-    one at the first save instead (so that its warnings point at the training loop)."""
+    """See the module docstring. ``retention`` is the policy passed as ``keep=`` with every save."""
 
-    def __init__(self, store: Store, *, async_save: bool, retention: Any = None,
-                 retention_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, store: Store, *, async_save: bool, retention: Any = None) -> None:
         self.store = store
         self.async_save = async_save
         self._retention = retention
-        self._factory = retention_factory if retention is None else None
-        self._takes_keep: bool | None = None
         self.job = BackgroundJob()
         self.staging = StagingBuffers() if async_save else None
         self._snap: Any = None
@@ -79,26 +67,13 @@ class Saver:
         if snap is not None:
             snap.barrier()
 
-    def _keep(self) -> Any:
-        if self._factory is not None:
-            self._retention, self._factory = self._factory(), None
-        policy = self._retention
-        if policy is None:
-            return None
-        if self._takes_keep is None:
-            self._takes_keep = "keep" in inspect.signature(self.store.save).parameters
-        if not self._takes_keep:
-            raise TypeError("this ckptstore's Store.save() does not take keep=; cannot apply retention")
-        return policy
-
     def save(self, state: Any, *, on_commit: Callable[[CheckpointInfo], None],
              on_fail: Callable[[], None], defer: Callable[[torch.Tensor], bool] | None = None,
              **kw: Any) -> None:
         """Save ``state`` with ``Store.save(**kw)``; ``on_commit(info)`` runs once it is committed,
         ``on_fail()`` if it is not (in the background in async mode)."""
-        keep = self._keep()
-        if keep is not None:
-            kw["keep"] = keep
+        if self._retention is not None:
+            kw["keep"] = self._retention
         kw.setdefault("progress", False)
         if self.staging is None:
             try:
@@ -135,7 +110,7 @@ class Saver:
 
     @property
     def failed(self) -> bool:
-        return self.job._error is not None
+        return self.job.failed
 
     def close(self, *, wait: bool = True) -> None:
         try:
@@ -156,7 +131,7 @@ def _register_atexit(saver: Saver) -> Callable[[], None]:
             try:
                 me.job.wait()
             except Exception as e:  # noqa: BLE001 - the interpreter is exiting; say what failed
-                _say(f"ckptstore: the last background save failed: {e}\n")
+                say(f"ckptstore: the last background save failed: {e}\n")
 
     atexit.register(at_exit)
     return at_exit

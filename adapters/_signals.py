@@ -98,11 +98,11 @@ class SignalCatcher:
         if self.received is not None:
             if sig == signal.SIGINT:
                 self.aborted = True
-                _say("ckptstore: second Ctrl+C; aborting without saving\n")
+                say("ckptstore: second Ctrl+C; aborting without saving\n")
                 raise KeyboardInterrupt
             return
         self.received = sig
-        _say(self.message.format(name=sig.name) + "\n")
+        say(self.message.format(name=sig.name) + "\n")
 
     def _delegate(self, sig: signal.Signals, frame: FrameType | None) -> None:
         prev = self._previous.get(sig, signal.SIG_DFL)
@@ -115,7 +115,7 @@ class SignalCatcher:
             os.kill(os.getpid(), sig)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     try:
         os.write(2, text.encode())
     except OSError:  # pragma: no cover - no stderr

@@ -1,6 +1,8 @@
 """Bring framework checkpoint files into a store, and write stored checkpoints back out.
 
->>> from ckptstore.adapters.interop import export_checkpoint, import_checkpoint    # doctest: +SKIP
+Kept for older code: these are ``ckptstore.import_checkpoint`` and ``ckptstore.export_checkpoint``.
+
+>>> from ckptstore import export_checkpoint, import_checkpoint    # doctest: +SKIP
 >>> import_checkpoint("out/checkpoint-500", "s3://bucket/run1")       # HF Trainer folder
 >>> import_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt", "runs/exp")
 >>> import_checkpoint("old_run/", "runs/exp")     # checkpoint_step_4000.pt, final_model.pt, ...
@@ -9,7 +11,6 @@
 The same as ``ckptstore import SRC DST`` and ``ckptstore export URI --step N DST``.
 """
 
-from ._exporter import export_checkpoint, find_weights
-from ._importer import import_checkpoint
+from ckptstore import export_checkpoint, import_checkpoint
 
-__all__ = ["export_checkpoint", "find_weights", "import_checkpoint"]
+__all__ = ["export_checkpoint", "import_checkpoint"]

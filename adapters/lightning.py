@@ -38,7 +38,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 import ckptstore
 
-from ._convert import from_plain, to_plain
 from ._resume import find_resumable
 
 __all__ = ["CkptstoreCheckpointIO", "CkptstoreModelCheckpoint"]
@@ -108,8 +107,6 @@ class CkptstoreCheckpointIO(CheckpointIO):
         else:
             kw: dict[str, Any] = {"compression": compression, "storage_options": dict(storage_options or {})}
             if retention is not None:
-                if not hasattr(ckptstore, "Retention"):
-                    raise ImportError("this ckptstore has no retention support (ckptstore.Retention)")
                 kw["retention"] = retention
             self._store = ckptstore.Store(uri, **kw)  # type: ignore[arg-type]
         self.allow_pickle = allow_pickle
@@ -179,7 +176,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
                     f"{self.store.uri} already holds checkpoints up to step {latest.step}, but this run did not "
                     "resume from it. To continue, use CkptstoreModelCheckpoint and fit(ckpt_path='last').",
                     stacklevel=2)
-        plain, fixes = to_plain(checkpoint)
+        plain, fixes = ckptstore.interop.to_plain(checkpoint)
         step = checkpoint.get("global_step")
         epoch = checkpoint.get("epoch")
         meta = {"framework": "lightning", "path": p, "name": os.path.basename(p), "plain_fixes": fixes,
@@ -212,7 +209,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
             state = self.store.load(id=info.id, map_location=map_location or "cpu", allow_pickle=self.allow_pickle)
         self.pending_rng = info.rng
         log.info("ckptstore: loaded step %d (%s) from %s", info.step, info.short_id, self.store.uri)
-        return from_plain(state, info.meta.get("plain_fixes") or [])
+        return ckptstore.interop.from_plain(state, info.meta.get("plain_fixes") or [])
 
     def remove_checkpoint(self, path: Any) -> None:
         for info in self._named(os.fspath(path)):

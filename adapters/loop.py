@@ -27,14 +27,13 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 import ckptstore
-from ckptstore import CheckpointInfo, Store
+from ckptstore import CheckpointInfo, Store, import_torch_file
 
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
-from ._legacy import import_torch_file
 from ._options import keep_best_option, metric_values, positive
 from ._resume import DamagedCheckpoint, ResumeFallbackWarning, Resumable, find_resumable, restore_into
 from ._saver import Saver, build_retention
-from ._signals import DEFAULT_SIGNALS, SignalCatcher, _say
+from ._signals import DEFAULT_SIGNALS, SignalCatcher, say
 from ._staging import storage_key
 from ._warn import warn
 
@@ -131,8 +130,9 @@ class Checkpointer:
         self._signals = SignalCatcher(signals)
         self._signal_handled = False
         self.stop_requested = False
-        self._saver = Saver(self.store, async_save=self.async_save, retention=retention,
-                            retention_factory=lambda: build_retention(self.keep_last, self.keep_best))
+        if retention is None:
+            retention = build_retention(self.keep_last, self.keep_best)
+        self._saver = Saver(self.store, async_save=self.async_save, retention=retention)
         self._saver.aborted = lambda: self._signals.aborted
         self._hooks: dict[int, Any] = {}
         self._objects: dict[str, Any] = {}
@@ -452,12 +452,12 @@ class Checkpointer:
             self._saver.wait()
         finally:
             if self._last_saved is not None and self._last_saved.step == self._completed:
-                _say(f"ckptstore: saved step {self._last_saved.step} ({self._last_saved.short_id}) to {self.uri} "
+                say(f"ckptstore: saved step {self._last_saved.step} ({self._last_saved.short_id}) to {self.uri} "
                      f"after {sig.name}\n")
             if self.exit_on_signal:
                 self.close(final=False)
         if self.exit_on_signal:
-            _say(f"ckptstore: exiting after {sig.name}; run the same command to resume\n")
+            say(f"ckptstore: exiting after {sig.name}; run the same command to resume\n")
             raise SystemExit(128 + int(sig))
 
     # -- teardown -----------------------------------------------------------------------

@@ -34,7 +34,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 import ckptstore
 
-from ._hf_folder import is_hf_state, progress_of, read_folder, replace_dir, write_folder
 from ._resume import find_resumable
 
 __all__ = ["CkptstoreCallback", "resume_from_store"]
@@ -57,51 +56,35 @@ def resume_from_store(store: ckptstore.Store | str | os.PathLike[str], dest: str
     one is skipped with a warning naming both). The folder appears complete or not at all.
     Returns None when the store holds no checkpoint yet.
     """
-    own = not isinstance(store, ckptstore.Store)
-    s = ckptstore.Store(store, storage_options=storage_options) if own else store  # type: ignore[arg-type]
+    s = store if isinstance(store, ckptstore.Store) else ckptstore.Store(store, storage_options=storage_options)
     try:
         found = find_resumable(s, step=step, id=id, map_location="cpu")
         if found is None:
             return None
         info, state = found
-        if not is_hf_state(state):
-            raise ckptstore.UnsupportedFormatError(
-                f"checkpoint step {info.step} ({info.short_id}) in {s.uri} was not written by the transformers "
-                "adapter (or `ckptstore import` of a Trainer folder); load it with ckptstore.load instead")
-        parent = os.fspath(dest)
-        os.makedirs(parent, exist_ok=True)
-        final = os.path.join(parent, f"checkpoint-{info.step}")
-        tmp = os.path.join(parent, f".checkpoint-{info.step}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        final = os.path.join(os.fspath(dest), f"checkpoint-{info.step}")
         try:
-            write_folder(state, tmp, allow_pickle=allow_pickle)
-            _drop_stale_best_path(tmp)
-            replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            ckptstore.interop.write_hf_folder(_drop_stale_best_path(state), final, allow_pickle=allow_pickle)
+        except ckptstore.UnsupportedFormatError as e:
+            raise ckptstore.UnsupportedFormatError(f"checkpoint step {info.step} ({info.short_id}) in {s.uri}: {e}"
+                                                   ) from None
         log.info("ckptstore: resuming from step %d (%s) of %s via %s", info.step, info.short_id, s.uri, final)
         return final
     finally:
-        if own:
+        if s is not store:
             s.close()
 
 
-def _drop_stale_best_path(folder: str) -> None:
+def _drop_stale_best_path(state: Any) -> Any:
     """The best checkpoint's staging folder is gone (it lives in the store): say so in the state
     the Trainer reads, instead of letting it warn about a missing folder."""
-    path = os.path.join(folder, "trainer_state.json")
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        ts = json.load(f)
-    best = ts.get("best_model_checkpoint")
-    if best and not os.path.isdir(best):
-        ts["best_model_checkpoint"] = None
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(ts, f, indent=2, sort_keys=True)
-            f.write("\n")
+    files = state.get("files") if isinstance(state, dict) else None
+    entry = files.get("trainer_state.json") if isinstance(files, dict) else None
+    if isinstance(entry, dict) and entry.get("kind") == "json":
+        ts = entry.get("value")
+        if isinstance(ts, dict) and ts.get("best_model_checkpoint") and not os.path.isdir(ts["best_model_checkpoint"]):
+            entry["value"] = {**ts, "best_model_checkpoint": None}
+    return state
 
 
 class CkptstoreCallback(TrainerCallback):
@@ -132,10 +115,6 @@ class CkptstoreCallback(TrainerCallback):
         self._uri = uri
         self._keep = {"keep_last": keep_last, "keep_best": keep_best, "keep_tags": keep_tags}
         self._retention = retention
-        if (retention is not None or keep_last is not None or keep_best or keep_tags) and not hasattr(
-                ckptstore, "Retention"):
-            raise ImportError("this ckptstore has no retention support (ckptstore.Retention); upgrade ckptstore "
-                              "or drop keep_last/keep_best/keep_tags/retention")
         self.allow_pickle = allow_pickle
         self._compression = compression
         self._storage_options = dict(storage_options or {})
@@ -147,7 +126,7 @@ class CkptstoreCallback(TrainerCallback):
 
     # -- the store --------------------------------------------------------------------------
     def _policy(self, args: Any) -> Any:
-        if self._retention is not None or not hasattr(ckptstore, "Retention"):
+        if self._retention is not None:
             return self._retention
         keep_last, keep_best, keep_tags = self._keep["keep_last"], self._keep["keep_best"], self._keep["keep_tags"]
         if keep_last is None and args is not None and args.save_total_limit:
@@ -167,7 +146,7 @@ class CkptstoreCallback(TrainerCallback):
         kw: dict[str, Any] = {"keep_last": keep_last, "keep_best": keep_best}
         if keep_tags is not None:
             kw["keep_tags"] = tuple(keep_tags)
-        return ckptstore.Retention(**kw)  # type: ignore[attr-defined]
+        return ckptstore.Retention(**kw)
 
     @property
     def store(self) -> ckptstore.Store:
@@ -242,19 +221,18 @@ class CkptstoreCallback(TrainerCallback):
         state.best_model_checkpoint = None
 
     def _commit(self, folder: str, args: Any, state: Any) -> ckptstore.CheckpointInfo:
-        replace: dict[str, Any] = {} if self.allow_pickle else {"training_args.bin": None}
-        tree, skipped = read_folder(folder, allow_pickle=self.allow_pickle, replace=replace)
-        for reason in skipped:
+        leave_out = () if self.allow_pickle else ("training_args.bin",)  # the config holds the arguments
+        read = ckptstore.interop.read_hf_folder(folder, allow_pickle=self.allow_pickle, leave_out=leave_out)
+        for reason in read.skipped:
             warnings.warn(reason, stacklevel=3)
-        prog = progress_of(tree, os.path.basename(folder))
         meta: dict[str, Any] = {"framework": "transformers", "folder": os.path.basename(folder),
-                                "epoch_float": prog["epoch_float"], "skipped": skipped}
+                                "epoch_float": read.epoch_float, "skipped": read.skipped}
         total = getattr(state, "max_steps", None)
         if isinstance(total, int) and total > 0:
             meta["total_steps"] = total
             meta["progress"] = round(min(1.0, state.global_step / total), 6)
         config = json.loads(args.to_json_string())
-        info = self.store.save(tree, step=int(state.global_step), epoch=prog["epoch"], metrics=prog["metrics"],
+        info = self.store.save(read.state, step=int(state.global_step), epoch=read.epoch, metrics=read.metrics,
                                config=config, meta=meta, allow_pickle=False)
         log.info("ckptstore: committed %s as step %d (%s), %d new bytes", folder, info.step, info.short_id,
                  info.new_bytes)

@@ -8,37 +8,52 @@
 from __future__ import annotations
 
 from ._api import copy_checkpoints, info, list_checkpoints, load, save
-from .store._backup import Backup
-from .store._copy import CopyResult
-from .pipeline._devices import Accelerators, auto_device
-from ._errors import (BackendUnavailableError, CheckpointExistsError, CheckpointNotFoundError,
-                      CkptstoreError, DeviceUnavailableError, InsufficientSpaceError, IntegrityError,
-                      ObjectMissingError, PickleNotAllowedError, StorageError, StoreNotFoundError,
-                      UnsupportedFormatError, UnsupportedValueError)
-from .store._gc import GcReport
+from ._errors import (
+    BackendUnavailableError,
+    BackupWarning,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CkptstoreError,
+    CkptstoreWarning,
+    DeviceUnavailableError,
+    InsufficientSpaceError,
+    IntegrityError,
+    ObjectMissingError,
+    PickleNotAllowedError,
+    StorageError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+    UnsupportedValueError,
+)
+from ._version import __version__
 from .format._info import CheckpointInfo
 from .format._manifest import Distributed, Manifest, RngState, ShardChunk, ShardedTensor
 from .format._tree import TensorRef, decode_tree, decode_value, encode_value
+from .interop import export_checkpoint, import_checkpoint, import_torch_file
+from .pipeline._devices import Accelerators, auto_device
+from .pipeline._rng import capture_rng_state, restore_rng_state
+from .store._backup import Backup
+from .store._copy import CopyResult
+from .store._gc import GcReport
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
-from .pipeline._rng import capture_rng_state, restore_rng_state
 from .store._store import Store
-
-__version__ = "0.1.0"
 
 restore_rng = restore_rng_state
 
 __all__ = [
     "Accelerators",
-    "Backup",
     "BackendUnavailableError",
+    "Backup",
+    "BackupWarning",
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CkptstoreError",
+    "CkptstoreWarning",
     "CopyResult",
-    "Distributed",
     "DeviceUnavailableError",
+    "Distributed",
     "GcReport",
     "InsufficientSpaceError",
     "IntegrityError",
@@ -65,6 +80,9 @@ __all__ = [
     "decode_tree",
     "decode_value",
     "encode_value",
+    "export_checkpoint",
+    "import_checkpoint",
+    "import_torch_file",
     "info",
     "list_checkpoints",
     "load",

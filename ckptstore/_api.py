@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
 
-from ._errors import CheckpointNotFoundError, StoreNotFoundError
+from ._errors import BackupWarning, CheckpointNotFoundError, StoreNotFoundError
 from .format._info import CheckpointInfo
 from .format._manifest import RngState
 from .pipeline._devices import MapLocation
@@ -30,7 +31,7 @@ def save(
     metrics: Mapping[str, Any] | None = None,
     tags: Iterable[str] = (),
     meta: Mapping[str, Any] | None = None,
-    rng: "bool | RngState" = True,
+    rng: bool | RngState = True,
     compression: str | bool | None = None,
     allow_pickle: bool = False,
     progress: bool | None = None,
@@ -82,7 +83,7 @@ def load(
         state = store.load(step, id=id, **kw)
     msg = f"loaded from the fallback {store.uri}: {reason}"
     log.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    warnings.warn(msg, BackupWarning, stacklevel=2)
     return state
 
 

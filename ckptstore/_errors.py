@@ -17,6 +17,12 @@ also derives from the standard-library exception that code already catches for t
     ├── BackendUnavailableError(ImportError)          the fsspec protocol's package is missing
     └── StorageError(OSError)                         the storage failed (I/O error, dead mount, ...)
 
+Every warning ckptstore issues is a :class:`CkptstoreWarning` (a ``UserWarning``), so one filter
+silences or escalates them all (``warnings.simplefilter("error", ckptstore.CkptstoreWarning)``)::
+
+    CkptstoreWarning(UserWarning)                    a checkpoint skipped, RNG not restored, ...
+    └── BackupWarning(RuntimeWarning)                a backup mirror failed or restored a store
+
 pydantic's ``ValidationError`` never escapes: a manifest that does not validate is an
 :class:`IntegrityError` (or :class:`UnsupportedFormatError` for a newer version).
 """
@@ -27,9 +33,11 @@ import errno as _errno
 
 __all__ = [
     "BackendUnavailableError",
+    "BackupWarning",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CkptstoreError",
+    "CkptstoreWarning",
     "DeviceUnavailableError",
     "InsufficientSpaceError",
     "IntegrityError",
@@ -132,3 +140,11 @@ class StorageError(CkptstoreError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class CkptstoreWarning(UserWarning):
+    """Base class of every warning ckptstore issues."""
+
+
+class BackupWarning(CkptstoreWarning, RuntimeWarning):
+    """A backup mirror could not copy (training goes on), or restored an empty store from the backup."""

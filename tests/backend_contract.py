@@ -17,7 +17,8 @@ import torch
 
 import ckptstore
 from ckptstore.format import _hashing
-from ckptstore.storage._backend import Backend, open_backend
+from ckptstore.storage._backend import Backend
+from ckptstore.storage._open import open_backend
 from ckptstore.format._layout import object_key
 
 

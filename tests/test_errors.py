@@ -121,8 +121,17 @@ def test_missing_backend_package_says_what_to_install():
 def test_hierarchy():
     for name in ckptstore.__all__:
         obj = getattr(ckptstore, name)
-        if isinstance(obj, type) and issubclass(obj, BaseException):
+        if isinstance(obj, type) and issubclass(obj, BaseException) and not issubclass(obj, Warning):
             assert issubclass(obj, ckptstore.CkptstoreError)
             if obj is not ckptstore.CkptstoreError:
                 stdlib = [b for b in obj.__mro__[1:] if b.__module__ == "builtins" and b not in (Exception, BaseException, object)]
                 assert stdlib, f"{name} subclasses no stdlib error"
+
+
+def test_every_warning_is_a_ckptstore_warning():
+    warning_types = [getattr(ckptstore, n) for n in ckptstore.__all__
+                     if isinstance(getattr(ckptstore, n), type) and issubclass(getattr(ckptstore, n), Warning)]
+    assert ckptstore.CkptstoreWarning in warning_types and ckptstore.BackupWarning in warning_types
+    for w in warning_types:
+        assert issubclass(w, ckptstore.CkptstoreWarning) and issubclass(w, UserWarning)
+    assert issubclass(ckptstore.BackupWarning, RuntimeWarning)  # what code catching RuntimeWarning expects

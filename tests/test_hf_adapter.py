@@ -136,7 +136,6 @@ def test_epoch_strategy_best_model_at_end(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith("checkpoint-")]
 
 
-@pytest.mark.skipif(not hasattr(ckptstore, "Retention"), reason="needs ckptstore.Retention (retention issue)")
 def test_store_retention_replaces_save_total_limit(tmp_path: Path) -> None:
     job = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "out"), "max_steps": 20,
            "save_steps": 4, "metric": "eval_loss", "save_total_limit": 2}

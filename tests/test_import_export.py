@@ -28,7 +28,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_core_import_does_not_load_frameworks() -> None:
-    code = ("import sys, ckptstore, ckptstore.cli._main, ckptstore.adapters.interop; "
+    code = ("import sys, ckptstore, ckptstore.cli._main, ckptstore.interop._importer, ckptstore.adapters.interop; "
             "bad = [m for m in ('transformers', 'lightning', 'pytorch_lightning', 'peft') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
@@ -49,18 +49,20 @@ def test_plain_torch_files_import_and_export(tmp_path: Path, capsys: pytest.Capt
     torch.save({"model": net.state_dict()}, old / "ckpt_step_300.pt")
 
     assert main(["import", str(old), str(tmp_path / "store")]) == 0
+    assert "final_model.pt records no step" in capsys.readouterr().err
     infos = ckptstore.list_checkpoints(tmp_path / "store")
     assert [(i.step, i.epoch, i.meta["name"]) for i in infos] == [
         (300, None, "ckpt_step_300.pt"), (4000, 3, "checkpoint_step_4000.pt"), (4001, None, "final_model.pt")]
     assert infos[1].metrics == {"val_loss": 1.2}
-    state = ckptstore.load(tmp_path / "store", step=4000)
-    assert state["loss_history"] == [2.0, 1.5, 1.25]
-    assert _equal(state["model_state_dict"], net.state_dict())
-    assert isinstance(state["optimizer_state_dict"]["state"][0]["exp_avg"], torch.Tensor)
+    state = ckptstore.load(tmp_path / "store", step=4000)  # the raw-loop Checkpointer's layout
+    assert state["extra"] == {"loss_history": [2.0, 1.5, 1.25], "val_loss": 1.2}
+    assert _equal(state["model"], net.state_dict())
+    assert isinstance(state["optimizer"]["state"][0]["exp_avg"], torch.Tensor)
 
     assert main(["export", str(tmp_path / "store"), "--step", "4000", str(tmp_path / "exp")]) == 0
     assert sorted(os.listdir(tmp_path / "exp")) == ["checkpoint.pt", "checkpoint_info.json", "model.safetensors"]
-    back = torch.load(tmp_path / "exp" / "checkpoint.pt", weights_only=True)
+    back = torch.load(tmp_path / "exp" / "checkpoint.pt", weights_only=True)  # the file's own keys again
+    assert set(back) == {"model_state_dict", "optimizer_state_dict", "epoch", "loss_history", "val_loss"}
     assert back["epoch"] == 3 and _equal(back["model_state_dict"], net.state_dict())
     from safetensors.torch import load_file
 
@@ -83,7 +85,7 @@ def test_pickled_objects_need_the_explicit_flag(tmp_path: Path, capsys: pytest.C
     with pytest.raises(ckptstore.PickleNotAllowedError):
         ckptstore.load(tmp_path / "store")
     state = ckptstore.load(tmp_path / "store", allow_pickle=True)
-    assert state["extra"].n == 5 and ckptstore.info(tmp_path / "store").step == 7
+    assert state["extra"]["extra"].n == 5 and ckptstore.info(tmp_path / "store").step == 7
     assert main(["import", str(tmp_path / "missing.pt"), str(tmp_path / "store")]) == 1
     assert "missing.pt" in capsys.readouterr().err
 
@@ -184,3 +186,41 @@ def test_lightning_ckpt_import_resume_and_export(tmp_path: Path) -> None:
                    accelerator="cpu", devices=1, enable_checkpointing=False)
     t2.fit(again, train, val, ckpt_path=str(tmp_path / "exp" / "last.ckpt"), weights_only=False)
     assert t2.global_step == 24
+
+
+def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
+    """The pieces the framework adapters use, through the public API only."""
+    import argparse
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "checkpoint-12"
+    src.mkdir()
+    w = {"a.weight": torch.arange(6.0).reshape(2, 3)}
+    save_file(w, str(src / "model.safetensors"))
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, src / "optimizer.pt")
+    (src / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 12, "epoch": 1.5, "log_history": [{"step": 12, "loss": 0.5, "train_runtime": 3.0}]}))
+    (src / "notes.txt").write_bytes(b"hello")
+    torch.save({"obj": Opaque(2)}, src / "training_args.bin")
+    with pytest.warns(UserWarning, match="training_args.bin was left out"):
+        ckptstore.import_checkpoint(src, tmp_path / "warned")
+    read = ckptstore.interop.read_hf_folder(src, leave_out=["training_args.bin"])
+    assert (read.step, read.epoch, read.epoch_float, read.metrics, read.skipped) == (12, 1, 1.5, {"loss": 0.5}, [])
+    ckptstore.save(read.state, tmp_path / "s", step=read.step)
+    dest = tmp_path / "out" / "checkpoint-12"
+    files = ckptstore.interop.write_hf_folder(ckptstore.load(tmp_path / "s"), dest)
+    assert sorted(files) == sorted(os.listdir(dest)) == ["model.safetensors", "notes.txt", "optimizer.pt",
+                                                           "trainer_state.json"]
+    assert _equal(load_file(str(dest / "model.safetensors")), w) and (dest / "notes.txt").read_bytes() == b"hello"
+    assert os.listdir(tmp_path / "out") == ["checkpoint-12"]  # no temporary folder left beside it
+    with pytest.raises(ckptstore.UnsupportedFormatError, match="not a Hugging Face checkpoint folder"):
+        ckptstore.interop.write_hf_folder({"model": w}, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+    value = {"hp": argparse.Namespace(lr=0.1, out=Path("/x/y")), "n": [1, 2]}
+    plain, fixes = ckptstore.interop.to_plain(value)
+    assert plain == {"hp": {"lr": 0.1, "out": "/x/y"}, "n": [1, 2]} and json.dumps(fixes)
+    back = ckptstore.interop.from_plain(plain, fixes)
+    assert isinstance(back["hp"], argparse.Namespace) and back["hp"].out == Path("/x/y")

@@ -1,4 +1,4 @@
-"""Retention through the Checkpointer (active once ckptstore.Retention exists: the retention issue)."""
+"""Retention through the Checkpointer."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ import torch
 import ckptstore
 from ckptstore.adapters.loop import Checkpointer
 
-needs_retention = pytest.mark.skipif(not hasattr(ckptstore, "Retention"),
-                                     reason="ckptstore.Retention is not merged yet (retention issue)")
-
-
-@needs_retention
 @pytest.mark.parametrize("async_save", [False, True])
 def test_keep_last_and_best(tmp_path: Path, async_save: bool) -> None:
     model = torch.nn.Linear(2, 2)
@@ -34,7 +29,6 @@ def test_keep_last_and_best(tmp_path: Path, async_save: bool) -> None:
         "model"]["weight"][0, 0] - 5
 
 
-@needs_retention
 def test_explicit_retention_object(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     ck = Checkpointer(tmp_path, every_steps=1, retention=ckptstore.Retention(keep_last=2), signals=())
@@ -43,13 +37,3 @@ def test_explicit_retention_object(tmp_path: Path) -> None:
     ck.close()
     assert [i.step for i in ckptstore.list_checkpoints(tmp_path)] == [4, 5]
 
-
-@pytest.mark.skipif(hasattr(ckptstore, "Retention"), reason="retention is available")
-def test_without_retention_keep_options_warn_and_keep_everything(tmp_path: Path) -> None:
-    model = torch.nn.Linear(2, 2)
-    ck = Checkpointer(tmp_path, every_steps=1, keep_last=1, signals=())
-    with pytest.warns(UserWarning, match="no retention yet"):
-        for i in range(3):
-            ck.step(i, model=model)
-    ck.close()
-    assert len(ckptstore.list_checkpoints(tmp_path)) == 3

@@ -259,7 +259,7 @@ def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(tmp_path: Path,
 
 def test_objects_are_durable_names_only_after_finish(tmp_path: Path) -> None:
     """Until finish(), a sink's objects exist only as temporary files."""
-    from ckptstore.storage._backend import LocalBackend
+    from ckptstore.storage._local import LocalBackend
     from ckptstore.pipeline._objwrite import LocalSink
 
     sink = LocalSink(LocalBackend(str(tmp_path)))

@@ -14,19 +14,98 @@ from ckptstore.format._manifest import schema
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
-def test_all_is_honest():
+EXPECTED_ALL = [
+    "Accelerators",
+    "BackendUnavailableError",
+    "Backup",
+    "BackupWarning",
+    "CheckpointExistsError",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "CkptstoreError",
+    "CkptstoreWarning",
+    "CopyResult",
+    "DeviceUnavailableError",
+    "Distributed",
+    "GcReport",
+    "InsufficientSpaceError",
+    "IntegrityError",
+    "Manifest",
+    "ObjectMissingError",
+    "PickleNotAllowedError",
+    "Retention",
+    "RetentionPlan",
+    "RngState",
+    "SaveSession",
+    "ShardChunk",
+    "ShardedTensor",
+    "Staged",
+    "StorageError",
+    "Store",
+    "StoreNotFoundError",
+    "TensorRef",
+    "UnsupportedFormatError",
+    "UnsupportedValueError",
+    "__version__",
+    "auto_device",
+    "capture_rng_state",
+    "copy_checkpoints",
+    "decode_tree",
+    "decode_value",
+    "encode_value",
+    "export_checkpoint",
+    "import_checkpoint",
+    "import_torch_file",
+    "info",
+    "list_checkpoints",
+    "load",
+    "restore_rng",
+    "restore_rng_state",
+    "save",
+]
+
+
+def test_all_is_exact():
+    """The public names, exactly: adding or removing one is a decision, made here too."""
+    assert len(ckptstore.__all__) == len(set(ckptstore.__all__)), "duplicates in __all__"
+    assert sorted(ckptstore.__all__) == EXPECTED_ALL
     for name in ckptstore.__all__:
         assert hasattr(ckptstore, name), name
     public = {n for n, v in vars(ckptstore).items()
               if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"}
-    assert public <= set(ckptstore.__all__), public - set(ckptstore.__all__)
+    assert public == set(ckptstore.__all__) - {"__version__"}, public ^ (set(ckptstore.__all__) - {"__version__"})
+
+
+INTEROP_ALL = [
+    "export_checkpoint",
+    "from_plain",
+    "import_checkpoint",
+    "import_torch_file",
+    "read_hf_folder",
+    "to_plain",
+    "write_hf_folder",
+]
+
+
+def test_interop_all_is_exact():
+    """``ckptstore.interop``: the import/export verbs and the helpers framework adapters use."""
+    import ckptstore.interop
+
+    assert sorted(ckptstore.interop.__all__) == INTEROP_ALL
+    for name in ("export_checkpoint", "import_checkpoint", "import_torch_file"):
+        assert getattr(ckptstore, name) is getattr(ckptstore.interop, name)
 
 
 def test_modules_are_private():
+    """Modules are private (``_name.py``); folders name the layers and hold no public modules."""
     pkg = os.path.join(ROOT, "ckptstore")
-    for f in os.listdir(pkg):
-        if f.endswith(".py"):
-            assert f.startswith("_"), f"public module {f}: make it private and re-export names"
+    for dirpath, dirnames, files in os.walk(pkg):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for f in files:
+            if f.endswith(".py") and f not in ("__init__.py", "__main__.py"):
+                assert f.startswith("_"), f"public module {os.path.join(dirpath, f)}: make it private"
+        if dirpath != pkg:
+            assert os.path.isfile(os.path.join(dirpath, "__init__.py")), dirpath
 
 
 def test_import_is_light():

@@ -108,7 +108,8 @@ def test_tied_model_weights(store_uri):
 def test_python_values_keep_their_types(store_uri):
     state = {
         "ints": {1: "a", 2: "b", -3: "c"},
-        "mixed_keys": {1: 1, "1": 2, (1, 2): 3, None: 4, 2.5: 5, True: 6},
+        "mixed_keys": {1: 1, "1": 2, (1, 2): 3, None: 4, 2.5: 5},
+        "bool_keys": {True: "yes", False: "no", 2: "two"},  # True == 1 in a dict: keep them apart from 1
         "dollar": {"$tensor": 1, "$x": "not a tag"},
         "tuple": (1, (2, 3), [4, (5,)]),
         "floats": [float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-310, 1.7976931348623157e308],
@@ -136,6 +137,8 @@ def test_python_values_keep_their_types(store_uri):
     back = ckptstore.load(store_uri)
     assert_same(state, back)
     assert list(back["odict"].keys()) == ["b", "a"]
+    assert [type(k) for k in back["bool_keys"]] == [bool, bool, int]
+    assert [type(k) for k in back["mixed_keys"]] == [int, str, tuple, type(None), float]
 
 
 def test_parameters_and_requires_grad(store_uri):

@@ -1,5 +1,4 @@
-"""``ckptstore import`` and ``ckptstore export`` (the work is done in ``ckptstore.adapters.interop``,
-imported only when one of these commands runs)."""
+"""``ckptstore import`` and ``ckptstore export`` (the work is done in ``ckptstore.interop``)."""
 
 from __future__ import annotations
 
@@ -9,13 +8,11 @@ import warnings
 from typing import Any
 
 from .._units import fmt_bytes
+from ..interop import export_checkpoint, import_checkpoint
 from ._common import add_store_arg, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ._main import _storage_options
-    from ..store._space import fmt_bytes
-    from .adapters.interop import import_checkpoint
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -34,8 +31,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ._main import _storage_options
-    from .adapters.interop import export_checkpoint
 
     try:
         info, files = export_checkpoint(args.uri, args.dst, step=args.step, id=args.id,

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._errors import CkptstoreError
+from .._version import __version__
 from . import _cp, _gc, _inspect, _interop, _verify
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     p = argparse.ArgumentParser(prog="ckptstore", description="Safe, small, fast PyTorch checkpoints.")
     p.add_argument("--version", action="version", version=f"ckptstore {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

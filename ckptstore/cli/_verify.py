@@ -13,15 +13,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..format import _hashing
-from ..pipeline._codec import get_codec
-from ._common import add_store_arg, open_store
 from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from .._progress import byte_bar
+from ..format import _hashing
 from ..format._layout import object_key
 from ..format._manifest import Manifest
-from .._progress import byte_bar
+from ..pipeline._codec import get_codec
 from ..pipeline._reader import check_manifest
 from ..store._store import Store
+from ._common import add_store_arg, open_store
 
 
 def add_parsers(sub: Any) -> None:

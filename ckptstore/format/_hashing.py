@@ -7,19 +7,18 @@ same either way).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence
 
 import blake3 as _blake3
-import numpy as np
+from typing_extensions import Buffer
 
 ALGORITHM = "blake3"
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
 _THREADED_MIN = 8 << 20
 
 
 def _nbytes(b: Buffer) -> int:
-    return b.nbytes if isinstance(b, (np.ndarray, memoryview)) else len(b)
+    return memoryview(b).nbytes
 
 
 def digest(data: Buffer, *, parallel: bool = True) -> str:

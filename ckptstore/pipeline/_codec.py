@@ -23,10 +23,11 @@ from typing import Protocol, Union
 import numpy as np
 import zstandard as _zstd
 
+from typing_extensions import Buffer
+
 from .._errors import IntegrityError
 from ._buffers import scratch
 
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
 LEVEL = 1
 # a plane (or object) is stored compressed only when that saves at least this fraction
@@ -95,13 +96,13 @@ def _decompressor() -> _zstd.ZstdDecompressor:
 
 def _zstd_decode(stored: Buffer, raw_size: int, what: str) -> bytes:
     try:
-        params = _zstd.get_frame_parameters(stored)
+        params = _zstd.get_frame_parameters(memoryview(stored))
     except _zstd.ZstdError as e:
         raise IntegrityError(f"{what} is not a zstd frame: {e}") from None
     if params.content_size != raw_size:
         raise IntegrityError(f"{what} declares {params.content_size} bytes, the manifest says {raw_size}")
     try:
-        out = _decompressor().decompress(stored, max_output_size=raw_size)
+        out = _decompressor().decompress(memoryview(stored), max_output_size=raw_size)
     except _zstd.ZstdError as e:
         raise IntegrityError(f"{what} does not decode: {e}") from None
     if len(out) != raw_size:
@@ -129,7 +130,7 @@ class _Zstd:
     name = "zstd"
 
     def encode(self, raw: Buffer) -> Buffer:
-        return _compressor().compress(raw)
+        return _compressor().compress(memoryview(raw))
 
     def decode(self, stored: Buffer, raw_size: int) -> Buffer:
         return _zstd_decode(stored, raw_size, "zstd object")
@@ -145,7 +146,7 @@ def _compressible(plane: np.ndarray) -> bool:
         return True
     step = n // _PROBE_PIECES
     sample = np.concatenate([plane[i * step : i * step + _PROBE_PIECE] for i in range(_PROBE_PIECES)])
-    return len(_plane_compressor().compress(sample)) <= sample.nbytes * _PROBE_MAX_RATIO
+    return len(_plane_compressor().compress(memoryview(sample))) <= sample.nbytes * _PROBE_MAX_RATIO
 
 
 class _ByteGrouped:
@@ -175,7 +176,7 @@ class _ByteGrouped:
             np.copyto(plane, cols[:, i])  # the plane in place, as if it stays raw
             length, method = n, _METHOD_RAW
             if n and _compressible(plane):
-                c = _plane_compressor().compress(plane)
+                c = _plane_compressor().compress(memoryview(plane))
                 if len(c) <= n * (1 - MIN_SAVING):
                     out[pos : pos + len(c)] = np.frombuffer(c, dtype=np.uint8)
                     length, method = len(c), _METHOD_ZSTD

@@ -12,8 +12,9 @@ MPS has no float64 or complex128: such tensors stay on the CPU and one warning s
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -31,7 +32,7 @@ class Accelerators:
     mps: bool = False
 
     @classmethod
-    def probe(cls) -> "Accelerators":
+    def probe(cls) -> Accelerators:
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps_backend = getattr(torch.backends, "mps", None)
         mps = bool(mps_backend is not None and mps_backend.is_available())

@@ -21,7 +21,6 @@ import sys
 import threading
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._errors import IntegrityError

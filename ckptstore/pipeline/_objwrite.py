@@ -26,10 +26,12 @@ import os
 import secrets
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
-from ..storage._backend import Backend, _storage_error, ensure_dir, fsync_dir
+from ..storage._backend import Backend, storage_error
+from ..storage._local import ensure_dir, fsync_dir
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2
@@ -119,7 +121,7 @@ class LocalSink:
             finally:
                 os.close(fd)
         except OSError as e:
-            raise _storage_error(e, f"cannot write {path}") from e
+            raise storage_error(e, f"cannot write {path}") from e
         return True
 
     def _commit(self, item: tuple[str, str]) -> None:
@@ -132,7 +134,7 @@ class LocalSink:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as e:
-            raise _storage_error(e, f"cannot write {path}") from e
+            raise storage_error(e, f"cannot write {path}") from e
         with self._lock:
             self._dirs.add(os.path.dirname(path))
 

@@ -25,15 +25,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..format import _hashing
-
-from . import _mmap
-from ..storage._backend import Backend
-from ._codec import get_codec
 from .._errors import IntegrityError, ObjectMissingError
+from ..format import _hashing
 from ..format._layout import object_key
 from ..format._manifest import Manifest
+from ..storage._backend import Backend
+from . import _mmap
 from ._buffers import ByteBudget, Staging, copy_from_host, device_sync, scratch
+from ._codec import get_codec
 
 BUDGET_FRACTION = 0.05
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._errors import CkptstoreWarning
 from ..format._manifest import NumpyRng, PythonRng, RngState
 
 
@@ -54,7 +55,7 @@ def restore_rng_state(rng: Any) -> list[str]:
     if hasattr(rng, "rng") and not isinstance(rng, RngState):
         rng = rng.rng
     if rng is None:
-        warnings.warn("this checkpoint has no RNG states (saved with rng=False); nothing restored", stacklevel=2)
+        warnings.warn("this checkpoint has no RNG states (saved with rng=False); nothing restored", CkptstoreWarning, stacklevel=2)
         return ["all (none recorded)"]
     if isinstance(rng, dict):
         rng = RngState.model_validate(rng)
@@ -85,5 +86,5 @@ def restore_rng_state(rng: Any) -> list[str]:
         else:
             skipped.append("mps (not available here)")
     if skipped:
-        warnings.warn("RNG states not restored on this machine: " + "; ".join(skipped), stacklevel=2)
+        warnings.warn("RNG states not restored on this machine: " + "; ".join(skipped), CkptstoreWarning, stacklevel=2)
     return skipped

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from ..format import _hashing
-from ..storage._backend import Backend
-from ._codec import MIN_SAVING, get_codec, object_codec
 from ..format._layout import object_key
 from ..format._manifest import Blob, Manifest, ObjectInfo, Segment
-from ._objwrite import BackendSink, LocalSink, sink_for
-from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ..format._tensors import PlannedBlob
+from ..storage._backend import Backend
+from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
+from ._codec import MIN_SAVING, get_codec, object_codec
+from ._objwrite import BackendSink, LocalSink, sink_for
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64
@@ -75,7 +75,7 @@ class WriteResult:
     new_objects: int
 
 
-def _host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> tuple[np.ndarray, Any]:
+def host_bytes(source: Any, start: int, end: int, staging: Staging | None) -> tuple[np.ndarray, Any]:
     """Bytes ``[start, end)`` of a blob source as a uint8 numpy array on the host, and the
     staging buffer to give back afterwards (None when the array is a view of the source)."""
     if isinstance(source, np.ndarray):
@@ -264,7 +264,7 @@ def write_blobs(
     pack_ids = itertools.count()
 
     def chunk_task(source: Any, start: int, end: int, name: str) -> tuple[str, str, ObjectInfo]:
-        raw, buf = _host_bytes(source, start, end, staging)
+        raw, buf = host_bytes(source, start, end, staging)
         try:
             r = s.put([raw], name)
         finally:
@@ -348,7 +348,7 @@ def write_blobs(
                     b = None
                 if b is None:
                     b = batches[g] = _Batch(id=next(pack_ids), group=g)
-                src = pb.source if is_accelerator(pb.source) else _host_bytes(pb.source, 0, n, None)[0]
+                src = pb.source if is_accelerator(pb.source) else host_bytes(pb.source, 0, n, None)[0]
                 b.members.append((bi, src))
                 b.nbytes += n + PACK_ALIGN
             else:

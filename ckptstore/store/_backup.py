@@ -22,10 +22,11 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from .._errors import CkptstoreError
+from .._errors import BackupWarning, CkptstoreError
 from ._retention import Retention
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class MirrorStatus:
     failures: int = 0
 
 
-_LIVE: "weakref.WeakSet[Mirror]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Mirror] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
@@ -112,12 +113,12 @@ atexit.register(_close_all_at_exit)
 class Mirror:
     """The background copier of one primary store to its backup."""
 
-    def __init__(self, primary: "Store", backup: Backup) -> None:
+    def __init__(self, primary: Store, backup: Backup) -> None:
         self.primary = primary
         self.primary_uri = primary.uri
         self.backup = backup
         self._cond = threading.Condition()
-        self._pending: dict[str, "CheckpointInfo"] = {}
+        self._pending: dict[str, CheckpointInfo] = {}
         self._busy = False
         self._closing = False
         self._next_attempt = 0.0
@@ -134,7 +135,7 @@ class Mirror:
         _LIVE.add(self)
 
     # -- the training thread's side ------------------------------------------------------------
-    def submit(self, info: "CheckpointInfo") -> None:
+    def submit(self, info: CheckpointInfo) -> None:
         """Queue a committed checkpoint; returns at once."""
         with self._cond:
             self._pending[info.id] = info
@@ -182,7 +183,7 @@ class Mirror:
                    f"({self._last_error or 'still in progress'}). Copy them later with "
                    f"`ckptstore cp {self.primary_uri} {self.backup.uri} --all`.")
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, BackupWarning, stacklevel=2)
         _LIVE.discard(self)
 
     @property
@@ -239,16 +240,16 @@ class Mirror:
                f"the copy is retried in {self.backup.retry_interval:g} s or after the next save")
         log.warning(msg)
         if first:  # once per failure streak
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, BackupWarning, stacklevel=2)
 
-    def _mirror_store(self) -> "Store":
+    def _mirror_store(self) -> Store:
         if self._store is None:
             b = self.backup
             self._store = type(self.primary)(b.uri, storage_options=b.storage_options, retries=b.retries,
                                              workers=b.workers)
         return self._store
 
-    def _attempt(self, batch: list["CheckpointInfo"]) -> int:
+    def _attempt(self, batch: list[CheckpointInfo]) -> int:
         primary = self.primary
         live = {i.id for i in primary.list()}
         todo = [i for i in batch if i.id in live]  # forgotten by the primary's retention: skip
@@ -268,11 +269,11 @@ class Mirror:
         if note and not self._noted:
             self._noted = True
             log.warning("backup %s: %s", self.backup.uri, note)
-            warnings.warn(f"backup {self.backup.uri}: {note}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"backup {self.backup.uri}: {note}", BackupWarning, stacklevel=2)
         return copied
 
     # -- restore ----------------------------------------------------------------------------
-    def restore_into(self, primary: "Store") -> list["CheckpointInfo"]:
+    def restore_into(self, primary: Store) -> list[CheckpointInfo]:
         """Copy the mirror's newest ``backup.restore`` checkpoints into an empty primary."""
         n = self.backup.restore
         if n <= 0:
@@ -285,7 +286,7 @@ class Mirror:
         except CkptstoreError as e:
             msg = f"the store {primary.uri} is empty and restoring from the backup {self.backup.uri} failed: {e}"
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            warnings.warn(msg, BackupWarning, stacklevel=4)
             return []
         restored = list(result.copied) + list(result.present)
         if restored:
@@ -293,11 +294,11 @@ class Mirror:
             msg = (f"the store {primary.uri} had no checkpoints; restored step(s) {steps} from the backup "
                    f"{self.backup.uri}")
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            warnings.warn(msg, BackupWarning, stacklevel=4)
         return restored
 
 
-def apply_retention(mirror: "Store", backup: Backup) -> list["CheckpointInfo"]:
+def apply_retention(mirror: Store, backup: Backup) -> list[CheckpointInfo]:
     """The mirror's own retention: ``backup.retention``, else keep the newest ``keep_last``,
     applied with the mirror store's ``gc`` (forget, then delete unreferenced objects). Returns
     what was forgotten."""

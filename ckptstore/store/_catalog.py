@@ -12,10 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
-from .._errors import CheckpointNotFoundError, IntegrityError, StoreNotFoundError, UnsupportedFormatError
+from .._errors import (
+    CheckpointNotFoundError,
+    CkptstoreWarning,
+    IntegrityError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+)
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
@@ -184,7 +191,7 @@ class Catalog:
                     new = key not in self._bad
                     self._bad[key] = str(e)
                 if new:
-                    warnings.warn(f"skipping checkpoint at step {step}: {e}", stacklevel=stacklevel)
+                    warnings.warn(f"skipping checkpoint at step {step}: {e}", CkptstoreWarning, stacklevel=stacklevel)
                 continue
             except CheckpointNotFoundError:
                 continue

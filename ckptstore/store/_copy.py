@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
-from ..format import _hashing
 from .._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError
-from ..format._info import CheckpointInfo
-from ..format._layout import OBJECTS_DIR, MANIFESTS_DIR, object_key, parse_manifest_key, parse_object_key
-from ..format._manifest import Manifest, parse_manifest
 from .._progress import byte_bar
+from ..format import _hashing
+from ..format._info import CheckpointInfo
+from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, object_key, parse_manifest_key, parse_object_key
+from ..format._manifest import Manifest, parse_manifest
 from ._session import SaveSession
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class CopyResult:
     bytes_present: int
 
 
-def select_checkpoints(src: "Store", *, steps: Iterable[int] | None = None, ids: Iterable[str] | None = None,
+def select_checkpoints(src: Store, *, steps: Iterable[int] | None = None, ids: Iterable[str] | None = None,
                        all: bool = False, latest: int | None = None) -> list[CheckpointInfo]:
     """The checkpoints a copy takes from ``src``: the union of ``steps`` (the newest at each),
     ``ids`` (unique prefixes), ``all`` and the ``latest`` K; the newest one when nothing is given."""
@@ -71,7 +72,7 @@ def select_checkpoints(src: "Store", *, steps: Iterable[int] | None = None, ids:
     return sorted(chosen.values(), key=lambda i: (i.step, i.created_at, i.id))
 
 
-def copy_between(src: "Store", dst: "Store", chosen: list[CheckpointInfo], *, workers: int, readback: bool = False,
+def copy_between(src: Store, dst: Store, chosen: list[CheckpointInfo], *, workers: int, readback: bool = False,
                  progress: bool | None = None) -> CopyResult:
     """Copy ``chosen`` checkpoints of ``src`` to ``dst`` (created when missing): only objects the
     destination lacks travel, verified on arrival; each manifest goes last. The public entry points
@@ -80,7 +81,7 @@ def copy_between(src: "Store", dst: "Store", chosen: list[CheckpointInfo], *, wo
 
 
 class _Copier:
-    def __init__(self, src: "Store", dst: "Store", workers: int, readback: bool) -> None:
+    def __init__(self, src: Store, dst: Store, workers: int, readback: bool) -> None:
         self.src, self.dst = src, dst
         self.workers = max(1, workers)
         self.readback = readback

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
 from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
 from ..format._info import CheckpointInfo
 from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
-from ._locks import LOCKS_DIR, Lease, acquire_gc
 from ..format._manifest import Manifest
+from ._locks import LOCKS_DIR, Lease, acquire_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
 
 if TYPE_CHECKING:
@@ -80,14 +81,14 @@ class GcReport:
         return out
 
 
-def mark(store: "Store") -> tuple[set[str], list[str], dict[str, Manifest]]:
+def mark(store: Store) -> tuple[set[str], list[str], dict[str, Manifest]]:
     """(referenced object keys, problems, manifests by key) from every manifest present now."""
     manifests, problems = store.catalog.manifests()
     referenced = {k for m in manifests.values() for k in m.objects}
     return referenced, problems, manifests
 
 
-def forget(store: "Store", infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+def forget(store: Store, infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
     """Delete these checkpoints' manifests (their objects stay until a sweep)."""
     done = []
     for info in infos:
@@ -99,7 +100,7 @@ def forget(store: "Store", infos: Iterable[CheckpointInfo]) -> list[CheckpointIn
     return done
 
 
-def _objects_of(store: "Store", infos: Iterable[CheckpointInfo]) -> dict[str, int]:
+def _objects_of(store: Store, infos: Iterable[CheckpointInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
     for info in infos:
         try:
@@ -111,7 +112,7 @@ def _objects_of(store: "Store", infos: Iterable[CheckpointInfo]) -> dict[str, in
     return out
 
 
-def _age(store: "Store", key: str, now: float) -> float | None:
+def _age(store: Store, key: str, now: float) -> float | None:
     try:
         mt = store.backend.mtime(key)
     except FileNotFoundError:
@@ -121,7 +122,7 @@ def _age(store: "Store", key: str, now: float) -> float | None:
     return None if mt is None else now - mt
 
 
-def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: float, wait: float,
+def sweep(store: Store, report: GcReport, *, known: dict[str, int], grace: float, wait: float,
           exclude: Iterable[str] = (), dry_run: bool = False,
           progress: Callable[[int], None] | None = None) -> None:
     """Steps 2-4 of the module docstring, adding to ``report``. ``known``: objects (key -> size)
@@ -206,7 +207,7 @@ def sweep(store: "Store", report: GcReport, *, known: dict[str, int], grace: flo
             lease.release()
 
 
-def run_gc(store: "Store", policy: Retention | None, *, dry_run: bool = False, grace: float | None = None,
+def run_gc(store: Store, policy: Retention | None, *, dry_run: bool = False, grace: float | None = None,
            wait: float = 0.0, exclude: Iterable[str] = (), protect: Iterable[str] = (),
            incoming: CheckpointInfo | None = None, sweep_objects: bool = True,
            infos: list[CheckpointInfo] | None = None) -> GcReport:
@@ -231,7 +232,7 @@ def run_gc(store: "Store", policy: Retention | None, *, dry_run: bool = False, g
     return report
 
 
-def apply_after_save(store: "Store", override: Retention | None = None) -> GcReport | None:
+def apply_after_save(store: Store, override: Retention | None = None) -> GcReport | None:
     """Retention after a committed save: forget what the plan removes and sweep, without waiting
     for other writers (their data is swept by a later gc). None when no policy applies."""
     policy = resolve_policy(store, override)
@@ -250,7 +251,7 @@ __all__ = ["GRACE", "GcReport", "apply_after_save", "forget", "mark", "resolve_p
 
 
 # -- the policy a store applies ---------------------------------------------------------------
-def resolve_policy(store: "Store", override: Retention | None = None) -> Retention | None:
+def resolve_policy(store: Store, override: Retention | None = None) -> Retention | None:
     """``override`` (``save(keep=...)``), else ``Store(retention=...)``, else the stored policy."""
     if override is not None:
         return check_policy(override)

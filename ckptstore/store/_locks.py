@@ -24,11 +24,11 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-from ..storage._backend import Backend
 from .._errors import StorageError
+from ..storage._backend import Backend
 
 log = logging.getLogger("ckptstore")
 
@@ -192,7 +192,7 @@ class Lease:
         except OSError as e:
             log.warning("cannot remove lease %s: %s (it goes stale on its own)", self.key, e)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:

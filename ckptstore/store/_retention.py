@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Protocol, Sequence, Union
+from typing import Any, Protocol, Union
 
 from .._errors import UnsupportedFormatError
 
@@ -154,7 +155,7 @@ class Retention:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Retention":
+    def from_json(cls, data: Mapping[str, Any]) -> Retention:
         if not isinstance(data, Mapping):
             raise ValueError(f"a retention policy is a JSON object, not {type(data).__name__}")
         known = {"keep_last", "keep_best", "keep_every", "keep_within", "keep_tags"}

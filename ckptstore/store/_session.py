@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, JsonValue
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from .._errors import InsufficientSpaceError, StorageError
 from .._progress import byte_bar
 from .._units import fmt_bytes
+from .._version import __version__
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
@@ -62,7 +64,7 @@ class Staged(BaseModel):
     new_objects: int = 0
 
     @classmethod
-    def merge(cls, parts: Sequence["Staged"], tree: Any = None) -> "Staged":
+    def merge(cls, parts: Sequence[Staged], tree: Any = None) -> Staged:
         """One ``Staged`` from several: tensor tables concatenated in order (their blob indices
         rebased). ``tree`` indexes the concatenated table; by default, the list of the parts'
         trees (each rebased)."""
@@ -116,17 +118,11 @@ def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
 class SaveSession:
     """One save (or copy) into ``store``; see the module docstring. Use as a context manager, or
     call ``open`` and then ``close`` (``abort`` is ``close`` without a commit)."""
 
-    def __init__(self, store: "Store", *, keep: Retention | None = None) -> None:
+    def __init__(self, store: Store, *, keep: Retention | None = None) -> None:
         self.store = store
         self.catalog: Catalog = store.catalog
         self.backend = store.backend
@@ -142,7 +138,7 @@ class SaveSession:
         self._suspect: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "SaveSession":
+    def __enter__(self) -> SaveSession:
         return self.open()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -157,7 +153,7 @@ class SaveSession:
         finally:
             self.close()
 
-    def open(self) -> "SaveSession":
+    def open(self) -> SaveSession:
         """Create the store if needed, take the save lease, find the parent, build the dedup index."""
         if self.lease is not None:
             return self
@@ -261,7 +257,7 @@ class SaveSession:
                       new_bytes=s.new_bytes, new_objects=s.new_objects)
         m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
                      metrics=metric_vals, tags=tag_list, meta=meta_tree, rng=rng_state,
-                     producer={"ckptstore": _version(), "torch": torch.__version__,
+                     producer={"ckptstore": __version__, "torch": torch.__version__,
                                "python": platform.python_version()},
                      parent=parent.id if parent is not None else None, tree=s.tree, tensors=s.tensors,
                      blobs=s.blobs, objects=dict(sorted(s.objects.items())), stats=stats,

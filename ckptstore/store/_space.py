@@ -23,19 +23,20 @@ objects this save had written are removed again.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..format import _hashing
 from .._errors import InsufficientSpaceError
 from .._units import fmt_bytes, parse_size
+from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import OBJECTS_DIR, parse_object_key
+from ..format._tensors import PlannedBlob
+from ..pipeline._writer import PACK_ALIGN, DedupIndex, host_bytes
 from ._locks import acquire_gc
 from ._retention import Retention
-from ..format._tensors import PlannedBlob
-from ..pipeline._writer import PACK_ALIGN, DedupIndex, _host_bytes
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -55,7 +56,7 @@ class SpaceGuard:
 
     @classmethod
     def make(cls, on_low_space: str = "fail", reserve: int | str | None = 0,
-             quota: int | str | None = None) -> "SpaceGuard":
+             quota: int | str | None = None) -> SpaceGuard:
         if on_low_space not in MODES:
             raise ValueError(f"on_low_space must be one of {', '.join(MODES)}, not {on_low_space!r}")
         return cls(on_low_space, parse_size(reserve), None if quota is None else parse_size(quota))
@@ -79,7 +80,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
         if n == 0:
             continue
         if n < pack_threshold:
-            h = _hashing.digest(_host_bytes(b.source, 0, n, None)[0])
+            h = _hashing.digest(host_bytes(b.source, 0, n, None)[0])
             with index.lock:
                 hit = h in index.blobs
             if not hit and h not in seen:
@@ -88,7 +89,7 @@ def new_raw_bytes(blobs: list[PlannedBlob], index: DedupIndex, *, chunk_size: in
             continue
         for a in range(0, n, chunk_size):
             e = min(a + chunk_size, n)
-            h = _hashing.digest(_host_bytes(b.source, a, e, None)[0])
+            h = _hashing.digest(host_bytes(b.source, a, e, None)[0])
             with index.lock:
                 hit = h in index.raw_objects
             if not hit and h not in seen:
@@ -109,7 +110,7 @@ def compression_ratio(index: DedupIndex, codec: str) -> float:
     return min(1.0, sum(i.size for i in infos) / raw * RATIO_MARGIN)
 
 
-def used_bytes(store: "Store") -> int:
+def used_bytes(store: Store) -> int:
     """Bytes of every object the store's checkpoints reference (for quotas)."""
     manifests, _problems = store.catalog.manifests()
     sizes: dict[str, int] = {}
@@ -119,7 +120,7 @@ def used_bytes(store: "Store") -> int:
     return sum(sizes.values())
 
 
-def available(store: "Store", guard: SpaceGuard) -> int | None:
+def available(store: Store, guard: SpaceGuard) -> int | None:
     """Bytes a save may add, before the reserve: free space, capped by the quota; None = unknown."""
     free = store.backend.free_bytes()
     if guard.quota is not None:
@@ -137,7 +138,7 @@ def _incoming(step: int, metrics: Mapping[str, float], tags: Iterable[str]) -> C
 class SpaceCheck:
     """The disk-space guard of one save session (which holds the save lease ``lease_key``)."""
 
-    def __init__(self, store: "Store", lease_key: str, keep: Retention | None = None) -> None:
+    def __init__(self, store: Store, lease_key: str, keep: Retention | None = None) -> None:
         self.store = store
         self.lease_key = lease_key
         self.keep = keep

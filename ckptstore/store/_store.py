@@ -9,9 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .._errors import CheckpointNotFoundError, IntegrityError, ObjectMissingError, PickleNotAllowedError
+from .._errors import (
+    CheckpointNotFoundError,
+    CkptstoreWarning,
+    IntegrityError,
+    ObjectMissingError,
+    PickleNotAllowedError,
+)
 from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
@@ -24,12 +31,13 @@ from ..pipeline._devices import MapLocation, Placement
 from ..pipeline._mmap import mmap_default
 from ..pipeline._reader import blob_devices, check_manifest, read_blobs, select_tensors, verify_objects
 from ..pipeline._rng import restore_rng_state
-from ..storage._backend import Backend, open_backend
+from ..storage._backend import Backend
+from ..storage._open import open_backend
 from . import _suspect
 from ._backup import Backup, Mirror, as_backup
 from ._catalog import Catalog
 from ._copy import CopyResult, copy_between, select_checkpoints
-from ._gc import GcReport, forget, resolve_policy, run_gc, apply_after_save
+from ._gc import GcReport, apply_after_save, forget, resolve_policy, run_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
 from ._session import SaveSession, check_details
 from ._space import SpaceGuard
@@ -86,7 +94,7 @@ class Store:
         return bool(self._mirror.restore_into(self))
 
     # -- context manager ------------------------------------------------------------------
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +128,7 @@ class Store:
         """The backup mirror (``.flush()``, ``.status``), or None."""
         return self._mirror
 
-    def copy_to(self, dst: "Store | str | os.PathLike[str]", *, steps: Iterable[int] | None = None,
+    def copy_to(self, dst: Store | str | os.PathLike[str], *, steps: Iterable[int] | None = None,
                 ids: Iterable[str] | None = None, all: bool = False, latest: int | None = None,
                 checkpoints: Iterable[CheckpointInfo] | None = None, workers: int | None = None,
                 readback: bool = False, progress: bool | None = None) -> CopyResult:
@@ -280,7 +288,7 @@ class Store:
         if placement.kept_on_cpu:
             warnings.warn(
                 f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
-                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", stacklevel=3)
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", CkptstoreWarning, stacklevel=3)
         return tensors
 
     # -- maintenance ----------------------------------------------------------------------
@@ -350,7 +358,7 @@ class Store:
             apply_after_save(self, keep)
         except Exception as e:  # the checkpoint is committed; report, do not raise
             warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
-                          stacklevel=3)
+                          CkptstoreWarning, stacklevel=3)
 
 
 def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any]:

@@ -1,6 +1,7 @@
 """Turning framework objects into values a store holds without pickle, and back.
 
-Two jobs, shared by the framework adapters and by ``ckptstore import`` / ``export``:
+Two jobs, shared by ``ckptstore import`` / ``export`` and (through the public ``ckptstore.to_plain``
+/ ``ckptstore.from_plain``) the framework adapters:
 
 - :func:`safe_torch_load` reads a ``torch.save`` file with ``weights_only=True``, allowing a short,
   fixed list of harmless classes that checkpoints commonly contain (NumPy arrays and dtypes in
@@ -22,6 +23,7 @@ import importlib
 import io
 import os
 import pathlib
+import re
 import types
 from typing import Any, Callable, Iterable
 
@@ -111,9 +113,12 @@ def why_refused(source: str | os.PathLike[str] | bytes, error: BaseException) ->
     except Exception:  # noqa: BLE001 - not a zip checkpoint
         needed = []
     unsafe = [n for n in needed if not _is_safe_global(n)]
+    if not unsafe:  # an old (non-zip) torch.save file: torch names the first class in its message
+        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))[:1]
     if unsafe:
         return "it needs " + ", ".join(unsafe[:4]) + (" and more" if len(unsafe) > 4 else "")
     text = " ".join(str(error).split())
+    text = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation", 1)[0].strip()
     return text[:160] or type(error).__name__
 
 
@@ -206,9 +211,10 @@ def _rebuilders() -> dict[str, Callable[[Any], Any]]:
     }
     for name in _ATTRDICT_NAMES:
         out[name] = attrdict
-    for name in ("pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath",
-                 "pathlib.PurePosixPath", "pathlib.PureWindowsPath"):
-        out[name] = lambda v, _n=name: pathlib.Path(v) if "Pure" not in _n else pathlib.PurePath(v)
+    for name in ("pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath"):
+        out[name] = pathlib.Path
+    for name in ("pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath"):
+        out[name] = pathlib.PurePath
     return out
 
 

@@ -4,7 +4,8 @@
 - a Lightning checkpoint becomes ``DST/<name>.ckpt`` (``trainer.fit(ckpt_path=...)``,
   ``Module.load_from_checkpoint``) plus ``DST/model.safetensors``;
 - anything else becomes ``DST/checkpoint.pt`` (``torch.load(..., weights_only=True)``) plus
-  ``DST/model.safetensors`` when a model state dict can be found in it.
+  ``DST/model.safetensors`` when a model state dict can be found in it. A checkpoint imported
+  from a ``torch.save`` file is written back with that file's own key names (``meta.source_keys``).
 
 Model weights are always also written as ``.safetensors``. ``DST/checkpoint_info.json`` records
 where the files came from (except in Trainer folders, which hold only the Trainer's own files).
@@ -20,10 +21,11 @@ from typing import Any, Mapping
 
 import torch
 
-import ckptstore
-
+from ..format._info import CheckpointInfo
+from ..store._store import Store
 from . import _hf_folder
 from ._convert import from_plain
+from ._torchfile import exported_file
 
 _WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "model_state", "weights", "net")
 
@@ -43,14 +45,14 @@ def find_weights(state: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _info_json(info: ckptstore.CheckpointInfo, files: list[str]) -> bytes:
+def _info_json(info: CheckpointInfo, files: list[str]) -> bytes:
     doc = {"store": info.uri, "id": info.id, "step": info.step, "epoch": info.epoch,
            "created_at": info.created_at.isoformat(), "metrics": dict(info.metrics), "files": files,
            "meta": {k: v for k, v in info.meta.items() if k != "plain_fixes"}}
     return (json.dumps(doc, indent=2, default=str) + "\n").encode()
 
 
-def _write(state: Any, info: ckptstore.CheckpointInfo, tmp: str, allow_pickle: bool) -> list[str]:
+def _write(state: Any, info: CheckpointInfo, tmp: str, allow_pickle: bool) -> list[str]:
     framework = info.meta.get("framework")
     if _hf_folder.is_hf_state(state):
         return _hf_folder.write_folder(state, tmp, allow_pickle=allow_pickle, weights_as_safetensors=True)
@@ -62,10 +64,10 @@ def _write(state: Any, info: ckptstore.CheckpointInfo, tmp: str, allow_pickle: b
         files.append(name)
         weights = find_weights(ckpt.get("state_dict") if isinstance(ckpt, dict) else None)
     else:
-        obj = from_plain(state, info.meta.get("plain_fixes") or [])
+        weights = find_weights(state)
+        obj = exported_file(state, info)
         torch.save(obj, os.path.join(tmp, "checkpoint.pt"))
         files.append("checkpoint.pt")
-        weights = find_weights(obj)
     if weights:
         _hf_folder.write_safetensors(weights, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
         files.append("model.safetensors")
@@ -74,10 +76,10 @@ def _write(state: Any, info: ckptstore.CheckpointInfo, tmp: str, allow_pickle: b
     return files + ["checkpoint_info.json"]
 
 
-def export_checkpoint(uri: ckptstore.Store | str | os.PathLike[str], dst: str | os.PathLike[str], *,
+def export_checkpoint(uri: Store | str | os.PathLike[str], dst: str | os.PathLike[str], *,
                       step: int | None = None, id: str | None = None, allow_pickle: bool = False,
                       overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
-                      ) -> tuple[ckptstore.CheckpointInfo, list[str]]:
+                      ) -> tuple[CheckpointInfo, list[str]]:
     """Write one checkpoint (the newest unless ``step``/``id``) to the folder ``dst``.
 
     Returns the checkpoint's record and the files written (relative to ``dst``). ``dst`` must
@@ -89,13 +91,12 @@ def export_checkpoint(uri: ckptstore.Store | str | os.PathLike[str], dst: str | 
         raise FileExistsError(f"{out} is a file; export writes a folder")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
-    own = not isinstance(uri, ckptstore.Store)
-    store = ckptstore.Store(uri, storage_options=storage_options) if own else uri  # type: ignore[arg-type]
+    store = uri if isinstance(uri, Store) else Store(uri, storage_options=storage_options)
     try:
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location="cpu", allow_pickle=allow_pickle)
     finally:
-        if own:
+        if store is not uri:
             store.close()
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)

@@ -12,6 +12,8 @@ each entry is one of
   kept byte for byte only with ``allow_pickle=True``; written back only with ``allow_pickle=True``
 
 Nothing here imports transformers: reading and writing folders needs only torch and safetensors.
+The public ``ckptstore.read_hf_folder`` / ``ckptstore.write_hf_folder`` (used by the transformers
+adapter) are :func:`read_hf_folder` and :func:`write_hf_folder`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import math
 import os
 import re
 import shutil
-import warnings
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
 
+from .._errors import UnsupportedFormatError
 from ._convert import safe_torch_load, why_refused
+from ._warn import warn
 
 FORMAT = "hf-checkpoint-folder/1"
 JSON_INLINE_MAX = 1 << 20  # larger JSON files (big tokenizer.json) are kept as bytes, deduplicated
@@ -94,35 +97,30 @@ def read_entry(path: str, rel: str, *, allow_pickle: bool = False) -> tuple[dict
 
 
 def read_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False,
-                replace: Mapping[str, dict[str, Any] | None] | None = None) -> tuple[dict[str, Any], list[str]]:
+                leave_out: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """The state of a checkpoint folder and the reasons for files left out.
 
-    ``replace`` maps relative paths to entries used instead of reading the file (None: leave
-    the file out silently), e.g. ``training_args.bin`` when the caller has the arguments as JSON.
+    ``leave_out`` names relative paths left out silently, e.g. ``training_args.bin`` when the
+    caller records the arguments as JSON.
     """
     root = os.fspath(folder)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} is not a folder")
     files: dict[str, Any] = {}
     skipped: list[str] = []
-    replace = dict(replace or {})
+    silent = set(leave_out)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for fn in sorted(filenames):
             full = os.path.join(dirpath, fn)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if fn.startswith(".") or os.path.islink(full):
-                continue
-            if rel in replace:
+            if fn.startswith(".") or os.path.islink(full) or rel in silent:
                 continue
             entry, reason = read_entry(full, rel, allow_pickle=allow_pickle)
             if entry is None:
                 skipped.append(reason or rel)
             else:
                 files[rel] = entry
-    for rel, entry in replace.items():
-        if entry is not None:
-            files[rel] = entry
     return {"format": FORMAT, "files": files}, skipped
 
 
@@ -213,8 +211,8 @@ def write_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allo
                 f.write(_as_bytes(e["data"]))
         elif kind == "pickle":
             if not allow_pickle:
-                warnings.warn(f"{rel} was stored as a raw pickle; it is written only with allow_pickle=True "
-                              "(the framework would unpickle it)", stacklevel=3)
+                warn(f"{rel} was stored as a raw pickle; it is written only with allow_pickle=True "
+                     "(the framework would unpickle it)")
                 continue
             with open(path, "wb") as f:
                 f.write(_as_bytes(e["data"]))
@@ -272,3 +270,55 @@ def replace_dir(tmp: str, final: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+class HfFolder(NamedTuple):
+    """What :func:`read_hf_folder` read: the state to store, the reasons for files left out, and the
+    progress recorded in ``trainer_state.json`` (step falls back to N of a ``checkpoint-N`` name)."""
+
+    state: dict[str, Any]
+    skipped: list[str]
+    step: int | None
+    epoch: int | None
+    epoch_float: float | None
+    metrics: dict[str, float]
+
+
+def read_hf_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False,
+                   leave_out: Iterable[str] = ()) -> HfFolder:
+    """Read a Hugging Face ``checkpoint-N`` (or ``save_pretrained``) folder into a state a store
+    holds without pickle (docs/format.md §20), with its step, epoch and the metrics logged at that step.
+
+    A pickle that holds more than tensors and plain data (``training_args.bin``) is left out, with
+    the reason in ``skipped``, unless ``allow_pickle=True`` (then it is kept byte for byte, never
+    unpickled). ``leave_out`` names relative paths to leave out silently.
+    """
+    state, skipped = read_folder(folder, allow_pickle=allow_pickle, leave_out=leave_out)
+    prog = progress_of(state, os.path.basename(os.path.normpath(os.fspath(folder))))
+    return HfFolder(state, skipped, prog["step"], prog["epoch"], prog["epoch_float"], prog["metrics"])
+
+
+def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allow_pickle: bool = False
+                    ) -> list[str]:
+    """Write a state read by :func:`read_hf_folder` (and loaded back from a store) as the folder
+    ``dest``, complete or not at all: it is written under a temporary name next to ``dest`` and
+    renamed into place, replacing an older ``dest``. ``pytorch_model*.bin`` weights are written
+    as ``model*.safetensors``. Stored pickles are written only with ``allow_pickle=True``.
+    Returns the paths written, relative to ``dest``."""
+    if not is_hf_state(state):
+        raise UnsupportedFormatError(
+            "this checkpoint is not a Hugging Face checkpoint folder (it was not written by the transformers "
+            "adapter or by `ckptstore import` of a Trainer folder); load it with ckptstore.load instead")
+    final = os.path.abspath(os.fspath(dest))
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        written = write_folder(state, tmp, allow_pickle=allow_pickle)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written

@@ -1,0 +1,48 @@
+"""``open_backend``: the backend for a store URI."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .._errors import BackendUnavailableError
+from ._backend import Backend
+from ._local import LocalBackend
+
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
+                 retries: int | None = None) -> Backend:
+    """The backend for a URI: a local path or ``file://`` gives ``LocalBackend``, anything else
+    an ``FsspecBackend`` (``memory://``, ``s3://``, ``gs://``, ...). ``retries`` bounds how often
+    one storage request is retried on a transient error (S3 and GCS; default 3)."""
+    if isinstance(uri, os.PathLike):
+        uri = os.fspath(uri)
+    if not isinstance(uri, str) or not uri:
+        raise TypeError(f"a store URI must be a non-empty string or path, not {uri!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+    options = dict(storage_options or {})
+    proto = uri.split("://", 1)[0] if "://" in uri and "::" not in uri else None
+    try:
+        if proto in _EXTRAS:
+            from ._fsspec import open_object_store
+
+            return open_object_store(uri, proto, options, retries=retries)
+        fs, path = fsspec.core.url_to_fs(uri, **options)
+    except ImportError as e:
+        proto = proto or uri.split("://", 1)[0]
+        extra = _EXTRAS.get(proto)
+        hint = f'pip install "ckptstore[{extra}]"' if extra else "install the fsspec package for it"
+        raise BackendUnavailableError(f"cannot open {uri!r}: {e}. To use {proto}://, {hint}.") from None
+    except ValueError as e:
+        raise ValueError(f"cannot open store URI {uri!r}: {e}") from None
+    if isinstance(fs, LocalFileSystem):
+        return LocalBackend(path, uri=uri)
+    from ._fsspec import FsspecBackend
+
+    return FsspecBackend(fs, path, uri, retries=retries)
