@@ -121,6 +121,13 @@ def test_one_process_load_gives_full_tensors(jobs: dict[str, Any]) -> None:
     assert any(len(st.chunks) == 4 for st in four.sharded)  # sharded over 4 ranks, uneven (30 rows)
 
 
+def test_export_writes_full_tensors(jobs: dict[str, Any], tmp_path: Any) -> None:
+    dst = str(tmp_path / "out")
+    assert main(["export", jobs["uri"], dst, "--step", "5"]) == 0
+    exported = torch.load(os.path.join(dst, "checkpoint.pt"), weights_only=True)
+    check_full(exported)
+
+
 def test_every_rank_raises_and_nothing_commits_when_one_fails(jobs: dict[str, Any]) -> None:
     fail = [rec["results"][2] for rec in jobs["two"]]
     assert all(f["raised"] == "CheckpointException" for f in fail), fail
