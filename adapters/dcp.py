@@ -35,7 +35,7 @@ from ._dcp_values import CkptstoreLoadPlanner, CkptstoreSavePlanner, deliver_val
 log = logging.getLogger("ckptstore")
 
 #: chunk bytes a rank reads at once while loading (bounds its memory beyond the target state)
-READ_BATCH_BYTES = 256 << 20
+READ_BATCH_BYTES = 64 << 20
 
 
 def _done(value: Any) -> Future:
@@ -283,7 +283,7 @@ class CkptstoreReader(StorageReader):
 
     def _read_batch(self, store: Store, info: CheckpointInfo, batch: list[int], by_tensor: dict[int, list[Any]],
                     planner: LoadPlanner) -> None:
-        loaded = store.load_tensors(batch, id=info.id, verify=self.verify, mmap=False)
+        loaded = store.load_tensors(batch, id=info.id, verify=self.verify)
         for idx, src in zip(batch, loaded):
             for item in by_tensor[idx]:
                 piece = src
