@@ -49,15 +49,17 @@ class CkptstoreWriter(StorageWriter):
 
     ``step``, ``epoch``, ``metrics``, ``tags``, ``config``, ``meta`` label the checkpoint (as in
     ``Store.save``); ``keep`` is applied once, by the coordinator, after the commit. ``rng``
-    (default False) records the coordinator's RNG states only. The writer pickles cheaply (no
-    open handles), so ``dcp.async_save`` works in thread and process mode."""
+    (default False) records the coordinator's RNG states only. ``uri`` may be an open ``Store``
+    (its settings are used; it is not closed). The writer pickles cheaply (no open handles), so
+    ``dcp.async_save`` works in thread and process mode (there a ``Store`` travels as its URI)."""
 
-    def __init__(self, uri: str | os.PathLike[str], *, step: int | None = None, epoch: int | None = None,
+    def __init__(self, uri: str | os.PathLike[str] | Store, *, step: int | None = None, epoch: int | None = None,
                  metrics: Mapping[str, Any] | None = None, tags: Iterable[str] = (), config: Any = None,
                  meta: Mapping[str, Any] | None = None, keep: Any = None, compression: str | bool | None = None,
-                 rng: bool = False, storage_options: Mapping[str, Any] | None = None) -> None:
+                 rng: Any = False, storage_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.uri = os.fspath(uri)
+        self._given: Store | None = uri if isinstance(uri, Store) else None
+        self.uri = uri.uri if isinstance(uri, Store) else os.fspath(uri)
         self.step, self.epoch, self.config, self.keep, self.rng = step, epoch, config, keep, rng
         self.metrics = dict(metrics or {})
         self.tags = [tags] if isinstance(tags, str) else list(tags)
@@ -76,6 +78,7 @@ class CkptstoreWriter(StorageWriter):
         state = dict(self.__dict__)
         state["_store"] = None
         state["_session"] = None
+        state["_given"] = None
         return state
 
     def __del__(self) -> None:
@@ -95,6 +98,8 @@ class CkptstoreWriter(StorageWriter):
             store.close()
 
     def _open_store(self) -> Store:
+        if self._given is not None:
+            return self._given
         if self._store is None:
             self._store = Store(self.uri, compression=self.compression, storage_options=self.storage_options)
         return self._store
@@ -103,7 +108,7 @@ class CkptstoreWriter(StorageWriter):
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         self.close()
         if checkpoint_id is not None:
-            self.uri = os.fspath(checkpoint_id)
+            self.uri, self._given = os.fspath(checkpoint_id), None
         self.info = None
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -186,8 +191,8 @@ class CkptstoreWriter(StorageWriter):
         store = self._open_store()
         try:
             policy = store.get_retention() if self.keep is None else self.keep
-            if policy is not None:
-                store.gc(policy, wait=0.0)
+            if policy is not None and store.plan_retention(policy).remove:
+                store.gc(policy, wait=0.0)  # does not wait for other writers: their data goes at a later gc
         except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, do not fail
             warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}", stacklevel=3)
 
@@ -203,10 +208,11 @@ class CkptstoreReader(StorageReader):
     their hashes (``verify=False`` skips that). All ranks must resolve the same checkpoint, or
     the load fails on every rank."""
 
-    def __init__(self, uri: str | os.PathLike[str], *, step: int | None = None, id: str | None = None,
+    def __init__(self, uri: str | os.PathLike[str] | Store, *, step: int | None = None, id: str | None = None,
                  verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.uri = os.fspath(uri)
+        self._given: Store | None = uri if isinstance(uri, Store) else None
+        self.uri = uri.uri if isinstance(uri, Store) else os.fspath(uri)
         self.step, self.id, self.verify = step, id, verify
         self.storage_options = dict(storage_options or {})
         self.info: CheckpointInfo | None = None
@@ -216,16 +222,19 @@ class CkptstoreReader(StorageReader):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_store"] = None
+        state["_given"] = None
         return state
 
     def _open_store(self) -> Store:
+        if self._given is not None:
+            return self._given
         if self._store is None:
             self._store = Store(self.uri, storage_options=self.storage_options)
         return self._store
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
-            self.uri = os.fspath(checkpoint_id)
+            self.uri, self._given = os.fspath(checkpoint_id), None
             self._store = None
         self.info = None
         self._layout = None
@@ -303,7 +312,7 @@ class CkptstoreReader(StorageReader):
 
 
 # -- one line on every rank ------------------------------------------------------------------------
-def save_distributed(state: dict[str, Any], uri: str | os.PathLike[str], *, step: int | None = None,
+def save_distributed(state: dict[str, Any], uri: str | os.PathLike[str] | Store, *, step: int | None = None,
                      process_group: Any = None, planner: SavePlanner | None = None, **writer_options: Any
                      ) -> CheckpointInfo:
     """``dcp.save`` of ``state`` into the store at ``uri`` with the pickle-free planner; call it on
@@ -326,7 +335,7 @@ def save_distributed(state: dict[str, Any], uri: str | os.PathLike[str], *, step
     return info
 
 
-def load_distributed(state: dict[str, Any], uri: str | os.PathLike[str], *, step: int | None = None,
+def load_distributed(state: dict[str, Any], uri: str | os.PathLike[str] | Store, *, step: int | None = None,
                      id: str | None = None, process_group: Any = None, planner: LoadPlanner | None = None,
                      verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> CheckpointInfo:
     """``dcp.load`` into ``state`` (in place) from the store at ``uri``, pickle-free; every rank.

@@ -101,8 +101,10 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
     if isinstance(a, dict):
-        return isinstance(b, dict) and set(map(str, a)) == set(map(str, b)) and all(
-            same(v, b[k] if k in b else b[str(k)]) for k, v in a.items())
+        if not isinstance(b, dict):
+            return False
+        sa, sb = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}  # DCP keys are strings
+        return set(sa) == set(sb) and all(same(v, sb[k]) for k, v in sa.items())
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float) and a != a:
@@ -252,7 +254,40 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
     return {"raised": raised, "broken": True}  # the group lost a member: the worker stops here
 
 
-OPS = {"fsdp_save": op_fsdp_save, "fsdp_load": op_fsdp_load, "ddp": op_ddp, "fail": op_fail, "kill": op_kill,
+def op_loop(ctx: dict[str, Any], steps: int, every: int, kill_rank: int | None = None,
+            kill_at: int | None = None) -> dict[str, Any]:
+    """The raw-loop Checkpointer under a process group (as under torchrun), DDP model: every rank
+    calls step(); ``kill_rank`` sends itself SIGTERM after loop index ``kill_at``."""
+    import ckptstore
+    from ckptstore.adapters.loop import Checkpointer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(make_model())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    extra = {"seen": 0}
+    ckpt = Checkpointer(ctx["uri"], every_steps=every, keep_last=2)
+    start = ckpt.resume(model=model, optimizer=opt, extra=extra)
+    out: dict[str, Any] = {"start": start, "seen": extra["seen"], "skipped": [d.step for d in
+                                                                            (ckpt.resumed.skipped if ckpt.resumed else ())]}
+    if start:  # what was restored is exactly checkpoint `start`, on every rank
+        saved = ckptstore.load(ctx["uri"], step=start)
+        out["model_ok"] = same(saved["model"], model.state_dict())
+        out["optim_ok"] = same(saved["optimizer"]["state"], opt.state_dict()["state"])
+    try:
+        for i in range(start, steps):
+            opt_step(model, opt, 0.1 * (i + 1))
+            extra["seen"] = i + 1
+            if ctx["rank"] == kill_rank and i == kill_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            ckpt.step(i, metrics={"loss": float(i)})
+        ckpt.close()
+    except SystemExit as e:
+        out["exit"] = e.code
+        out["exit_step"] = ckpt.last_saved.step if ckpt.last_saved else None
+    return out
+
+
+OPS = {"loop": op_loop, "fsdp_save": op_fsdp_save, "fsdp_load": op_fsdp_load, "ddp": op_ddp, "fail": op_fail, "kill": op_kill,
        "async_process": op_async_process}
 
 

@@ -335,3 +335,30 @@ def test_async_save_in_process_mode(tmp_path: Any) -> None:
     recs = run_job(2, [["async_process", {"step": 6}]], str(tmp_path / "j"), uri=uri, timeout=240)
     assert all(r["status"] == "ok" for r in recs), [r["status"] for r in recs]
     _survived(uri, [6])
+
+
+@pytest.mark.slow
+def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
+    """Every rank calls step(): one commit per save, retention once, SIGTERM on one rank makes
+    both save the same step and exit, resume agrees on one step past a damaged newest one."""
+    uri = str(tmp_path / "store")
+    first = run_job(2, [["loop", {"steps": 9, "every": 2, "kill_rank": 1, "kill_at": 4}]], str(tmp_path / "a"),
+                    uri=uri)
+    for rec in first:
+        assert rec["status"] == "ok", rec["status"]
+        assert rec["results"][0]["exit"] == 143 and rec["results"][0]["exit_step"] == 5, rec
+    assert [i.step for i in ckptstore.list_checkpoints(uri)] == [4, 5]  # 2 removed by keep_last=2, once
+    store = Store(uri)
+    m4, m5 = store.manifest(4), store.manifest(5)
+    assert m5.distributed is not None and m5.distributed.world_size == 2 and "signal:SIGTERM" in m5.meta["trigger"]
+    victim = next(k for k in m5.objects if k not in m4.objects)
+    os.remove(os.path.join(uri, "objects", victim[:2], victim))  # the newest checkpoint is damaged
+    second = run_job(2, [["loop", {"steps": 8, "every": 2}]], str(tmp_path / "b"), uri=uri)
+    for rec in second:
+        assert rec["status"] == "ok", rec["status"]
+        r = rec["results"][0]
+        assert (r["start"], r["skipped"], r["seen"]) == (4, [5], 4), r
+        assert r["model_ok"] and r["optim_ok"], r
+    assert [i.step for i in ckptstore.list_checkpoints(uri)] == [6, 8]
+    for step in (6, 8):
+        store.verify(step)
