@@ -14,13 +14,16 @@ import enum
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
+
+import ckptstore
 
 __all__ = ["ConfigDrift", "ConfigDriftWarning", "config_drift", "plain_config"]
 
 
-class ConfigDriftWarning(UserWarning):
+class ConfigDriftWarning(ckptstore.CkptstoreWarning):
     """The current config differs from the one recorded in the resumed checkpoint."""
 
 

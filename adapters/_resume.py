@@ -11,8 +11,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import ckptstore
 from ckptstore import CheckpointInfo, CheckpointNotFoundError, IntegrityError, Store, StoreNotFoundError
@@ -24,11 +25,17 @@ log = logging.getLogger("ckptstore.loop")
 # docs/format.md, "Layout": manifests/<step as 20 digits>-<64 hex>.json
 _MANIFEST_KEY = re.compile(r"^manifests/([0-9]{20})-([0-9a-f]{64})\.json$")
 
-__all__ = ["DamagedCheckpoint", "ResumeFallbackWarning", "Resumable", "find_resumable", "load_into",
-           "restore_into"]
+__all__ = [
+    "DamagedCheckpoint",
+    "Resumable",
+    "ResumeFallbackWarning",
+    "find_resumable",
+    "load_into",
+    "restore_into",
+]
 
 
-class ResumeFallbackWarning(UserWarning):
+class ResumeFallbackWarning(ckptstore.CkptstoreWarning):
     """The newest checkpoint did not verify; an older one was used."""
 
 

@@ -14,8 +14,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterable
 from types import FrameType
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger("ckptstore.loop")
 

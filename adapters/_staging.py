@@ -98,7 +98,7 @@ class _Copy:
 class Snapshot:
     """A staged copy of a state. Read :attr:`tree` only after :meth:`wait`."""
 
-    def __init__(self, tree: Any, nbytes: int, owner: "StagingBuffers") -> None:
+    def __init__(self, tree: Any, nbytes: int, owner: StagingBuffers) -> None:
         self.tree = tree
         self.nbytes = nbytes
         self._owner = owner
@@ -315,7 +315,7 @@ class StagingBuffers:
 
 
 class _Slot:
-    __slots__ = ("src", "dst")
+    __slots__ = ("dst", "src")
 
     def __init__(self, src: torch.Tensor) -> None:
         self.src = src

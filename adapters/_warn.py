@@ -11,7 +11,7 @@ import ckptstore
 _DIRS = tuple(os.path.dirname(os.path.abspath(p)) + os.sep for p in (__file__, ckptstore.__file__))
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
+def warn(message: str, category: type[Warning] = ckptstore.CkptstoreWarning) -> None:
     """``warnings.warn`` with the stack level of the first caller outside ckptstore."""
     level = 2  # 1 is this function, 2 its caller
     frame = sys._getframe(1)

@@ -24,8 +24,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -51,7 +52,7 @@ class _ResolvedFS(AbstractFileSystem):
     a store resolved for ``ckpt_path="last"`` (it checks ``exists`` and ``modified``)."""
 
     protocol = PROTOCOL
-    known: dict[str, datetime] = {}
+    known: ClassVar[dict[str, datetime]] = {}
 
     def _id(self, path: str) -> str:
         return self._strip_protocol(str(path)).split("/", 1)[0]
@@ -108,7 +109,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
             kw: dict[str, Any] = {"compression": compression, "storage_options": dict(storage_options or {})}
             if retention is not None:
                 kw["retention"] = retention
-            self._store = ckptstore.Store(uri, **kw)  # type: ignore[arg-type]
+            self._store = ckptstore.Store(uri, **kw)
         self.allow_pickle = allow_pickle
         self._verified: dict[str, Any] = {}
         self._loaded_once = False
@@ -175,7 +176,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
                 warnings.warn(
                     f"{self.store.uri} already holds checkpoints up to step {latest.step}, but this run did not "
                     "resume from it. To continue, use CkptstoreModelCheckpoint and fit(ckpt_path='last').",
-                    stacklevel=2)
+                    ckptstore.CkptstoreWarning, stacklevel=2)
         plain, fixes = ckptstore.interop.to_plain(checkpoint)
         step = checkpoint.get("global_step")
         epoch = checkpoint.get("epoch")

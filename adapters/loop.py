@@ -21,8 +21,9 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable
 
 import torch
 
@@ -32,14 +33,23 @@ from ckptstore import CheckpointInfo, Store, import_torch_file
 from . import _loop_dist
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
 from ._options import keep_best_option, metric_values, positive
-from ._resume import DamagedCheckpoint, ResumeFallbackWarning, Resumable, find_resumable, restore_into
+from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, find_resumable, restore_into
 from ._saver import Saver, build_retention
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, say
 from ._staging import storage_key
 from ._warn import warn
 
-__all__ = ["Checkpointer", "ConfigDrift", "ConfigDriftWarning", "DamagedCheckpoint", "ResumeFallbackWarning",
-           "ResumeInfo", "Resumable", "find_resumable", "import_torch_file"]
+__all__ = [
+    "Checkpointer",
+    "ConfigDrift",
+    "ConfigDriftWarning",
+    "DamagedCheckpoint",
+    "Resumable",
+    "ResumeFallbackWarning",
+    "ResumeInfo",
+    "find_resumable",
+    "import_torch_file",
+]
 
 log = logging.getLogger("ckptstore.loop")
 _RESERVED = frozenset({"extra"})
@@ -187,7 +197,7 @@ class Checkpointer:
     def __repr__(self) -> str:
         return f"Checkpointer({self.uri!r}, every_steps={self.every_steps}, async_save={self.async_save})"
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -23,7 +23,8 @@ import os
 import re
 import shutil
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -187,7 +188,7 @@ class CkptstoreCallback(TrainerCallback):
             self._store = None  # reopen with the retention that follows from args
         if args.save_strategy in ("no", None) or str(args.save_strategy).endswith("NO"):
             warnings.warn("CkptstoreCallback: save_strategy is 'no', so the Trainer writes no checkpoints "
-                          "to store", stacklevel=2)
+                          "to store", ckptstore.CkptstoreWarning, stacklevel=2)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not os.path.isdir(args.output_dir):
@@ -203,7 +204,7 @@ class CkptstoreCallback(TrainerCallback):
             else:
                 warnings.warn(f"{path} was never committed to {self.store.uri} (a run was probably stopped while "
                               "writing it) and is not used. Delete it, or if it is complete and you want it, "
-                              f"`ckptstore import {path} {self.store.uri}`", stacklevel=2)
+                              f"`ckptstore import {path} {self.store.uri}`", ckptstore.CkptstoreWarning, stacklevel=2)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -211,7 +212,7 @@ class CkptstoreCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if not os.path.isdir(folder):
             warnings.warn(f"CkptstoreCallback: expected the Trainer's checkpoint at {folder}; nothing stored "
-                          "(hyperparameter-search runs are not supported)", stacklevel=2)
+                          "(hyperparameter-search runs are not supported)", ckptstore.CkptstoreWarning, stacklevel=2)
             return
         self.last_saved = self._commit(folder, args, state)
         shutil.rmtree(folder, ignore_errors=True)
@@ -224,7 +225,7 @@ class CkptstoreCallback(TrainerCallback):
         leave_out = () if self.allow_pickle else ("training_args.bin",)  # the config holds the arguments
         read = ckptstore.interop.read_hf_folder(folder, allow_pickle=self.allow_pickle, leave_out=leave_out)
         for reason in read.skipped:
-            warnings.warn(reason, stacklevel=3)
+            warnings.warn(reason, ckptstore.CkptstoreWarning, stacklevel=3)
         meta: dict[str, Any] = {"framework": "transformers", "folder": os.path.basename(folder),
                                 "epoch_float": read.epoch_float, "skipped": read.skipped}
         total = getattr(state, "max_steps", None)
@@ -245,7 +246,7 @@ class CkptstoreCallback(TrainerCallback):
         best = self._best_checkpoint(args, state)
         if best is None:
             warnings.warn(f"no best checkpoint by {args.metric_for_best_model} in {self.store.uri}; keeping the "
-                          "final weights", stacklevel=2)
+                          "final weights", ckptstore.CkptstoreWarning, stacklevel=2)
             return
         _load_weights(model, self.store.load(id=best.id, map_location="cpu"))
         log.info("ckptstore: loaded the best model (step %d) from the store", best.step)
@@ -282,10 +283,10 @@ def _load_weights(model: Any, tree: Mapping[str, Any]) -> None:
         elif name.startswith(("model", "pytorch_model")) and isinstance(tensors, dict):
             full.update(tensors)
     if adapter:
-        from peft import set_peft_model_state_dict  # type: ignore[import-not-found]
+        from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, adapter)
     elif full:
         model.load_state_dict(full, strict=False)
     else:
-        warnings.warn("the best checkpoint holds no model weights; keeping the final weights", stacklevel=3)
+        warnings.warn("the best checkpoint holds no model weights; keeping the final weights", ckptstore.CkptstoreWarning, stacklevel=3)

@@ -22,8 +22,10 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ckptstore.testing import Target  # a fresh bucket (or folder) to put a store in
 
 ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -139,17 +141,6 @@ def start_fake_gcs(external_url: str | None = None) -> Server:
     argv = [fake_gcs_binary(), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "memory",
             "-external-url", external_url or url, "-log-level", "warn"]
     return _wait(_spawn("fake-gcs", argv, port), "/storage/v1/b")
-
-
-@dataclass
-class Target:
-    """A fresh bucket (or folder) to put a store in: ``uri`` plus ``storage_options``."""
-
-    uri: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def sub(self, name: str) -> "Target":
-        return Target(self.uri.rstrip("/") + "/" + name, dict(self.options))
 
 
 def bucket_name() -> str:

@@ -340,7 +340,7 @@ def test_save_that_fails_while_starting_leaves_no_lease(tmp_path, base, monkeypa
     def failing_keys():
         raise OSError("listing failed")
 
-    monkeypatch.setattr(store.catalog, "keys", failing_keys)
+    monkeypatch.setattr(store.catalog, "manifest_keys", failing_keys)
     with pytest.raises(OSError, match="listing failed"):
         store.save(state(1, base), step=1)
     assert read_locks(store.backend) == []

@@ -17,7 +17,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
     shared = storage_options(args.storage_option)
     result = copy_checkpoints(
         args.src, args.dst, steps=args.step, ids=args.id, all=args.all, latest=args.latest,
-        src_options={**shared, **storage_options(args.src_option)}, dst_options={**shared, **storage_options(args.dst_option)},
+        src_options={**shared, **storage_options(args.src_option)},
+        dst_options={**shared, **storage_options(args.dst_option)},
         retries=args.retries, workers=args.workers, readback=args.readback,
         progress=False if args.quiet else (True if sys.stderr.isatty() else None))
     if args.json:

@@ -74,7 +74,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     grace = None if args.grace is None else args.grace.total_seconds()
     with open_store(args) as store:
-        store.config  # raises StoreNotFoundError before anything else
+        store.catalog.config()  # StoreNotFoundError before anything else
         source = "command line"
         if policy is None:
             policy = store.get_retention()

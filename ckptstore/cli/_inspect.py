@@ -262,12 +262,12 @@ def cmd_du(args: argparse.Namespace) -> int:
             for k, oi in m.objects.items():
                 users[k] = users.get(k, 0) + 1
                 size[k] = oi.size
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i in infos:
-            m = manifests.get(i.key)
-            if m is None:
+            mi = manifests.get(i.key)
+            if mi is None:
                 continue
-            unique = sum(oi.size for k, oi in m.objects.items() if users.get(k) == 1)
+            unique = sum(oi.size for k, oi in mi.objects.items() if users.get(k) == 1)
             rows.append({"step": i.step, "id": i.id, "created_at": i.created_at.isoformat(), "logical": i.size,
                          "stored": i.stored_bytes, "unique": unique, "new": i.new_bytes})
         garbage = garbage_bytes = 0

@@ -18,7 +18,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             infos = import_checkpoint(args.src, args.dst, step=args.step, epoch=args.epoch, tags=args.tag or (),
-                                      allow_pickle=args.allow_pickle, storage_options=storage_options(args.storage_option))
+                                      allow_pickle=args.allow_pickle,
+                                      storage_options=storage_options(args.storage_option))
     except (OSError, ValueError) as e:  # a wrong path, a file that is not a checkpoint
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1

@@ -63,7 +63,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         catalog = store.catalog
         catalog.config()
         selected: list[tuple[int, str, str]] = []
-        for step, digest, key in catalog.keys():
+        for step, digest, key in catalog.manifest_keys():
             if args.step is not None and step != args.step:
                 continue
             selected.append((step, digest, key))
@@ -95,14 +95,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 return k, r
 
             with ThreadPoolExecutor(max_workers=store.workers) as pool:
-                for k, r in pool.map(one, list(owner)):
-                    if r is not None:
-                        bad[k] = r
+                for k, why in pool.map(one, list(owner)):
+                    if why is not None:
+                        bad[k] = why
         for step, digest, key in selected:
             if key not in manifests:
                 continue
-            m = manifests[key]
-            errs = [f"object {k} {bad[k]}" for k in m.objects if k in bad]
+            errs = [f"object {k} {bad[k]}" for k in manifests[key].objects if k in bad]
             results.append({"step": step, "id": digest, "ok": not errs, "problems": errs})
     results.sort(key=lambda r: (r["step"], r["id"]))
     for r in results:

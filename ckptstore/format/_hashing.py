@@ -7,12 +7,10 @@ same either way).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import blake3 as _blake3
 from typing_extensions import Buffer
-
-ALGORITHM = "blake3"
 
 _THREADED_MIN = 8 << 20
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from ._manifest import Manifest, RngState
 
@@ -39,7 +40,7 @@ class CheckpointInfo:
         return self.id[:12]
 
     @classmethod
-    def from_manifest(cls, m: Manifest, *, id: str, key: str, uri: str, config: Any) -> "CheckpointInfo":
+    def from_manifest(cls, m: Manifest, *, id: str, key: str, uri: str, config: Any) -> CheckpointInfo:
         return cls(
             id=id, step=m.step, epoch=m.epoch, created_at=m.created_at, metrics=dict(m.metrics),
             tags=tuple(m.tags), size=m.stats.logical_bytes, stored_bytes=m.stats.stored_bytes,

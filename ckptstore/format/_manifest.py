@@ -36,7 +36,7 @@ class _Model(BaseModel):
 class StoreConfig(_Model):
     """``ckptstore.json`` at the store root."""
 
-    format: Literal["ckptstore"] = FORMAT_NAME
+    format: Literal["ckptstore"] = "ckptstore"
     version: int = FORMAT_VERSION
     hash: Literal["blake3"] = "blake3"
     created_at: datetime
@@ -216,7 +216,7 @@ def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tup
         raise IntegrityError(f"{what} is nested too deeply") from None
 
 
-_PARSED: "OrderedDict[str, Manifest]" = OrderedDict()
+_PARSED: OrderedDict[str, Manifest] = OrderedDict()
 _PARSED_MAX = 32
 _parsed_lock = threading.Lock()
 

@@ -176,10 +176,7 @@ def contiguous_strides(shape: list[int]) -> list[int]:
 
 def check_entry(e: Any, blob_nbytes: int, where: str) -> None:
     """Refuse entries whose view does not fit in its blob (before anything is allocated)."""
-    if e.kind == "numpy":
-        itemsize = numpy_dtype_from_name(e.dtype).itemsize
-    else:
-        itemsize = dtype_from_name(e.dtype).itemsize
+    itemsize = numpy_dtype_from_name(e.dtype).itemsize if e.kind == "numpy" else dtype_from_name(e.dtype).itemsize
     if len(e.shape) > 64:
         raise IntegrityError(f"{where}: {len(e.shape)} dimensions")
     stride = e.stride if e.stride is not None else contiguous_strides(e.shape)

@@ -280,10 +280,10 @@ class Decoder:
             except RuntimeError:
                 raise IntegrityError(f"{where}: bad device {a!r}") from None
         if tag == "$size":
-            vals = _as_list(a, where)
-            if not all(type(x) is int for x in vals):
+            dims = _as_list(a, where)
+            if not all(type(x) is int for x in dims):
                 raise IntegrityError(f"{where}: $size needs ints")
-            return torch.Size(vals)
+            return torch.Size(dims)
         if tag == "$np":
             dt, data = _as_list(a, where, 2)
             ndt = numpy_dtype_from_name(str(dt))

@@ -25,7 +25,8 @@ import os
 import pathlib
 import re
 import types
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -83,10 +84,10 @@ def safe_torch_load(source: str | os.PathLike[str] | bytes, *, allow_pickle: boo
         return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
 
     if allow_pickle:
-        return torch.load(opened(), map_location="cpu", weights_only=False)  # noqa: S614 - explicit opt-in
+        return torch.load(opened(), map_location="cpu", weights_only=False)
     try:
         return torch.load(opened(), map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001 - UnpicklingError, or RuntimeError on old torch
+    except Exception as first:
         try:
             needed = torch.serialization.get_unsafe_globals_in_checkpoint(opened())
         except Exception:  # noqa: BLE001 - not a zip checkpoint: report the original error
@@ -133,7 +134,7 @@ def _omegaconf_container(v: Any) -> tuple[str, Any] | None:
     mod = type(v).__module__
     if not mod.startswith("omegaconf"):
         return None
-    from omegaconf import DictConfig, ListConfig, OmegaConf  # type: ignore[import-not-found]
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(v, DictConfig):
         return "omegaconf.DictConfig", OmegaConf.to_container(v, resolve=False)
@@ -156,8 +157,9 @@ def to_plain(value: Any) -> tuple[Any, list[list[Any]]]:
             fixes.append([list(path), name or _type_name(v)])
 
     def child(path: list[Any] | None, k: Any) -> list[Any] | None:
-        ok = path is not None and isinstance(k, (str, int)) and not isinstance(k, bool)
-        return path + [k] if ok else None  # type: ignore[operator]
+        if path is None or not isinstance(k, (str, int)) or isinstance(k, bool):
+            return None
+        return [*path, k]
 
     def walk(v: Any, path: list[Any] | None, depth: int) -> Any:
         t = type(v)
@@ -198,7 +200,7 @@ def _rebuilders() -> dict[str, Callable[[Any], Any]]:
 
     def omegaconf(v: Any) -> Any:
         try:
-            from omegaconf import OmegaConf  # type: ignore[import-not-found]
+            from omegaconf import OmegaConf
         except ImportError:
             return v
         return OmegaConf.create(v)

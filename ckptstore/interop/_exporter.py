@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ def _write(state: Any, info: CheckpointInfo, tmp: str, allow_pickle: bool) -> li
         files.append("model.safetensors")
     with open(os.path.join(tmp, "checkpoint_info.json"), "wb") as f:
         f.write(_info_json(info, files))
-    return files + ["checkpoint_info.json"]
+    return [*files, "checkpoint_info.json"]
 
 
 def export_checkpoint(uri: Store | str | os.PathLike[str], dst: str | os.PathLike[str], *,

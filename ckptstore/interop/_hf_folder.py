@@ -23,7 +23,8 @@ import math
 import os
 import re
 import shutil
-from typing import Any, Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 
@@ -248,7 +249,7 @@ def progress_of(state: Mapping[str, Any], folder_name: str | None = None) -> dic
     epoch_f = ts.get("epoch")
     epoch = None
     if isinstance(epoch_f, (int, float)) and math.isfinite(epoch_f):
-        epoch = int(math.floor(epoch_f + 1e-6))
+        epoch = math.floor(epoch_f + 1e-6)
     metrics: dict[str, float] = {}
     for rec in ts.get("log_history") or []:
         if isinstance(rec, dict) and rec.get("step") == step:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 

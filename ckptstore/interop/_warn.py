@@ -6,10 +6,12 @@ import os
 import sys
 import warnings
 
+from .._errors import CkptstoreWarning
+
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
+def warn(message: str, category: type[Warning] = CkptstoreWarning) -> None:
     """``warnings.warn`` with the stack level of the first frame outside the ckptstore package."""
     level = 2  # 1 is this function, 2 its caller
     frame = sys._getframe(1)

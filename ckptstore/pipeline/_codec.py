@@ -8,7 +8,7 @@ A codec is named in the manifest's object table, so a reader knows how to decode
   ``i`` of every element goes to plane ``i``; each plane is stored either raw or as one zstd
   frame, whichever is smaller (the planes that hold a float's exponent compress well, the
   mantissa planes do not and are stored raw without spending time on them). The layout is in
-  docs/_draft_speed.md ("Codec zstd-bgG").
+  docs/format.md §4.1 ("Codec zstd-bgG").
 
 Users choose ``compression="zstd"`` (or ``None``); the writer picks the byte-grouped variant per
 blob from its dtype (:func:`group_for_dtype`, :func:`object_codec`).
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 import zstandard as _zstd
-
 from typing_extensions import Buffer
 
 from .._errors import IntegrityError
 from ._buffers import scratch
-
 
 LEVEL = 1
 # a plane (or object) is stored compressed only when that saves at least this fraction
@@ -185,7 +183,7 @@ class _ByteGrouped:
             pos += length
         out[pos : pos + tail] = src[n * g :]
         pos += tail
-        self._header.pack_into(out, 0, g, *methods, *lengths)  # type: ignore[arg-type]
+        self._header.pack_into(out, 0, g, *methods, *lengths)
         return out[:pos]
 
     def _sections(self, stored: np.ndarray, raw_size: int) -> list[tuple[int, int, int]]:
@@ -247,10 +245,6 @@ def get_codec(name: str) -> Codec:
         raise ValueError(
             f"unknown codec {name!r}: this ckptstore knows {', '.join(sorted(_CODECS))}"
         ) from None
-
-
-def codec_names() -> list[str]:
-    return sorted(_CODECS)
 
 
 def resolve_compression(compression: str | bool | None) -> str:

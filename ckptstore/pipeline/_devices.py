@@ -84,6 +84,7 @@ class Placement:
         self.map_location = map_location
         self.acc = acc if acc is not None else Accelerators.probe()
         self.callable = callable(map_location) and not isinstance(map_location, (str, torch.device, Mapping))
+        self._fn: Callable[[torch.Tensor, str], Any] | None = map_location if self.callable else None  # type: ignore[assignment]
         self.kept_on_cpu = 0
         ml = map_location
         self._fixed: torch.device | None = None
@@ -102,6 +103,11 @@ class Placement:
             raise TypeError(
                 "map_location must be None, 'auto', a device string, a torch.device, a dict or a callable, "
                 f"not {type(ml).__name__}")
+
+    def move(self, t: torch.Tensor, recorded: str) -> torch.Tensor:
+        """A callable ``map_location`` applied to a loaded CPU tensor (None from it keeps the tensor)."""
+        moved = self._fn(t, recorded) if self._fn is not None else None
+        return t if moved is None else moved
 
     def device_for(self, recorded: str, dtypes: Iterable[torch.dtype]) -> torch.device:
         ml = self.map_location

@@ -2,8 +2,8 @@
 
 ``BackendSink`` hands each object to ``Backend.write`` (object stores, ``memory://``, ...).
 
-``LocalSink`` is the fast path for a store on a local or mounted filesystem (a backend with a
-``local_path``). It writes each object the way ``LocalBackend.write`` does (a temporary file in
+``LocalSink`` is the fast path for a store on a local or mounted filesystem (a backend with
+``supports_local_writes``). It writes each object the way ``LocalBackend.write`` does (a temporary file in
 the destination folder, fsync, atomic rename, fsync of the folder), with three differences that
 matter for speed:
 
@@ -60,6 +60,10 @@ def _flat(parts: Sequence[Any]) -> list[memoryview]:
 class BackendSink:
     """Objects through ``Backend.write`` (the backend's own atomicity and durability)."""
 
+    #: an object's parts are joined into one buffer before the write; writes wait on the storage
+    #: (the network), so the pipeline runs one thread per worker, not per core
+    joins_parts = True
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
@@ -78,6 +82,9 @@ class BackendSink:
 
 class LocalSink:
     """Objects as files under a local root, made durable together in ``finish()``."""
+
+    #: parts go to the file with one gather write; writes hardly block (writeback runs in the kernel)
+    joins_parts = False
 
     def __init__(self, backend: Backend, workers: int = 4) -> None:
         self.backend = backend
@@ -170,6 +177,9 @@ class LocalSink:
 
 
 def sink_for(backend: Backend, workers: int) -> BackendSink | LocalSink:
-    if backend.local_path("objects") is not None:
+    """The sink a save uses on ``backend``: ``LocalSink`` where the backend allows writes straight
+    to its files (``supports_local_writes``), else ``BackendSink``. Both give the guarantees of
+    ``Backend.write``; the contract suite (``ckptstore.testing``) checks each on every backend."""
+    if backend.supports_local_writes:
         return LocalSink(backend, workers)
     return BackendSink(backend)

@@ -57,10 +57,11 @@ def check_manifest(m: Manifest, where: str) -> None:
     for i, b in enumerate(m.blobs):
         total = 0
         for seg in b.segments:
-            info = m.objects.get(seg.object)
-            if info is None:
-                raise IntegrityError(f"{where}: blob {i} references object {seg.object[:12]} missing from the object table")
-            if seg.offset + seg.length > info.raw_size:
+            seg_info = m.objects.get(seg.object)
+            if seg_info is None:
+                raise IntegrityError(
+                    f"{where}: blob {i} references object {seg.object[:12]} missing from the object table")
+            if seg.offset + seg.length > seg_info.raw_size:
                 raise IntegrityError(f"{where}: blob {i} reads past the end of object {seg.object[:12]}")
             total += seg.length
         if total != b.nbytes:
@@ -155,7 +156,8 @@ class _Loader:
             except FileNotFoundError:
                 raise _missing(self.where, key, self.backend) from None
             if len(data) != size:
-                raise IntegrityError(f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)", key)
+                raise IntegrityError(
+                    f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)", key)
             arr = np.frombuffer(data, dtype=np.uint8)
             if into is not None:
                 into[:] = arr

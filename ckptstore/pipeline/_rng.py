@@ -30,7 +30,7 @@ def capture_rng_state() -> RngState:
     try:
         import numpy as np
 
-        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
         np_state = NumpyRng(bit_generator=str(name), state=[int(k) for k in keys], pos=int(pos),
                             has_gauss=int(has_gauss), cached_gaussian=float(cached))
     except ImportError:  # pragma: no cover - numpy is a dependency of torch in practice
@@ -55,7 +55,8 @@ def restore_rng_state(rng: Any) -> list[str]:
     if hasattr(rng, "rng") and not isinstance(rng, RngState):
         rng = rng.rng
     if rng is None:
-        warnings.warn("this checkpoint has no RNG states (saved with rng=False); nothing restored", CkptstoreWarning, stacklevel=2)
+        warnings.warn("this checkpoint has no RNG states (saved with rng=False); nothing restored", CkptstoreWarning,
+                      stacklevel=2)
         return ["all (none recorded)"]
     if isinstance(rng, dict):
         rng = RngState.model_validate(rng)

@@ -60,11 +60,6 @@ class DedupIndex:
                 if b.segments and b.hash not in self.blobs:
                     self.blobs[b.hash] = (b.segments, {s.object: m.objects[s.object] for s in b.segments})
 
-    def forget_objects(self, keys: set[str]) -> None:
-        """Drop entries that point at objects that were deleted (after gc)."""
-        with self.lock:
-            self.raw_objects = {r: v for r, v in self.raw_objects.items() if v[0] not in keys}
-            self.blobs = {h: v for h, v in self.blobs.items() if not any(s.object in keys for s in v[0])}
 
 
 @dataclass
@@ -251,9 +246,9 @@ def write_blobs(
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
     # copies, compression), so one thread per core; remote writes wait on the network
-    threads = workers if isinstance(sink, BackendSink) else max(2, min(workers, os.cpu_count() or 2))
+    threads = workers if sink.joins_parts else max(2, min(workers, os.cpu_count() or 2))
     pipe = _Pipeline(threads, ByteBudget(limit))
-    pack_copies = compressing or isinstance(sink, BackendSink)  # packs need one contiguous buffer
+    pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 
     blobs: list[Blob | None] = [None] * len(planned)
     large: dict[int, list[Future[tuple[str, str, ObjectInfo]]]] = {}

@@ -21,13 +21,36 @@ from ._mounts import dead_mount_message, is_dead_mount_error
 
 
 class Backend(ABC):
-    """The storage interface the store is written against."""
+    """The storage interface the store is written against.
+
+    Capability flags (class or instance attributes) say what a backend does beyond the abstract
+    methods; the core and the contract suite read them instead of probing types or attributes:
+
+    - ``supports_create_only``: ``write(..., if_absent=True)`` asks the storage itself to refuse
+      an existing key (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``), so two writers
+      racing on a key cannot both win. Correctness never depends on it: keys are content-addressed.
+    - ``trusts_existing_objects``: a create-only write that finds the key taken returns False
+      without reading the bytes back (local disk: an atomic rename cannot tear an object). When
+      False, a damaged copy under a hash name is detected and replaced by the write.
+    - ``supports_multipart``: large objects go up in parts of ``part_size`` bytes (None: the
+      library's default); setting ``part_size`` on a backend without it changes nothing.
+    - ``supports_mtime``: ``mtime`` returns the time of the last write, not None. Garbage
+      collection ages unreferenced objects and temporary files, and stale leases, by it; without
+      it they are never considered old.
+    - ``supports_local_writes``: the save pipeline may write objects straight to the files that
+      ``local_path`` names (``pipeline._objwrite.LocalSink``: temporary file, fsync, rename,
+      folder fsync, with the fsyncs batched per save), bypassing ``write``. Needs ``local_path``.
+    """
 
     #: the URI the store was opened with, for messages
     uri: str
-    #: True when ``write(..., if_absent=True)`` asks the storage itself to refuse an existing key
-    #: (O_EXCL-like); correctness never depends on it (keys are content-addressed)
-    create_only: bool = False
+    supports_create_only: bool = False
+    trusts_existing_objects: bool = True
+    supports_multipart: bool = False
+    supports_mtime: bool = False
+    supports_local_writes: bool = False
+    #: multipart part size in bytes when ``supports_multipart`` (None: the library's default)
+    part_size: int | None = None
 
     @abstractmethod
     def read(self, key: str) -> bytes:

@@ -63,13 +63,17 @@ class FsspecBackend(Backend):
         self.uri = uri
         self.retries = DEFAULT_RETRIES if retries is None else retries
         self.object_store = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
-        self.create_only = _accepts_mode(fs)
+        # the capability flags (see Backend), from what the filesystem's own API offers
+        self.supports_create_only = _accepts(fs.pipe_file, "mode")
+        self.trusts_existing_objects = not self.supports_create_only  # else: refused, read back, compared
+        self.supports_multipart = _accepts(fs.pipe_file, "chunksize")
+        self.supports_mtime = type(fs).modified is not fsspec.AbstractFileSystem.modified
         # s3fs's cat_file first asks for the size (a HEAD) to split big reads into ranges; the
         # store reads many objects in parallel already, so one GET per object is enough
         self._cat_kw = {"max_concurrency": 1} if _accepts(getattr(fs, "_cat_file", None), "max_concurrency") else {}
         #: multipart part size (S3) / resumable chunk size (GCS); objects of at least twice this
         #: size (S3) or this size (GCS) go up in parts. None keeps the library default (50 MiB).
-        self.part_size = part_size
+        self.part_size: int | None = part_size
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -151,9 +155,9 @@ class FsspecBackend(Backend):
     def _pipe(self, key: str, payload: bytes, create: bool) -> None:
         path = self._path(key)
         kw: dict[str, Any] = {}
-        if create and self.create_only:
+        if create and self.supports_create_only:
             kw["mode"] = "create"
-        if self.part_size and self.object_store:
+        if self.part_size and self.supports_multipart:
             kw["chunksize"] = self.part_size
         with self._errors(f"cannot write {self.describe(key)}"):
             try:
@@ -169,7 +173,7 @@ class FsspecBackend(Backend):
 
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
         payload = data if isinstance(data, bytes) else bytes(data)
-        if if_absent and not self.create_only and self.exists(key):
+        if if_absent and not self.supports_create_only and self.exists(key):
             return False
         try:
             self._pipe(key, payload, create=if_absent)
@@ -217,10 +221,6 @@ def _accepts(fn: Any, name: str) -> bool:
         return False
 
 
-def _accepts_mode(fs: Any) -> bool:
-    return _accepts(fs.pipe_file, "mode")
-
-
 # -- S3 and GCS ---------------------------------------------------------------------------------
 
 def s3_options(options: dict[str, Any], retries: int) -> dict[str, Any]:
@@ -261,7 +261,7 @@ def _bounded_gcs_class() -> Any:
 
     inner = getattr(gcsfs.GCSFileSystem._request, "__wrapped__", None)
 
-    class BoundedGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
+    class BoundedGCSFileSystem(gcsfs.GCSFileSystem):
         def __init__(self, *args: Any, ckptstore_retries: int = DEFAULT_RETRIES, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.ckptstore_retries = ckptstore_retries

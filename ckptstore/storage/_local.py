@@ -59,6 +59,11 @@ def ensure_dir(d: str, made: set[str], dirty: set[str], lock: threading.Lock) ->
 class LocalBackend(Backend):
     """A folder on a local (or FUSE-mounted) filesystem, written durably."""
 
+    # an existing file under a key is whole (renamed into place after an fsync): never read back
+    trusts_existing_objects = True
+    supports_mtime = True
+    supports_local_writes = True
+
     def __init__(self, root: str, uri: str | None = None) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.uri = uri or self.root

@@ -18,12 +18,6 @@ DRIVE_TRASH_NOTE = (
     "against your Drive quota. Empty the trash (drive.google.com > Trash) to get the space back."
 )
 
-#: how to make sure a Drive mount's writes reached the cloud (shown in docs and messages)
-DRIVE_FLUSH_HINT = (
-    "in Colab, call `from google.colab import drive; drive.flush_and_unmount()` before the VM ends so "
-    "that every write reaches Google Drive"
-)
-
 #: errno values that mean "the mount is gone", not "the file is missing"
 DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED})
 

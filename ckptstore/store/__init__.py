@@ -1,1 +1,2 @@
-"""Whole-store state and operations: the catalog, save sessions, leases, disk space, retention, gc, copy, backups, and the Store facade."""
+"""Whole-store state and operations: the Store facade, its catalog and save sessions, leases, disk
+space, retention, gc, copies and backup mirrors."""

@@ -24,7 +24,7 @@ import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from .._errors import BackupWarning, CkptstoreError
 from ._retention import Retention
@@ -75,7 +75,6 @@ class Backup:
             raise ValueError("retry_interval must be >= 0")
 
 
-BackupLike = Union[str, Backup, None]
 
 
 def as_backup(backup: Any) -> Backup | None:
@@ -119,7 +118,6 @@ class Mirror:
         self.backup = backup
         self._cond = threading.Condition()
         self._pending: dict[str, CheckpointInfo] = {}
-        self._busy = False
         self._closing = False
         self._next_attempt = 0.0
         self._store: Store | None = None
@@ -204,16 +202,14 @@ class Mirror:
                 if self._closing or gen != self._gen:
                     return
                 batch = list(self._pending.values())
-                self._busy = True
                 self._attempts_started += 1
             copied = 0
             try:
                 copied = self._attempt(batch)
                 err: BaseException | None = None
-            except BaseException as e:  # never let the thread die silently
+            except BaseException as e:  # noqa: BLE001 - never let the thread die silently; reported below
                 err = e
             with self._cond:
-                self._busy = False
                 if err is None:
                     for i in batch:
                         self._pending.pop(i.id, None)

@@ -128,13 +128,14 @@ class Catalog:
     def set_stored_policy(self, policy: Retention | None) -> None:
         """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically."""
         cfg = self.ensure()
-        new = StoreConfig.model_validate({**cfg.model_dump(), "retention": None if policy is None else policy.to_json()})
+        retention = None if policy is None else policy.to_json()
+        new = StoreConfig.model_validate({**cfg.model_dump(), "retention": retention})
         self.backend.write(CONFIG_KEY, dump(new))
         self.backend.sync()
         self._set_config(new)
 
     # -- manifests -------------------------------------------------------------------------
-    def keys(self) -> list[Key]:
+    def manifest_keys(self) -> list[Key]:
         """(step, id, key) of every manifest present now, by step (one LIST)."""
         out = []
         for key in self.backend.list(MANIFESTS_DIR):
@@ -174,16 +175,16 @@ class Catalog:
         return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
 
     def damaged(self) -> dict[str, str]:
-        """Manifest key -> why, for every damaged manifest ``list`` skipped in this process."""
+        """Manifest key -> why, for every damaged manifest ``checkpoints`` skipped in this process."""
         with self._lock:
             return dict(self._bad)
 
-    def list(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
+    def checkpoints(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
         """Every readable checkpoint, sorted by step then creation time; damaged manifests are
         skipped with one warning each."""
         self.config()
         out = []
-        for step, digest, key in self.keys():
+        for step, digest, key in self.manifest_keys():
             try:
                 m = self.manifest(key)
             except (IntegrityError, UnsupportedFormatError) as e:
@@ -204,7 +205,7 @@ class Catalog:
         A manifest removed while listing is skipped; a damaged one is a problem."""
         out: dict[str, Manifest] = {}
         problems: list[str] = []
-        for step, _digest, key in self.keys():
+        for step, _digest, key in self.manifest_keys():
             try:
                 out[key] = self.manifest(key)
             except CheckpointNotFoundError:
@@ -218,7 +219,7 @@ class Catalog:
         ``keys`` (a listing the caller made) or a fresh listing."""
         if keys is None:
             self.config()
-            keys = self.keys()
+            keys = self.manifest_keys()
         best: CheckpointInfo | None = None
         for step, digest, key in reversed(keys):
             if best is not None and step < best.step:
@@ -241,7 +242,7 @@ class Catalog:
         if id is not None:
             if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
                 raise ValueError(f"a checkpoint id is lowercase hex, not {id!r}")
-            matches = [k for k in self.keys() if k[1].startswith(id)]
+            matches = [k for k in self.manifest_keys() if k[1].startswith(id)]
             if len(matches) > 1:
                 raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")
             if not matches:
@@ -255,7 +256,7 @@ class Catalog:
             return info
         if isinstance(step, bool) or not isinstance(step, int):
             raise TypeError(f"step must be an int, not {type(step).__name__}")
-        keys = self.keys()
+        keys = self.manifest_keys()
         found = [k for k in keys if k[0] == step]
         if not found:
             steps = sorted({k[0] for k in keys})
@@ -317,13 +318,4 @@ class Catalog:
                     self._index.add_manifest(self.manifest(parent.key))
             self._index_keys = present
             return self._index
-
-
-def read_manifest_bytes(backend: Backend, key: str, digest: str) -> tuple[bytes, Manifest]:
-    """A manifest's exact bytes (hash checked) and its model: what a copy needs."""
-    where = backend.describe(key)
-    data = backend.read(key)
-    if _hashing.digest(data) != digest:
-        raise IntegrityError(f"manifest {where} does not match its hash; not copying a damaged checkpoint")
-    return data, parse_manifest(data, where, digest)
 

@@ -149,8 +149,8 @@ class _Copier:
                 total += oi.size
             plans.append((info, raw, m, need))
         copied, present = [], []
-        with byte_bar(total, f"copying to {self.dst.uri}", progress) as bar:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-copy") as pool:
+        threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-copy")
+        with byte_bar(total, f"copying to {self.dst.uri}", progress) as bar, threads as pool:
                 for info, raw, m, need in plans:
                     # list() consumes the iterator: the first failure propagates, nothing is committed
                     list(pool.map(lambda hs: self._copy_object(hs[0], hs[1], bar), need))

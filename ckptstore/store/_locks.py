@@ -60,9 +60,7 @@ class LockInfo:
     def stale(self, now: float, stale_after: float) -> bool:
         if now - self.refreshed > stale_after:
             return True
-        if self.host == _HOST and self.pid is not None and not _pid_alive(self.pid):
-            return True
-        return False
+        return self.host == _HOST and self.pid is not None and not _pid_alive(self.pid)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -169,7 +169,10 @@ class Retention:
         if best is not None:
             if not isinstance(best, Mapping):
                 raise ValueError(f"keep_best must be an object with metric, mode, count, not {best!r}")
-            best = (best.get("metric"), best.get("mode"), best.get("count", 1))
+            metric, mode, count = best.get("metric"), best.get("mode"), best.get("count", 1)
+            if not isinstance(metric, str) or not isinstance(mode, str) or type(count) is not int:
+                raise ValueError(f"keep_best needs a metric name, a mode and an int count, not {best!r}")
+            best = (metric, mode, count)
         tags = data.get("keep_tags", ["pinned"])
         if not isinstance(tags, list):
             raise ValueError(f"keep_tags must be a list of strings, not {tags!r}")

@@ -45,7 +45,8 @@ from ._space import SpaceCheck
 if TYPE_CHECKING:
     from ._store import Store
 
-DEFAULT_PACK_THRESHOLD = 1 << 20  # smaller tensors share pack objects; larger ones get their own, so gc can free them separately
+#: smaller tensors share pack objects; larger ones get their own, so gc can free them separately
+DEFAULT_PACK_THRESHOLD = 1 << 20
 DEFAULT_PACK_SIZE = 16 << 20
 
 
@@ -114,7 +115,8 @@ def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
                 v = v.detach().float().item()
             out[k] = float(v)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
+            raise ValueError(
+                f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
     return out
 
 
@@ -161,7 +163,7 @@ class SaveSession:
         self.lease = acquire_save(self.backend)
         self.started = time.time()
         try:
-            keys = self.catalog.keys()  # one listing: the parent and the index's check reuse it
+            keys = self.catalog.manifest_keys()  # one listing: the parent and the index's check reuse it
             self.parent = self.catalog.newest(keys)
             self.index = self.catalog.dedup_index(keys, self.parent)
         except BaseException:
@@ -213,9 +215,9 @@ class SaveSession:
                               groups=blob_groups(plan.entries, len(plan.blobs)), progress=bar, suspect=suspect)
         self.backend.sync()  # objects' names are durable before any manifest names them
         self._suspect |= suspect & set(res.objects)
-        tensors = [TensorEntry(kind=e.kind, dtype=e.dtype, shape=e.shape, stride=e.stride, blob=e.blob,
-                               offset=e.offset, device=e.device, requires_grad=e.requires_grad,
-                               parameter=e.parameter) for e in plan.entries]
+        tensors = [TensorEntry(kind="numpy" if e.kind == "numpy" else "torch", dtype=e.dtype, shape=e.shape,
+                               stride=e.stride, blob=e.blob, offset=e.offset, device=e.device,
+                               requires_grad=e.requires_grad, parameter=e.parameter) for e in plan.entries]
         return Staged(tree=tree, tensors=tensors, blobs=res.blobs, objects=dict(res.objects), logical_bytes=total,
                       new_bytes=res.new_bytes, new_objects=res.new_objects)
 

@@ -186,7 +186,7 @@ class SpaceCheck:
                 "set_retention().", needed=None, free=store.backend.free_bytes())
         self.made_room = run_gc(store, policy, incoming=_incoming(step, metrics, tags),
                                 protect=[parent.id] if parent is not None else [], exclude=[self.lease_key])
-        keys = store.catalog.keys()
+        keys = store.catalog.manifest_keys()
         return store.catalog.dedup_index(keys, store.catalog.newest(keys))
 
     def _error(self, step: int, need: int, free: int, guard: SpaceGuard) -> InsufficientSpaceError:

@@ -157,7 +157,7 @@ class Store:
     def list(self) -> list[CheckpointInfo]:
         """Every committed checkpoint, sorted by step then creation time. Damaged manifests are
         skipped with a warning (``ckptstore verify`` reports them)."""
-        return self._catalog.list(stacklevel=3)
+        return self._catalog.checkpoints(stacklevel=3)
 
     list_checkpoints = list
 
@@ -356,7 +356,7 @@ class Store:
         """After a committed save: apply retention; a failure here never fails the save."""
         try:
             apply_after_save(self, keep)
-        except Exception as e:  # the checkpoint is committed; report, do not raise
+        except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, do not raise
             warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
                           CkptstoreWarning, stacklevel=3)
 
@@ -372,7 +372,6 @@ def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any
             e = m.tensors[j]
             t = entry_to_tensor(e, base)
             if placement.callable and e.kind == "torch":
-                moved = placement.map_location(t, e.device)
-                t = t if moved is None else moved
+                t = placement.move(t, e.device)
             out[j] = t
     return out

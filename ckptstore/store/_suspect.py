@@ -20,11 +20,6 @@ def mark(store_id: str, key: str) -> None:
         _bad.setdefault(store_id, set()).add(key)
 
 
-def is_bad(store_id: str, key: str) -> bool:
-    with _lock:
-        return key in _bad.get(store_id, ())
-
-
 def bad(store_id: str) -> frozenset[str]:
     with _lock:
         return frozenset(_bad.get(store_id, ()))
