@@ -16,8 +16,14 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint._traverse import set_element, traverse_state_dict
-from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                   MetadataIndex, TensorProperties, TensorStorageMetadata)
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.storage import WriteResult
 
 import ckptstore
@@ -87,13 +93,21 @@ def build_commit(metadata: Metadata, results: list[list[WriteResult]]) -> Commit
                     raise DistributedCheckpointError(f"no rank wrote the chunk of {fqn} at {list(c.offsets)}")
                 chunks.append(ShardChunk(offsets=list(c.offsets), sizes=list(c.sizes), tensor=chunk_index[key]))
             whole = len(chunks) == 1 and chunks[0].sizes == list(md.size) and not any(chunks[0].offsets)
-            leaf = TensorRef(chunks[0].tensor) if whole else ShardedTensor(
-                dtype=_dtype_name(md.properties.dtype), shape=list(md.size),
-                requires_grad=bool(md.properties.requires_grad), chunks=chunks)
+            leaf = (
+                TensorRef(chunks[0].tensor)
+                if whole
+                else ShardedTensor(
+                    dtype=_dtype_name(md.properties.dtype),
+                    shape=list(md.size),
+                    requires_grad=bool(md.properties.requires_grad),
+                    chunks=chunks,
+                )
+            )
         set_element(state, path, leaf)
     dist = Distributed(world_size=len(results), dcp_version=metadata.version or DCP_VERSION, names=names)
-    return CommitPlan(parts or [Staged(tree=[], tensors=[], blobs=[], objects={}, logical_bytes=0)], state, dist,
-                      with_data)
+    return CommitPlan(
+        parts or [Staged(tree=[], tensors=[], blobs=[], objects={}, logical_bytes=0)], state, dist, with_data
+    )
 
 
 # -- loading: manifest -> metadata --------------------------------------------------------------
@@ -112,12 +126,15 @@ def _leaves(m: Manifest) -> dict[str, tuple[tuple[Any, ...], Any]]:
                 try:
                     node = node[p]
                 except (KeyError, IndexError, TypeError):
-                    raise ckptstore.IntegrityError(f"the manifest names {fqn} at {path}, which its tree lacks") from None
+                    raise ckptstore.IntegrityError(
+                        f"the manifest names {fqn} at {path}, which its tree lacks"
+                    ) from None
             out[fqn] = (tuple(path), node)
         return out
     if not isinstance(state, dict):
         raise DistributedCheckpointError(
-            f"this checkpoint's state is a {type(state).__name__}, not a dict: DCP loads only dict states")
+            f"this checkpoint's state is a {type(state).__name__}, not a dict: DCP loads only dict states"
+        )
 
     def visit(path: tuple[Any, ...], value: Any) -> None:
         out[".".join(map(str, path))] = (path, value)
@@ -130,7 +147,7 @@ def _leaves(m: Manifest) -> dict[str, tuple[tuple[Any, ...], Any]]:
 class ReadLayout:
     metadata: Metadata
     chunks: dict[MetadataIndex, int]  # (fqn, offsets) -> tensor entry index
-    values: dict[str, Any]            # fqn -> decoded value
+    values: dict[str, Any]  # fqn -> decoded value
 
 
 def read_layout(m: Manifest) -> ReadLayout:
@@ -145,14 +162,18 @@ def read_layout(m: Manifest) -> ReadLayout:
             if e.kind != "torch":
                 raise DistributedCheckpointError(f"{fqn} is a numpy array; DCP loads only torch tensors")
             zeros = [0] * len(e.shape)
-            md[fqn] = TensorStorageMetadata(TensorProperties(dtype=_dtype(e.dtype), requires_grad=e.requires_grad),
-                                            torch.Size(e.shape), [ChunkStorageMetadata(torch.Size(zeros),
-                                                                                       torch.Size(e.shape))])
+            md[fqn] = TensorStorageMetadata(
+                TensorProperties(dtype=_dtype(e.dtype), requires_grad=e.requires_grad),
+                torch.Size(e.shape),
+                [ChunkStorageMetadata(torch.Size(zeros), torch.Size(e.shape))],
+            )
             chunks[MetadataIndex(fqn, zeros)] = leaf.index
         elif isinstance(leaf, ShardedTensor):
             md[fqn] = TensorStorageMetadata(
-                TensorProperties(dtype=_dtype(leaf.dtype), requires_grad=leaf.requires_grad), torch.Size(leaf.shape),
-                [ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in leaf.chunks])
+                TensorProperties(dtype=_dtype(leaf.dtype), requires_grad=leaf.requires_grad),
+                torch.Size(leaf.shape),
+                [ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)) for c in leaf.chunks],
+            )
             for c in leaf.chunks:
                 chunks[MetadataIndex(fqn, c.offsets)] = c.tensor
         else:

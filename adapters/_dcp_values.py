@@ -31,15 +31,17 @@ def _from_bytes(data: bytes, fqn: str) -> Any:
     if not data.startswith(MAGIC):
         raise UnsupportedValueError(
             f"{fqn}: this value is not ckptstore JSON (torch.save bytes from another planner or storage "
-            "reader?); CkptstoreLoadPlanner never unpickles. Load ckptstore checkpoints with CkptstoreReader.", fqn)
-    return json.loads(data[len(MAGIC):])
+            "reader?); CkptstoreLoadPlanner never unpickles. Load ckptstore checkpoints with CkptstoreReader.",
+            fqn,
+        )
+    return json.loads(data[len(MAGIC) :])
 
 
 class CkptstoreSavePlanner(DefaultSavePlanner):
     """DCP's default save planner, except that non-tensor values are resolved to their JSON tree
     encoding instead of ``torch.save`` bytes (an unsupported value fails on the rank holding it)."""
 
-    def transform_object(self, write_item: WriteItem, object: Any) -> Any:  # noqa: A002 - DCP's name
+    def transform_object(self, write_item: WriteItem, object: Any) -> Any:
         if write_item.type == WriteItemType.BYTE_IO:
             return _to_bytes(ckptstore.encode_value(object, write_item.index.fqn))
         return object
@@ -65,8 +67,11 @@ def place_value(planner: DefaultLoadPlanner, read_item: ReadItem, value: Any) ->
 def value_node(planner: Any, item: WriteItem) -> Any:
     """The encoded value of a ``BYTE_IO`` item, without pickle whichever planner is in use."""
     fqn = item.index.fqn
-    if (isinstance(planner, DefaultSavePlanner) and not isinstance(planner, CkptstoreSavePlanner)
-            and type(planner).transform_object is DefaultSavePlanner.transform_object):
+    if (
+        isinstance(planner, DefaultSavePlanner)
+        and not isinstance(planner, CkptstoreSavePlanner)
+        and type(planner).transform_object is DefaultSavePlanner.transform_object
+    ):
         # the default planner would torch.save it: take the value itself instead
         return ckptstore.encode_value(planner.lookup_object(item.index), fqn)
     data = planner.resolve_data(item)
@@ -75,7 +80,9 @@ def value_node(planner: Any, item: WriteItem) -> Any:
         raise UnsupportedValueError(
             f"{fqn}: the planner {type(planner).__name__} resolved this value to bytes that are not ckptstore "
             "JSON (torch.save bytes need pickle to read). Use ckptstore.adapters.dcp.CkptstoreSavePlanner "
-            "(or DefaultSavePlanner).", fqn)
+            "(or DefaultSavePlanner).",
+            fqn,
+        )
     return _from_bytes(raw, fqn)
 
 
@@ -89,4 +96,5 @@ def deliver_value(planner: Any, item: ReadItem, value: Any) -> None:
         raise UnsupportedValueError(
             f"{item.dest_index.fqn}: the planner {type(planner).__name__} reads non-tensor values with its own "
             "load_bytes, which would unpickle them. Use ckptstore.adapters.dcp.CkptstoreLoadPlanner.",
-            item.dest_index.fqn)
+            item.dest_index.fqn,
+        )

@@ -18,7 +18,8 @@ RNG states are per rank and are neither recorded nor restored in this mode.
 from __future__ import annotations
 
 import signal
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -52,9 +53,9 @@ class DistSync:
         for t in triggers:
             if t in TRIGGERS:
                 mask |= 1 << TRIGGERS.index(t)
-        t = torch.tensor([mask, int(sig) if sig is not None else 0], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        mask, signum = int(t[0]), int(t[1])
+        box = torch.tensor([mask, int(sig) if sig is not None else 0], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.group)
+        mask, signum = int(box[0]), int(box[1])
         agreed = [name for i, name in enumerate(TRIGGERS) if mask & (1 << i)]
         agreed += [t for t in triggers if t not in TRIGGERS and not t.startswith("signal:")]
         got = signal.Signals(signum) if signum else None
@@ -77,8 +78,9 @@ class DistSync:
         return save_distributed(state, store, **kw)
 
     # -- resume -----------------------------------------------------------------------------------
-    def choose(self, store: Store, step: int | None, id: str | None) -> tuple[CheckpointInfo | None,
-                                                                             tuple[DamagedCheckpoint, ...]]:
+    def choose(
+        self, store: Store, step: int | None, id: str | None
+    ) -> tuple[CheckpointInfo | None, tuple[DamagedCheckpoint, ...]]:
         """Rank 0 picks (verifying newest first, as ``find_resumable``); every rank gets its pick."""
         picked: Any = None
         error: BaseException | None = None
@@ -97,8 +99,9 @@ class DistSync:
             raise RuntimeError(f"rank 0 could not choose a checkpoint to resume: {picked[1]}: {picked[2]}")
         return picked[1], picked[2]
 
-    def resume(self, store: Store, objects: Mapping[str, Any], extra: Any, *, step: int | None,
-               id: str | None) -> Resumable | None:
+    def resume(
+        self, store: Store, objects: Mapping[str, Any], extra: Any, *, step: int | None, id: str | None
+    ) -> Resumable | None:
         """Load the agreed checkpoint into the objects' own state dicts (in place, every rank its
         shards); the caller then applies them with ``load_state_dict`` as in one process. Keys the
         checkpoint lacks keep their current values (reported as missing by the caller)."""
@@ -121,7 +124,9 @@ class DistSync:
         return found
 
 
-def _pick(store: Store, step: int | None, id: str | None) -> tuple[CheckpointInfo | None, tuple[DamagedCheckpoint, ...]]:
+def _pick(
+    store: Store, step: int | None, id: str | None
+) -> tuple[CheckpointInfo | None, tuple[DamagedCheckpoint, ...]]:
     if step is not None or id is not None:
         info = store.info(step, id=id)
         store.verify(id=info.id)
@@ -137,8 +142,10 @@ def _pick(store: Store, step: int | None, id: str | None) -> tuple[CheckpointInf
             continue
         return info, tuple(skipped)
     if skipped:
-        raise IntegrityError(f"no checkpoint in {store.uri} verifies ({len(skipped)} damaged); restore the store "
-                             "from a backup, or start over in a new location")
+        raise IntegrityError(
+            f"no checkpoint in {store.uri} verifies ({len(skipped)} damaged); restore the store "
+            "from a backup, or start over in a new location"
+        )
     return None, ()
 
 

@@ -18,12 +18,20 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata
-from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, SavePlan, SavePlanner, WriteItemType
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
@@ -53,10 +61,21 @@ class CkptstoreWriter(StorageWriter):
     (its settings are used; it is not closed). The writer pickles cheaply (no open handles), so
     ``dcp.async_save`` works in thread and process mode (there a ``Store`` travels as its URI)."""
 
-    def __init__(self, uri: str | os.PathLike[str] | Store, *, step: int | None = None, epoch: int | None = None,
-                 metrics: Mapping[str, Any] | None = None, tags: Iterable[str] = (), config: Any = None,
-                 meta: Mapping[str, Any] | None = None, keep: Any = None, compression: str | bool | None = None,
-                 rng: Any = False, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str | os.PathLike[str] | Store,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        config: Any = None,
+        meta: Mapping[str, Any] | None = None,
+        keep: Any = None,
+        compression: str | bool | None = None,
+        rng: Any = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._given: Store | None = uri if isinstance(uri, Store) else None
         self.uri = uri.uri if isinstance(uri, Store) else os.fspath(uri)
@@ -114,8 +133,10 @@ class CkptstoreWriter(StorageWriter):
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.close()  # a lease left open by an earlier save that failed elsewhere
         if kwargs.get("use_collectives", True) is False:
-            raise ValueError("CkptstoreWriter needs use_collectives=True: without collectives there is no single "
-                             "commit of every rank's data")
+            raise ValueError(
+                "CkptstoreWriter needs use_collectives=True: without collectives there is no single "
+                "commit of every rank's data"
+            )
         self.is_coordinator = bool(is_coordinator)
         self.rank = int(kwargs.get("rank", dist.get_rank() if dist.is_available() and dist.is_initialized() else 0))
         self.info = None
@@ -142,8 +163,9 @@ class CkptstoreWriter(StorageWriter):
         tensor_items = []
         for item in plan.items:
             if item.type == WriteItemType.BYTE_IO:
-                results.append(WriteResult(index=item.index, size_in_bytes=0,
-                                           storage_data={"value": value_node(planner, item)}))
+                results.append(
+                    WriteResult(index=item.index, size_in_bytes=0, storage_data={"value": value_node(planner, item)})
+                )
             else:
                 tensor_items.append(item)
         if not tensor_items:
@@ -156,20 +178,20 @@ class CkptstoreWriter(StorageWriter):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"the planner resolved tensor item {item.index.fqn} to a {type(t).__name__}")
             tensors.append(t.detach())
-        session = self._session
-        own = session is None
-        if own:
-            session = self._open_store().session().open()
-        try:
-            staged = session.stage(tensors, compression=self.compression, progress=False, step=self.step)
-        finally:
-            if own:
-                session.close()
-                self._session = None
+        if self._session is not None:  # the coordinator: its session spans the whole save
+            staged = self._session.stage(tensors, compression=self.compression, progress=False, step=self.step)
+        else:
+            with self._open_store().session() as session:  # this rank's lease, until its objects are durable
+                staged = session.stage(tensors, compression=self.compression, progress=False, step=self.step)
         part = staged.model_dump(mode="json")
         for k, (item, t) in enumerate(zip(tensor_items, tensors)):
-            results.append(WriteResult(index=item.index, size_in_bytes=t.numel() * t.element_size(),
-                                       storage_data={"tensor": k, "part": part if k == 0 else None}))
+            results.append(
+                WriteResult(
+                    index=item.index,
+                    size_in_bytes=t.numel() * t.element_size(),
+                    storage_data={"tensor": k, "part": part if k == 0 else None},
+                )
+            )
         return results
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
@@ -179,9 +201,18 @@ class CkptstoreWriter(StorageWriter):
             raise RuntimeError("CkptstoreWriter.finish runs on the coordinator after set_up_storage_writer")
         try:
             plan = build_commit(metadata, results)
-            self.info = session.commit(plan.parts, state=plan.state, distributed=plan.distributed, step=self.step,
-                                       epoch=self.epoch, config=self.config, metrics=self.metrics, tags=self.tags,
-                                       meta=self.meta, rng=self.rng)
+            self.info = session.commit(
+                plan.parts,
+                state=plan.state,
+                distributed=plan.distributed,
+                step=self.step,
+                epoch=self.epoch,
+                config=self.config,
+                metrics=self.metrics,
+                tags=self.tags,
+                meta=self.meta,
+                rng=self.rng,
+            )
         finally:
             session.close()
             self._session = None
@@ -208,8 +239,15 @@ class CkptstoreReader(StorageReader):
     their hashes (``verify=False`` skips that). All ranks must resolve the same checkpoint, or
     the load fails on every rank."""
 
-    def __init__(self, uri: str | os.PathLike[str] | Store, *, step: int | None = None, id: str | None = None,
-                 verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str | os.PathLike[str] | Store,
+        *,
+        step: int | None = None,
+        id: str | None = None,
+        verify: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._given: Store | None = uri if isinstance(uri, Store) else None
         self.uri = uri.uri if isinstance(uri, Store) else os.fspath(uri)
@@ -258,7 +296,8 @@ class CkptstoreReader(StorageReader):
         if len(ids) > 1:
             raise DistributedCheckpointError(
                 f"the ranks resolved different checkpoints ({', '.join(sorted(i[:12] for i in ids))}); a save "
-                "committed while they looked. Pass step= or id= to CkptstoreReader so all load the same one.")
+                "committed while they looked. Pass step= or id= to CkptstoreReader so all load the same one."
+            )
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
@@ -273,8 +312,9 @@ class CkptstoreReader(StorageReader):
             try:
                 idx = layout.chunks[item.storage_index]
             except KeyError:
-                raise DistributedCheckpointError(f"{item.storage_index.fqn}: the checkpoint has no chunk at "
-                                                 f"{list(item.storage_index.offset or ())}") from None
+                raise DistributedCheckpointError(
+                    f"{item.storage_index.fqn}: the checkpoint has no chunk at {list(item.storage_index.offset or ())}"
+                ) from None
             by_tensor.setdefault(idx, []).append(item)
         m = store.manifest(id=info.id)
         batch: list[int] = []
@@ -290,19 +330,26 @@ class CkptstoreReader(StorageReader):
             self._read_batch(store, info, batch, by_tensor, planner)
         return _done(None)
 
-    def _read_batch(self, store: Store, info: CheckpointInfo, batch: list[int], by_tensor: dict[int, list[Any]],
-                    planner: LoadPlanner) -> None:
+    def _read_batch(
+        self,
+        store: Store,
+        info: CheckpointInfo,
+        batch: list[int],
+        by_tensor: dict[int, list[Any]],
+        planner: LoadPlanner,
+    ) -> None:
         loaded = store.load_tensors(batch, id=info.id, verify=self.verify)
         for idx, src in zip(batch, loaded):
             for item in by_tensor[idx]:
-                piece = src
+                piece: torch.Tensor = src
                 for d, (o, n) in enumerate(zip(item.storage_offsets, item.lengths)):
                     piece = piece.narrow(d, o, n)
                 target = planner.resolve_tensor(item).detach()
                 if target.size() != piece.size():
                     raise DistributedCheckpointError(
                         f"{item.dest_index.fqn}: the planner asked for {list(target.size())} elements where the "
-                        f"checkpoint has {list(piece.size())}")
+                        f"checkpoint has {list(piece.size())}"
+                    )
                 target.copy_(piece)
                 planner.commit_tensor(item, target)
 
@@ -312,42 +359,74 @@ class CkptstoreReader(StorageReader):
 
 
 # -- one line on every rank ------------------------------------------------------------------------
-def save_distributed(state: dict[str, Any], uri: str | os.PathLike[str] | Store, *, step: int | None = None,
-                     process_group: Any = None, planner: SavePlanner | None = None, **writer_options: Any
-                     ) -> CheckpointInfo:
+def save_distributed(
+    state: dict[str, Any],
+    uri: str | os.PathLike[str] | Store,
+    *,
+    step: int | None = None,
+    process_group: Any = None,
+    planner: SavePlanner | None = None,
+    **writer_options: Any,
+) -> CheckpointInfo:
     """``dcp.save`` of ``state`` into the store at ``uri`` with the pickle-free planner; call it on
     every rank. Returns the committed checkpoint on every rank (one extra broadcast)."""
     import torch.distributed.checkpoint as dcp
 
     writer = CkptstoreWriter(uri, step=step, **writer_options)
     try:
-        dcp.save(state, storage_writer=writer, planner=planner or CkptstoreSavePlanner(), process_group=process_group,
-                 no_dist=not (dist.is_available() and dist.is_initialized()))
+        dcp.save(
+            state,
+            storage_writer=writer,
+            planner=planner or CkptstoreSavePlanner(),
+            process_group=process_group,
+            no_dist=not (dist.is_available() and dist.is_initialized()),
+        )
         info = writer.info
     finally:
         writer.close()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
         box = [info]
-        dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0) if process_group else 0,
-                                   group=process_group)
+        dist.broadcast_object_list(
+            box, src=dist.get_global_rank(process_group, 0) if process_group else 0, group=process_group
+        )
         info = box[0]
     assert info is not None
     return info
 
 
-def load_distributed(state: dict[str, Any], uri: str | os.PathLike[str] | Store, *, step: int | None = None,
-                     id: str | None = None, process_group: Any = None, planner: LoadPlanner | None = None,
-                     verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> CheckpointInfo:
+def load_distributed(
+    state: dict[str, Any],
+    uri: str | os.PathLike[str] | Store,
+    *,
+    step: int | None = None,
+    id: str | None = None,
+    process_group: Any = None,
+    planner: LoadPlanner | None = None,
+    verify: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
     """``dcp.load`` into ``state`` (in place) from the store at ``uri``, pickle-free; every rank.
     Returns the checkpoint that was loaded."""
     import torch.distributed.checkpoint as dcp
 
     reader = CkptstoreReader(uri, step=step, id=id, verify=verify, storage_options=storage_options)
-    dcp.load(state, storage_reader=reader, planner=planner or CkptstoreLoadPlanner(), process_group=process_group,
-             no_dist=not (dist.is_available() and dist.is_initialized()))
+    dcp.load(
+        state,
+        storage_reader=reader,
+        planner=planner or CkptstoreLoadPlanner(),
+        process_group=process_group,
+        no_dist=not (dist.is_available() and dist.is_initialized()),
+    )
     assert reader.info is not None
     return reader.info
 
 
-__all__ = ["CkptstoreLoadPlanner", "CkptstoreReader", "CkptstoreSavePlanner", "CkptstoreWriter",
-           "DistributedCheckpointError", "load_distributed", "save_distributed"]
+__all__ = [
+    "CkptstoreLoadPlanner",
+    "CkptstoreReader",
+    "CkptstoreSavePlanner",
+    "CkptstoreWriter",
+    "DistributedCheckpointError",
+    "load_distributed",
+    "save_distributed",
+]

@@ -76,11 +76,10 @@ def _trained(model: torch.nn.Module) -> torch.optim.Optimizer:
 def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from _measure import PeakRss
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from _measure import PeakRss
 
     from ckptstore.adapters.dcp import CkptstoreLoadPlanner, CkptstoreReader, CkptstoreSavePlanner, CkptstoreWriter
 
@@ -95,8 +94,9 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
     opt = _trained(model)
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
-    state_bytes = sum(t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes
-                      for sd in (msd, osd["state"]) for t in _tensors(sd))
+    state_bytes = sum(
+        t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes for sd in (msd, osd["state"]) for t in _tensors(sd)
+    )
     total_bytes = [0]
     dist.all_reduce(t := torch.tensor([state_bytes], dtype=torch.int64))
     total_bytes[0] = int(t.item())
@@ -127,17 +127,20 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
 
     methods.append(("ckptstore", ck_save, ck_load, _du))
     for n in cfg["threads"]:
+
         def fs_save(path: str, n: int = n) -> Any:
             dcp.save(state, storage_writer=dcp.FileSystemWriter(path, thread_count=n))
 
         def fs_load(path: str) -> Any:
             dcp.load(state, storage_reader=dcp.FileSystemReader(path))
+
         methods.append((f"dcp fs t{n}", fs_save, fs_load, _du))
     if s3:
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
         def s3_size(path: str) -> int:
             import s3fs
+
             fs = s3fs.S3FileSystem(use_listings_cache=False, **s3["options"])
             return sum(fs.du(path.removeprefix("s3://"), total=False).values())
 
@@ -146,19 +149,32 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
 
         def fx_load(path: str) -> Any:
             dcp.load(state, storage_reader=FsspecReader(path, **s3["options"]))
+
         methods.append(("ckptstore s3", ck_save, ck_load, s3_size))
         methods.append(("dcp fsspec s3", fx_save, fx_load, s3_size))
 
     for rep in range(cfg["repeats"]):
-        order = methods[rep % len(methods):] + methods[:rep % len(methods)]
+        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
         for name, save, load, size in order:
-            base = f"{s3['prefix']}/{name.replace(' ', '_')}-{rep}" if name.endswith("s3") else \
-                os.path.join(root, f"{name.replace(' ', '_')}-{rep}")
+            base = (
+                f"{s3['prefix']}/{name.replace(' ', '_')}-{rep}"
+                if name.endswith("s3")
+                else os.path.join(root, f"{name.replace(' ', '_')}-{rep}")
+            )
             save_s, save_rss = timed(lambda: save(base))
             load_s, load_rss = timed(lambda: load(base))
             nbytes = size(base) if rank == 0 else 0
-            rows.append({"method": name, "repeat": rep, "save_s": save_s, "load_s": load_s, "bytes": nbytes,
-                         "save_rss": save_rss, "load_rss": load_rss})
+            rows.append(
+                {
+                    "method": name,
+                    "repeat": rep,
+                    "save_s": save_s,
+                    "load_s": load_s,
+                    "bytes": nbytes,
+                    "save_rss": save_rss,
+                    "load_rss": load_rss,
+                }
+            )
             dist.barrier()
             if rank == 0 and not base.startswith("s3://"):
                 shutil.rmtree(base, ignore_errors=True)
@@ -219,9 +235,16 @@ def summarize(res: dict[str, Any]) -> list[dict[str, Any]]:
         by.setdefault(r["method"], []).append(r)
     out = []
     for name, rs in by.items():
-        out.append({"method": name, "save_s": statistics.median(r["save_s"] for r in rs),
-                    "load_s": statistics.median(r["load_s"] for r in rs), "bytes": max(r["bytes"] for r in rs),
-                    "save_rss": max(r["save_rss"] for r in rs), "load_rss": max(r["load_rss"] for r in rs)})
+        out.append(
+            {
+                "method": name,
+                "save_s": statistics.median(r["save_s"] for r in rs),
+                "load_s": statistics.median(r["load_s"] for r in rs),
+                "bytes": max(r["bytes"] for r in rs),
+                "save_rss": max(r["save_rss"] for r in rs),
+                "load_rss": max(r["load_rss"] for r in rs),
+            }
+        )
     fs = [o for o in out if o["method"].startswith("dcp fs")]
     if fs:
         best = min(fs, key=lambda o: o["save_s"])
@@ -241,8 +264,13 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="ckptstore-bench-dist-", dir=args.dir)
-    cfg: dict[str, Any] = {"mb": args.mb, "width": args.width, "repeats": args.repeats, "threads": args.threads,
-                           "root": root}
+    cfg: dict[str, Any] = {
+        "mb": args.mb,
+        "width": args.width,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "root": root,
+    }
     server = None
     try:
         if args.s3:
@@ -259,9 +287,18 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    doc = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                       "platform": platform.platform(), "gpu": None},
-           "args": vars(args), "results": results, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    doc = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "gpu": None,
+        },
+        "args": vars(args),
+        "results": results,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
@@ -270,11 +307,15 @@ def main() -> None:
         print("| method | save s | load s | bytes written | peak RSS save | peak RSS load |")
         print("|---|---:|---:|---:|---:|---:|")
         for o in r["summary"]:
-            print(f"| {o['method']} | {o['save_s']:.3f} | {o['load_s']:.3f} | {o['bytes'] / (1 << 20):.1f} MiB | "
-                  f"{o['save_rss'] / (1 << 20):.0f} MiB | {o['load_rss'] / (1 << 20):.0f} MiB |")
+            print(
+                f"| {o['method']} | {o['save_s']:.3f} | {o['load_s']:.3f} | {o['bytes'] / (1 << 20):.1f} MiB | "
+                f"{o['save_rss'] / (1 << 20):.0f} MiB | {o['load_rss'] / (1 << 20):.0f} MiB |"
+            )
         d = r["ddp"]
-        print(f"\nDDP state {d['state_bytes'] / (1 << 20):.1f} MiB on {w} ranks: ckptstore wrote "
-              f"{d['ckptstore'] / d['state_bytes']:.3f}x, DCP FileSystemWriter {d['dcp_fs'] / d['state_bytes']:.3f}x")
+        print(
+            f"\nDDP state {d['state_bytes'] / (1 << 20):.1f} MiB on {w} ranks: ckptstore wrote "
+            f"{d['ckptstore'] / d['state_bytes']:.3f}x, DCP FileSystemWriter {d['dcp_fs'] / d['state_bytes']:.3f}x"
+        )
     print(f"\nwrote {args.out}")
 
 

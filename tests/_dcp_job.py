@@ -99,7 +99,9 @@ def _full(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
 
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+        return (
+            isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+        )
     if isinstance(a, dict):
         if not isinstance(b, dict):
             return False
@@ -125,14 +127,12 @@ def op_fsdp_save(ctx: dict[str, Any], step: int, steps: int = 1, touch: bool = F
     if touch:  # change one layer only: the rest must not be written again
         with torch.no_grad():
             next(iter(model.parameters())).add_(1.0)
-    info = save_distributed(_state(model, opt, EXTRA), ctx["uri"], step=step, metrics={"loss": 0.5},
-                            **_writer_kw(ctx))
+    info = save_distributed(_state(model, opt, EXTRA), ctx["uri"], step=step, metrics={"loss": 0.5}, **_writer_kw(ctx))
     return {"id": info.id, "new_bytes": info.new_bytes, "size": info.size}
 
 
 def op_fsdp_load(ctx: dict[str, Any], step: int, steps: int = 1, poison: bool = True) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-    from torch.distributed.checkpoint.state_dict import _init_optim_state
+    from torch.distributed.checkpoint.state_dict import _init_optim_state, set_state_dict
 
     from ckptstore.adapters.dcp import load_distributed
 
@@ -140,8 +140,9 @@ def op_fsdp_load(ctx: dict[str, Any], step: int, steps: int = 1, poison: bool = 
     _init_optim_state(opt)
     sd = _state(model, opt, {k: None for k in EXTRA})
     with no_pickle(poison):
-        info = load_distributed(sd, ctx["uri"], step=step, **({"storage_options": ctx["options"]}
-                                                               if ctx.get("options") else {}))
+        info = load_distributed(
+            sd, ctx["uri"], step=step, **({"storage_options": ctx["options"]} if ctx.get("options") else {})
+        )
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     full = _full(model, opt)
     ok = True
@@ -167,14 +168,16 @@ def op_ddp(ctx: dict[str, Any], step: int) -> dict[str, Any]:
     with torch.no_grad():
         model.module[2].bias.add_(1.0)
     second = save_distributed(_state(model, opt, EXTRA), ctx["uri"], step=step + 1)
-    fut = dcp.async_save(_state(model, opt, EXTRA), storage_writer=CkptstoreWriter(ctx["uri"], step=step + 2),
-                         planner=CkptstoreSavePlanner())
+    fut = dcp.async_save(
+        _state(model, opt, EXTRA),
+        storage_writer=CkptstoreWriter(ctx["uri"], step=step + 2),
+        planner=CkptstoreSavePlanner(),
+    )
     fut.result(timeout=60)
     ref = reference(sizes)
     nbytes = sum(t.numel() * t.element_size() for t in ref["model"].values())
     nbytes += sum(t.numel() * t.element_size() for s in ref["optim"].values() for t in s.values())
-    return {"first_new": first.new_bytes, "second_new": second.new_bytes, "state_bytes": nbytes,
-            "bias_bytes": 64 * 4}
+    return {"first_new": first.new_bytes, "second_new": second.new_bytes, "state_bytes": nbytes, "bias_bytes": 64 * 4}
 
 
 def op_async_process(ctx: dict[str, Any], step: int) -> dict[str, Any]:
@@ -185,8 +188,12 @@ def op_async_process(ctx: dict[str, Any], step: int) -> dict[str, Any]:
 
     model, opt = _fsdp(ctx["world"], ctx["sizes"])
     opt_step(model, opt)
-    fut = dcp.async_save(_state(model, opt, EXTRA), storage_writer=CkptstoreWriter(ctx["uri"], step=step),
-                         planner=CkptstoreSavePlanner(), async_checkpointer_type=AsyncCheckpointerType.PROCESS)
+    fut = dcp.async_save(
+        _state(model, opt, EXTRA),
+        storage_writer=CkptstoreWriter(ctx["uri"], step=step),
+        planner=CkptstoreSavePlanner(),
+        async_checkpointer_type=AsyncCheckpointerType.PROCESS,
+    )
     fut.result(timeout=120)
     return {"ok": True}
 
@@ -210,8 +217,12 @@ def op_fail(ctx: dict[str, Any], step: int, rank: int = 1) -> dict[str, Any]:
         raised = type(e).__name__
     import ckptstore
 
-    steps = [i.step for i in ckptstore.list_checkpoints(ctx["uri"], **({"storage_options": ctx["options"]}
-                                                                      if ctx.get("options") else {}))]
+    steps = [
+        i.step
+        for i in ckptstore.list_checkpoints(
+            ctx["uri"], **({"storage_options": ctx["options"]} if ctx.get("options") else {})
+        )
+    ]
     return {"raised": raised, "steps": steps}
 
 
@@ -232,6 +243,7 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
                 if item.type.name != "BYTE_IO":
                     die()
                 return orig(self, item)
+
             ad.CkptstoreSavePlanner.resolve_data = resolve  # type: ignore[method-assign]
         elif at == "staged":
             orig_w = ad.CkptstoreWriter._write
@@ -240,6 +252,7 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
                 out = orig_w(self, plan, planner)
                 die()
                 return out
+
             ad.CkptstoreWriter._write = write  # type: ignore[method-assign]
         elif at == "finish":
             ad.CkptstoreWriter.finish = lambda self, metadata, results: die()  # type: ignore[method-assign]
@@ -254,21 +267,26 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
     return {"raised": raised, "broken": True}  # the group lost a member: the worker stops here
 
 
-def op_loop(ctx: dict[str, Any], steps: int, every: int, kill_rank: int | None = None,
-            kill_at: int | None = None) -> dict[str, Any]:
+def op_loop(
+    ctx: dict[str, Any], steps: int, every: int, kill_rank: int | None = None, kill_at: int | None = None
+) -> dict[str, Any]:
     """The raw-loop Checkpointer under a process group (as under torchrun), DDP model: every rank
     calls step(); ``kill_rank`` sends itself SIGTERM after loop index ``kill_at``."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     import ckptstore
     from ckptstore.adapters.loop import Checkpointer
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     model = DDP(make_model())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     extra = {"seen": 0}
     ckpt = Checkpointer(ctx["uri"], every_steps=every, keep_last=2)
     start = ckpt.resume(model=model, optimizer=opt, extra=extra)
-    out: dict[str, Any] = {"start": start, "seen": extra["seen"], "skipped": [d.step for d in
-                                                                            (ckpt.resumed.skipped if ckpt.resumed else ())]}
+    out: dict[str, Any] = {
+        "start": start,
+        "seen": extra["seen"],
+        "skipped": [d.step for d in (ckpt.resumed.skipped if ckpt.resumed else ())],
+    }
     if start:  # what was restored is exactly checkpoint `start`, on every rank
         saved = ckptstore.load(ctx["uri"], step=start)
         out["model_ok"] = same(saved["model"], model.state_dict())
@@ -287,8 +305,15 @@ def op_loop(ctx: dict[str, Any], steps: int, every: int, kill_rank: int | None =
     return out
 
 
-OPS = {"loop": op_loop, "fsdp_save": op_fsdp_save, "fsdp_load": op_fsdp_load, "ddp": op_ddp, "fail": op_fail, "kill": op_kill,
-       "async_process": op_async_process}
+OPS = {
+    "loop": op_loop,
+    "fsdp_save": op_fsdp_save,
+    "fsdp_load": op_fsdp_load,
+    "ddp": op_ddp,
+    "fail": op_fail,
+    "kill": op_kill,
+    "async_process": op_async_process,
+}
 
 
 # -- pickle and torch.load poisoned -----------------------------------------------------------------
@@ -300,7 +325,7 @@ class no_pickle:
         self.on = on
         self.saved: list[tuple[Any, str, Any]] = []
 
-    def __enter__(self) -> "no_pickle":
+    def __enter__(self) -> no_pickle:
         if not self.on:
             return self
         import pickle
@@ -312,8 +337,12 @@ class no_pickle:
             def load(self) -> Any:
                 refuse()
 
-        for mod, name, new in ((pickle, "load", refuse), (pickle, "loads", refuse), (pickle, "Unpickler", Refusing),
-                               (torch, "load", refuse)):
+        for mod, name, new in (
+            (pickle, "load", refuse),
+            (pickle, "loads", refuse),
+            (pickle, "Unpickler", Refusing),
+            (torch, "load", refuse),
+        ):
             self.saved.append((mod, name, getattr(mod, name)))
             setattr(mod, name, new)
         return self
@@ -329,8 +358,9 @@ def _worker(rank: int, world: int, port: int, ops: list[Any], tmp: str, ctx_in: 
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR=HOST, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      GLOO_SOCKET_IFNAME="lo")  # loopback only
+    os.environ.update(
+        MASTER_ADDR=HOST, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo"
+    )  # loopback only
     for k, v in ctx_in.get("env", {}).items():
         os.environ[k] = v
     ctx = dict(ctx_in, rank=rank, world=world, sizes=tuple(ctx_in.get("sizes", (16, 30, 10, 3))))

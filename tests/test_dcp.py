@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 from typing import Any
 
 import pytest
@@ -21,9 +20,14 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, Def
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 import ckptstore
-from ckptstore import IntegrityError, ShardChunk, ShardedTensor, Store, TensorRef, UnsupportedFormatError
-from ckptstore.adapters.dcp import (CkptstoreLoadPlanner, CkptstoreReader, CkptstoreSavePlanner, CkptstoreWriter,
-                                    load_distributed, save_distributed)
+from ckptstore import IntegrityError, ShardChunk, ShardedTensor, Store, UnsupportedFormatError
+from ckptstore.adapters.dcp import (
+    CkptstoreLoadPlanner,
+    CkptstoreReader,
+    CkptstoreSavePlanner,
+    CkptstoreWriter,
+    save_distributed,
+)
 from ckptstore.cli import main
 
 from ._dcp_job import EXTRA, make_model, no_pickle, opt_step, reference, run_job, same
@@ -58,8 +62,9 @@ def load_plain(uri: str, step: int, planner: Any = None) -> dict[str, Any]:
     msd, osd = get_state_dict(model, opt)
     sd = {"model": msd, "optim": osd, "extra": {k: None for k in EXTRA}}
     with no_pickle():
-        dcp.load(sd, storage_reader=CkptstoreReader(uri, step=step), planner=planner or CkptstoreLoadPlanner(),
-                 no_dist=True)
+        dcp.load(
+            sd, storage_reader=CkptstoreReader(uri, step=step), planner=planner or CkptstoreLoadPlanner(), no_dist=True
+        )
     return sd
 
 
@@ -69,10 +74,23 @@ def jobs(tmp_path_factory: Any) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("dcp")
     uri, ddp_uri = str(root / "fsdp"), str(root / "ddp")
     info1 = save_distributed(one_process_state(), uri, step=1)  # N = 1
-    two = run_job(2, [["fsdp_load", {"step": 1}], ["fsdp_save", {"step": 2}], ["fail", {"step": 3}],
-                      ["fsdp_save", {"step": 4, "touch": True}]], str(root / "j2"), uri=uri)
-    four = run_job(4, [["fsdp_load", {"step": 2}], ["fsdp_load", {"step": 1}], ["fsdp_save", {"step": 5}]],
-                   str(root / "j4"), uri=uri)
+    two = run_job(
+        2,
+        [
+            ["fsdp_load", {"step": 1}],
+            ["fsdp_save", {"step": 2}],
+            ["fail", {"step": 3}],
+            ["fsdp_save", {"step": 4, "touch": True}],
+        ],
+        str(root / "j2"),
+        uri=uri,
+    )
+    four = run_job(
+        4,
+        [["fsdp_load", {"step": 2}], ["fsdp_load", {"step": 1}], ["fsdp_save", {"step": 5}]],
+        str(root / "j4"),
+        uri=uri,
+    )
     back = run_job(2, [["fsdp_load", {"step": 5}], ["ddp", {"step": 1, "uri": ddp_uri}]], str(root / "j2b"), uri=uri)
     for name, recs in (("two", two), ("four", four), ("back", back)):
         for r, rec in enumerate(recs):
@@ -82,13 +100,13 @@ def jobs(tmp_path_factory: Any) -> dict[str, Any]:
 
 def test_reshard_1_to_2_to_4_and_back(jobs: dict[str, Any]) -> None:
     two, four, back = jobs["two"], jobs["four"], jobs["back"]
-    assert two[0]["results"][0] == {"step": 1, "ok": True, "extra_ok": True}          # 1 -> 2
-    assert four[0]["results"][0] == {"step": 2, "ok": True, "extra_ok": True}         # 2 -> 4
-    assert four[0]["results"][1] == {"step": 1, "ok": True, "extra_ok": True}         # 1 -> 4
-    assert back[0]["results"][0] == {"step": 5, "ok": True, "extra_ok": True}         # 4 -> 2
+    assert two[0]["results"][0] == {"step": 1, "ok": True, "extra_ok": True}  # 1 -> 2
+    assert four[0]["results"][0] == {"step": 2, "ok": True, "extra_ok": True}  # 2 -> 4
+    assert four[0]["results"][1] == {"step": 1, "ok": True, "extra_ok": True}  # 1 -> 4
+    assert back[0]["results"][0] == {"step": 5, "ok": True, "extra_ok": True}  # 4 -> 2
     for recs in (two, four, back):  # every rank loaded the values (no pickle: poisoned during every load)
         assert all(r["results"][0]["extra_ok"] for r in recs)
-    for step in (5, 2):                                                                # 4 -> 1, 2 -> 1
+    for step in (5, 2):  # 4 -> 1, 2 -> 1
         sd = load_plain(jobs["uri"], step)
         check_full(sd)
         assert same(EXTRA, sd["extra"])
@@ -148,8 +166,11 @@ def test_unchanged_shards_are_not_written_again(jobs: dict[str, Any]) -> None:
 def test_ddp_replicated_state_is_written_once(jobs: dict[str, Any]) -> None:
     ddp = jobs["back"][0]["results"][1]
     assert ddp["first_new"] <= 1.05 * ddp["state_bytes"], ddp
-    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(jobs["ddp_uri"], "objects"))
-                  for f in fs)
+    on_disk = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, fs in os.walk(os.path.join(jobs["ddp_uri"], "objects"))
+        for f in fs
+    )
     assert on_disk <= 1.05 * ddp["state_bytes"] + ddp["bias_bytes"] + 4096, (on_disk, ddp)
     assert ddp["second_new"] <= ddp["bias_bytes"] + 64, ddp  # one bias changed
     infos = ckptstore.list_checkpoints(jobs["ddp_uri"])
@@ -200,15 +221,19 @@ def test_commit_refuses_chunks_that_do_not_tile(tmp_path: Any) -> None:
     store = Store(str(tmp_path / "s"))
     bad = [
         [ShardChunk(offsets=[0], sizes=[4], tensor=0), ShardChunk(offsets=[2], sizes=[4], tensor=1)],  # overlap
-        [ShardChunk(offsets=[0], sizes=[4], tensor=0)],                                                # gap
+        [ShardChunk(offsets=[0], sizes=[4], tensor=0)],  # gap
         [ShardChunk(offsets=[0], sizes=[4], tensor=0), ShardChunk(offsets=[6], sizes=[4], tensor=1)],  # outside
     ]
     for chunks in bad:
         with store.session() as s:
             part = s.stage([torch.ones(4), torch.ones(4)])
             with pytest.raises(IntegrityError):
-                s.commit(part, state={"w": ShardedTensor(dtype="float32", shape=[8], chunks=chunks)},
-                         distributed=ckptstore.Distributed(world_size=2, names={"w": ["w"]}), rng=False)
+                s.commit(
+                    part,
+                    state={"w": ShardedTensor(dtype="float32", shape=[8], chunks=chunks)},
+                    distributed=ckptstore.Distributed(world_size=2, names={"w": ["w"]}),
+                    rng=False,
+                )
     assert store.list() == []
 
 
@@ -293,8 +318,12 @@ def test_kill_9_of_one_rank_mid_save(tmp_path: Any) -> None:
     trials = [(10, 1, "staged"), (20, 0, "finish"), (30, 1, "resolve")]
     for step, victim, at in trials:
         # the first save of each trial is also "the next save succeeds" after the previous kill
-        recs = run_job(2, [["fsdp_save", {"step": step}], ["kill", {"step": step + 1, "rank": victim, "at": at}]],
-                       str(tmp_path / f"j{step}"), uri=uri)
+        recs = run_job(
+            2,
+            [["fsdp_save", {"step": step}], ["kill", {"step": step + 1, "rank": victim, "at": at}]],
+            str(tmp_path / f"j{step}"),
+            uri=uri,
+        )
         assert recs[victim]["exitcode"] == -9, (at, recs[victim])
         survivor = recs[1 - victim]
         assert survivor["status"] == "ok", (at, survivor["status"])
@@ -314,9 +343,19 @@ def test_on_s3_save_fail_load_and_kill(tmp_path: Any) -> None:
     target = cs.new_s3_bucket(cs.shared("moto").url)
     kw = {"storage_options": target.options}
     save_distributed(one_process_state(), target.uri, step=1, **kw)
-    recs = run_job(2, [["fsdp_save", {"step": 2}], ["fail", {"step": 3}], ["fsdp_load", {"step": 1}],
-                       ["fsdp_load", {"step": 2}], ["kill", {"step": 4, "rank": 1, "at": "staged"}]],
-                   str(tmp_path / "j"), uri=target.uri, options=target.options)
+    recs = run_job(
+        2,
+        [
+            ["fsdp_save", {"step": 2}],
+            ["fail", {"step": 3}],
+            ["fsdp_load", {"step": 1}],
+            ["fsdp_load", {"step": 2}],
+            ["kill", {"step": 4, "rank": 1, "at": "staged"}],
+        ],
+        str(tmp_path / "j"),
+        uri=target.uri,
+        options=target.options,
+    )
     assert recs[1]["exitcode"] == -9
     res = recs[0]["results"]
     assert recs[0]["status"] == "ok", recs[0]["status"]
@@ -342,8 +381,7 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
     """Every rank calls step(): one commit per save, retention once, SIGTERM on one rank makes
     both save the same step and exit, resume agrees on one step past a damaged newest one."""
     uri = str(tmp_path / "store")
-    first = run_job(2, [["loop", {"steps": 9, "every": 2, "kill_rank": 1, "kill_at": 4}]], str(tmp_path / "a"),
-                    uri=uri)
+    first = run_job(2, [["loop", {"steps": 9, "every": 2, "kill_rank": 1, "kill_at": 4}]], str(tmp_path / "a"), uri=uri)
     for rec in first:
         assert rec["status"] == "ok", rec["status"]
         assert rec["results"][0]["exit"] == 143 and rec["results"][0]["exit_step"] == 5, rec

@@ -135,7 +135,7 @@ def _sharding(m: Manifest) -> dict[str, Any] | None:
         node = state
         try:
             for p in path:
-                node = node[p]  # type: ignore[index]
+                node = node[p]
         except (KeyError, IndexError, TypeError):
             continue
         j = index.get(id(node))

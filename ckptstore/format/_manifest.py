@@ -12,8 +12,17 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .._errors import IntegrityError, UnsupportedFormatError
 
@@ -165,7 +174,7 @@ class Manifest(_Model):
                                                description="only in version 2 manifests (§21)")
 
     @model_validator(mode="after")
-    def _version_matches(self) -> "Manifest":
+    def _version_matches(self) -> Manifest:
         want = FORMAT_VERSION if self.distributed is None else DISTRIBUTED_VERSION
         if self.version != want:
             raise ValueError(f"a manifest {'with' if self.distributed else 'without'} a distributed section "

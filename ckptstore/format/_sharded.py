@@ -36,16 +36,18 @@ def check_sharded(m: Manifest, where: str) -> None:
         total = 0
         for c in st.chunks:
             if len(c.offsets) != ndim or len(c.sizes) != ndim:
-                raise IntegrityError(f"{w}: a chunk has {len(c.offsets)} offsets and {len(c.sizes)} sizes "
-                                     f"for {ndim} dimensions")
+                raise IntegrityError(
+                    f"{w}: a chunk has {len(c.offsets)} offsets and {len(c.sizes)} sizes for {ndim} dimensions"
+                )
             if any(o + s > n for o, s, n in zip(c.offsets, c.sizes, st.shape)):
                 raise IntegrityError(f"{w}: chunk at {c.offsets} of size {c.sizes} lies outside {st.shape}")
             if c.tensor >= len(m.tensors):
                 raise IntegrityError(f"{w}: chunk points at tensor {c.tensor}, which does not exist")
             e = m.tensors[c.tensor]
             if e.kind != "torch" or e.dtype != st.dtype or list(e.shape) != list(c.sizes):
-                raise IntegrityError(f"{w}: chunk tensor {c.tensor} is {e.kind} {e.dtype}{e.shape}, expected "
-                                     f"torch {st.dtype}{c.sizes}")
+                raise IntegrityError(
+                    f"{w}: chunk tensor {c.tensor} is {e.kind} {e.dtype}{e.shape}, expected torch {st.dtype}{c.sizes}"
+                )
             total += math.prod(c.sizes)
         if total != math.prod(st.shape):
             raise IntegrityError(f"{w}: its chunks hold {total} elements, the tensor {math.prod(st.shape)}")

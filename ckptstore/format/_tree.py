@@ -36,7 +36,7 @@ class TensorRef:
     ``decode_tree`` puts where the state has a tensor, and what ``SaveSession.commit(state=...)``
     accepts in place of one (the index into the concatenated table of the staged parts)."""
 
-    __slots__ = ("index", "entry")
+    __slots__ = ("entry", "index")
 
     def __init__(self, index: int, entry: Any = None) -> None:
         if type(index) is not int or index < 0:

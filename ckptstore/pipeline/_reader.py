@@ -80,7 +80,9 @@ def select_tensors(m: Manifest, indices: list[int]) -> Manifest:
     """A manifest holding only tensor entries ``indices`` (in that order) and the blobs and
     objects they need: reading it reads only those objects."""
     blob_map: dict[int, int] = {}
-    blobs, tensors, objects = [], [], {}
+    blobs: list[Any] = []
+    tensors: list[Any] = []
+    objects: dict[str, Any] = {}
     for i in indices:
         if type(i) is not int or not 0 <= i < len(m.tensors):
             raise IndexError(f"tensor index {i!r} out of range (the checkpoint has {len(m.tensors)})")

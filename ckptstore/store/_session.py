@@ -28,8 +28,18 @@ from .._version import __version__
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
-from ..format._manifest import (DISTRIBUTED_VERSION, FORMAT_VERSION, Blob, Distributed, Manifest, ObjectInfo, RngState,
-                                Stats, TensorEntry, dump)
+from ..format._manifest import (
+    DISTRIBUTED_VERSION,
+    FORMAT_VERSION,
+    Blob,
+    Distributed,
+    Manifest,
+    ObjectInfo,
+    RngState,
+    Stats,
+    TensorEntry,
+    dump,
+)
 from ..format._tensors import plan_tensors
 from ..format._tree import Decoder, Encoder, TensorRef, rebase_tensors
 from ..pipeline._codec import resolve_compression

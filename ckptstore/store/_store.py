@@ -6,6 +6,7 @@ It composes the layers below: the ``Catalog`` (what the store holds), a ``SaveSe
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import warnings
@@ -252,7 +253,8 @@ class Store:
         return state
 
     def load_tensors(self, indices: Iterable[int], step: int | None = None, *, id: str | None = None,
-                     map_location: MapLocation = None, verify: bool = True, mmap: bool | None = None) -> list[Any]:
+                     map_location: MapLocation = None, verify: bool = True, mmap: bool | None = None
+                     ) -> builtins.list[Any]:
         """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
         reading and verifying only the objects they use: a process that needs a few chunks of a
         large checkpoint (a rank of a distributed load) reads only those."""
@@ -264,7 +266,7 @@ class Store:
                                   verify=verify, progress=False, mmap=mmap)
 
     def _read_tensors(self, info: CheckpointInfo, m: Manifest, where: str, *, placement: Placement,
-                      verify: bool, progress: bool | None, mmap: bool | None) -> list[Any]:
+                      verify: bool, progress: bool | None, mmap: bool | None) -> builtins.list[Any]:
         """The tensors of ``m``'s tensor table, read and placed."""
         devices = blob_devices(m, placement)
         if mmap is None:
