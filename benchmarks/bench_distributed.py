@@ -156,11 +156,8 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
     for rep in range(cfg["repeats"]):
         order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
         for name, save, load, size in order:
-            base = (
-                f"{s3['prefix']}/{name.replace(' ', '_')}-{rep}"
-                if name.endswith("s3")
-                else os.path.join(root, f"{name.replace(' ', '_')}-{rep}")
-            )
+            leaf = f"w{world}-{name.replace(' ', '_')}-{rep}"  # a fresh location per world, method, repeat
+            base = f"{s3['prefix']}/{leaf}" if name.endswith("s3") else os.path.join(root, leaf)
             save_s, save_rss = timed(lambda: save(base))
             load_s, load_rss = timed(lambda: load(base))
             nbytes = size(base) if rank == 0 else 0
@@ -205,7 +202,7 @@ def _ddp_bytes(rank: int, world: int, cfg: dict[str, Any], dcp: Any, writer: Any
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
     model_bytes = sum(t.nbytes for t in _tensors(msd)) + sum(t.nbytes for t in _tensors(osd["state"]))
-    ck, fs = os.path.join(cfg["root"], "ddp-ckptstore"), os.path.join(cfg["root"], "ddp-fs")
+    ck, fs = os.path.join(cfg["root"], f"w{world}-ddp-ckptstore"), os.path.join(cfg["root"], f"w{world}-ddp-fs")
     dcp.save(state, storage_writer=writer(ck, step=1), planner=planner())
     dcp.save(state, storage_writer=dcp.FileSystemWriter(fs))
     dist.barrier()
