@@ -338,7 +338,7 @@ class CkptstoreReader(StorageReader):
         by_tensor: dict[int, list[Any]],
         planner: LoadPlanner,
     ) -> None:
-        loaded = store.load_tensors(batch, id=info.id, verify=self.verify)
+        loaded = store.load_tensors(batch, id=info.id, verify=self.verify, map_location="cpu")
         for idx, src in zip(batch, loaded):
             for item in by_tensor[idx]:
                 piece: torch.Tensor = src

@@ -400,3 +400,19 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [6, 8]
     for step in (6, 8):
         store.verify(step)
+
+
+def test_ranks_that_resolved_different_checkpoints_refuse_to_load(tmp_path: Any) -> None:
+    from torch.distributed.checkpoint.planner import LoadPlan
+
+    uri = str(tmp_path / "s")
+    save_distributed(one_process_state(), uri, step=1)
+    save_distributed(one_process_state(2), uri, step=2)
+    readers = [CkptstoreReader(uri, step=1), CkptstoreReader(uri)]  # as if a save committed in between
+    plans = []
+    for r in readers:
+        r.set_up_storage_reader(r.read_metadata(), True)
+        plans.append(r.prepare_local_plan(LoadPlan([])))
+    with pytest.raises(ckptstore.CkptstoreError, match="different checkpoints"):
+        readers[0].prepare_global_plan(plans)
+    assert readers[0].prepare_global_plan(plans[:1]) == plans[:1]
