@@ -416,3 +416,19 @@ def test_ranks_that_resolved_different_checkpoints_refuse_to_load(tmp_path: Any)
     with pytest.raises(ckptstore.CkptstoreError, match="different checkpoints"):
         readers[0].prepare_global_plan(plans)
     assert readers[0].prepare_global_plan(plans[:1]) == plans[:1]
+
+
+def test_compression_and_cached_plans(tmp_path: Any) -> None:
+    """zstd objects load exactly; DCP's plan caching (the second save reuses the first's plans)
+    still commits each save's own data: hashes travel in the write results, not in the plans."""
+    uri = str(tmp_path / "s")
+    planner = CkptstoreSavePlanner(enable_plan_caching=True)
+    first = one_process_state()
+    dcp.save(first, storage_writer=CkptstoreWriter(uri, step=1, compression="zstd"), planner=planner, no_dist=True)
+    second = one_process_state(steps=2)
+    dcp.save(second, storage_writer=CkptstoreWriter(uri, step=2, compression="zstd"), planner=planner, no_dist=True)
+    store = Store(uri)
+    assert {o.codec for o in store.manifest(2).objects.values()} - {"none"}
+    for step, steps in ((1, 1), (2, 2)):
+        check_full(load_plain(uri, step), steps=steps)
+        check_full(ckptstore.load(uri, step=step), steps=steps)
