@@ -28,25 +28,70 @@ class ConfigDriftWarning(ckptstore.CkptstoreWarning):
 
 
 RISKY = (
-    r"(per_device_(train_|eval_)?)?(micro_|global_|train_|eval_)?batch_size", r"bs", r"gradient_accumulation(_steps)?",
-    r"grad_accum(_steps)?", r"accumulate_grad_batches",
-    r"model(_name|_id|_type|_name_or_path|_path)?", r"arch(itecture)?", r"base_model(_name_or_path)?",
-    r"tokenizer(_name|_name_or_path|_path)?", r"vocab_size",
-    r"(max_)?(seq|sequence)_len(gth)?", r"(max_)?seq_length", r"block_size", r"context_(length|len|size)",
-    r"max_length", r"max_position_embeddings", r"n_ctx", r"n_positions",
-    r"hidden_size", r"n_embd", r"d_model", r"n_layers?", r"num_(hidden_)?layers", r"n_heads?",
-    r"num_(attention_)?heads", r"intermediate_size", r"d_ff", r"ffn_dim",
-    r"lora_r", r"lora_alpha", r"target_modules",
-    r"dataset(_name|_path)?", r"data(_dir|_path)?", r"train_file", r"dtype", r"precision", r"(b)?f16",
-    r"mixed_precision", r"world_size", r"num_(gpus|devices|nodes)",
+    r"(per_device_(train_|eval_)?)?(micro_|global_|train_|eval_)?batch_size",
+    r"bs",
+    r"gradient_accumulation(_steps)?",
+    r"grad_accum(_steps)?",
+    r"accumulate_grad_batches",
+    r"model(_name|_id|_type|_name_or_path|_path)?",
+    r"arch(itecture)?",
+    r"base_model(_name_or_path)?",
+    r"tokenizer(_name|_name_or_path|_path)?",
+    r"vocab_size",
+    r"(max_)?(seq|sequence)_len(gth)?",
+    r"(max_)?seq_length",
+    r"block_size",
+    r"context_(length|len|size)",
+    r"max_length",
+    r"max_position_embeddings",
+    r"n_ctx",
+    r"n_positions",
+    r"hidden_size",
+    r"n_embd",
+    r"d_model",
+    r"n_layers?",
+    r"num_(hidden_)?layers",
+    r"n_heads?",
+    r"num_(attention_)?heads",
+    r"intermediate_size",
+    r"d_ff",
+    r"ffn_dim",
+    r"lora_r",
+    r"lora_alpha",
+    r"target_modules",
+    r"dataset(_name|_path)?",
+    r"data(_dir|_path)?",
+    r"train_file",
+    r"dtype",
+    r"precision",
+    r"(b)?f16",
+    r"mixed_precision",
+    r"world_size",
+    r"num_(gpus|devices|nodes)",
 )
 DELIBERATE = (
-    r"(max_|base_|peak_|min_)?(lr|learning_rate)", r"(num_|max_|total_)?epochs", r"num_train_epochs",
-    r"(max|total|num_train|train)_steps", r"total_steps", r"warmup(_steps|_ratio)?", r"weight_decay",
-    r"(lr_)?scheduler(_type)?", r"lr_schedule", r"(save|eval|log|logging)_(steps|every|interval|strategy|freq)",
-    r"(eval|log|save)_every(_steps)?", r"output_dir", r"run_name", r"logging_dir", r"report_to",
-    r"num_workers", r"dataloader_num_workers", r"patience", r"early_stopping(_patience)?",
-    r"gradient_clip(_val|ping)?", r"(max_)?grad_norm", r"clip(_grad)?(_norm)?",
+    r"(max_|base_|peak_|min_)?(lr|learning_rate)",
+    r"(num_|max_|total_)?epochs",
+    r"num_train_epochs",
+    r"(max|total|num_train|train)_steps",
+    r"total_steps",
+    r"warmup(_steps|_ratio)?",
+    r"weight_decay",
+    r"(lr_)?scheduler(_type)?",
+    r"lr_schedule",
+    r"(save|eval|log|logging)_(steps|every|interval|strategy|freq)",
+    r"(eval|log|save)_every(_steps)?",
+    r"output_dir",
+    r"run_name",
+    r"logging_dir",
+    r"report_to",
+    r"num_workers",
+    r"dataloader_num_workers",
+    r"patience",
+    r"early_stopping(_patience)?",
+    r"gradient_clip(_val|ping)?",
+    r"(max_)?grad_norm",
+    r"clip(_grad)?(_norm)?",
 )
 _RISKY_RE = re.compile("^(" + "|".join(RISKY) + ")$", re.IGNORECASE)
 _DELIBERATE_RE = re.compile("^(" + "|".join(DELIBERATE) + ")$", re.IGNORECASE)
@@ -143,8 +188,12 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -168,8 +217,14 @@ def classify(key: str, risky: Iterable[str] = (), deliberate: Iterable[str] = ()
     return "other"
 
 
-def config_drift(recorded: Any, current: Any, *, risky: Iterable[str] = (), deliberate: Iterable[str] = (),
-                 ignore: Iterable[str] = ()) -> ConfigDrift:
+def config_drift(
+    recorded: Any,
+    current: Any,
+    *,
+    risky: Iterable[str] = (),
+    deliberate: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+) -> ConfigDrift:
     """Compare two configs (see the module docstring). ``risky`` / ``deliberate`` add key names
     (last part or full dotted key) to those classes; ``ignore`` skips keys."""
     a = _flatten(plain_config(recorded))
@@ -187,6 +242,5 @@ def config_drift(recorded: Any, current: Any, *, risky: Iterable[str] = (), deli
             added.append(key)
         if vb is _MISSING:
             removed.append(key)
-        groups[classify(key, risky, deliberate)][key] = (None if va is _MISSING else va,
-                                                         None if vb is _MISSING else vb)
+        groups[classify(key, risky, deliberate)][key] = (None if va is _MISSING else va, None if vb is _MISSING else vb)
     return ConfigDrift(groups["risky"], groups["deliberate"], groups["other"], tuple(added), tuple(removed))

@@ -15,8 +15,13 @@ def keep_best_option(v: Any) -> tuple[Any, ...] | None:
         return None
     if isinstance(v, str):
         v = (v, "min")
-    if not (isinstance(v, (tuple, list)) and 2 <= len(v) <= 3 and isinstance(v[0], str) and v[1] in ("min", "max")
-            and (len(v) == 2 or (isinstance(v[2], int) and v[2] >= 1))):
+    if not (
+        isinstance(v, (tuple, list))
+        and 2 <= len(v) <= 3
+        and isinstance(v[0], str)
+        and v[1] in ("min", "max")
+        and (len(v) == 2 or (isinstance(v[2], int) and v[2] >= 1))
+    ):
         raise ValueError(f"keep_best must be (metric, 'min' | 'max') or (metric, mode, k), not {v!r}")
     return tuple(v)
 

@@ -108,8 +108,9 @@ def find_resumable(
     """
     if not isinstance(store, Store):
         with Store(store) as opened:
-            return find_resumable(opened, step=step, id=id, map_location=map_location, allow_pickle=allow_pickle,
-                                  warn=warn)
+            return find_resumable(
+                opened, step=step, id=id, map_location=map_location, allow_pickle=allow_pickle, warn=warn
+            )
     if step is not None or id is not None:
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location=map_location, allow_pickle=allow_pickle)
@@ -117,7 +118,9 @@ def find_resumable(
     if store.backend.root_state() == "file":
         raise StoreNotFoundError(
             f"{store.uri} is a file, not a checkpoint store. Give a folder (or bucket prefix) for the store; to bring "
-            "a torch.save file into one, use ckptstore.import_torch_file().", path=store.uri)
+            "a torch.save file into one, use ckptstore.import_torch_file().",
+            path=store.uri,
+        )
     if not store.exists():
         return None
     good = store.list()
@@ -147,7 +150,8 @@ def find_resumable(
         names = "; ".join(f"step {d.step} ({d.short_id}): {d.reason}" for d in skipped)
         raise IntegrityError(
             f"no checkpoint in {store.uri} verifies ({len(skipped)} damaged: {names}). Restore the store "
-            "from a backup, or start over in a new location.")
+            "from a backup, or start over in a new location."
+        )
     return None
 
 
@@ -156,16 +160,20 @@ def fallback_message(r: Resumable, uri: str) -> str:
     more = ""
     if len(r.skipped) > 1:
         more = " Also damaged: " + ", ".join(f"step {d.step} ({d.short_id})" for d in r.skipped[1:]) + "."
-    return (f"ckptstore: the newest checkpoint in {uri}, step {first.step} ({first.short_id}), is damaged: "
-            f"{first.reason}. Resuming from step {r.info.step} ({r.info.short_id}) instead; the steps after it "
-            f"will run again.{more}")
+    return (
+        f"ckptstore: the newest checkpoint in {uri}, step {first.step} ({first.short_id}), is damaged: "
+        f"{first.reason}. Resuming from step {r.info.step} ({r.info.short_id}) instead; the steps after it "
+        f"will run again.{more}"
+    )
 
 
 def _load_one(obj: Any, state: Any, name: str) -> None:
     load = getattr(obj, "load_state_dict", None)
     if load is None:
-        raise TypeError(f"{name} ({type(obj).__name__}) has no load_state_dict(); pass objects that do, "
-                        "or put plain values in extra=")
+        raise TypeError(
+            f"{name} ({type(obj).__name__}) has no load_state_dict(); pass objects that do, "
+            "or put plain values in extra="
+        )
     load(state)
 
 
@@ -182,8 +190,10 @@ def load_into(state: Mapping[str, Any], objects: Mapping[str, Any]) -> tuple[lis
         sub = state[name]
         if isinstance(obj, (list, tuple)):
             if not isinstance(sub, (list, tuple)) or len(sub) != len(obj):
-                raise ValueError(f"the checkpoint holds {len(sub) if isinstance(sub, (list, tuple)) else 1} "
-                                 f"state(s) for {name!r}, you passed {len(obj)} objects")
+                raise ValueError(
+                    f"the checkpoint holds {len(sub) if isinstance(sub, (list, tuple)) else 1} "
+                    f"state(s) for {name!r}, you passed {len(obj)} objects"
+                )
             for i, (o, s) in enumerate(zip(obj, sub)):
                 _load_one(o, s, f"{name}[{i}]")
         else:
@@ -192,20 +202,25 @@ def load_into(state: Mapping[str, Any], objects: Mapping[str, Any]) -> tuple[lis
     return restored, missing
 
 
-def restore_into(found: Resumable, objects: Mapping[str, Any], extra: Any, *, rng: bool = True,
-                 uri: str = "") -> tuple[list[str], list[str], list[str]]:
+def restore_into(
+    found: Resumable, objects: Mapping[str, Any], extra: Any, *, rng: bool = True, uri: str = ""
+) -> tuple[list[str], list[str], list[str]]:
     """Apply a loaded checkpoint in the Checkpointer layout: each object's ``load_state_dict``,
     ``extra`` (a dict) updated in place with the saved extras, and the RNG states (``rng``).
     Warns about objects the checkpoint lacks and RNG states this machine cannot take.
     Returns (restored names, missing names, RNG kinds not restored)."""
     info, state = found.info, found.state
     if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint step {info.step} in {uri} holds a {type(state).__name__}, not the dict a "
-                         "Checkpointer writes; load it with ckptstore.load() instead")
+        raise ValueError(
+            f"checkpoint step {info.step} in {uri} holds a {type(state).__name__}, not the dict a "
+            "Checkpointer writes; load it with ckptstore.load() instead"
+        )
     restored, missing = load_into(state, objects)
     if objects and not restored:
-        raise ValueError(f"checkpoint step {info.step} in {uri} has none of {sorted(objects)} (it has "
-                         f"{sorted(state)}); was it written by a Checkpointer?")
+        raise ValueError(
+            f"checkpoint step {info.step} in {uri} has none of {sorted(objects)} (it has "
+            f"{sorted(state)}); was it written by a Checkpointer?"
+        )
     if missing:
         _warn(f"ckptstore: checkpoint step {info.step} has no state for {', '.join(missing)}; they start fresh")
     saved_extra = state.get("extra")
@@ -217,8 +232,10 @@ def restore_into(found: Resumable, objects: Mapping[str, Any], extra: Any, *, rn
             warnings.simplefilter("always")
             skipped = ckptstore.restore_rng(info)
         if skipped:
-            _warn(f"ckptstore: resumed step {info.step} on a machine without {', '.join(skipped)}: those RNG "
-                  "states were not restored (random streams on them will differ from an uninterrupted run)")
+            _warn(
+                f"ckptstore: resumed step {info.step} on a machine without {', '.join(skipped)}: those RNG "
+                "states were not restored (random streams on them will differ from an uninterrupted run)"
+            )
         for w in caught:
             if not str(w.message).startswith("RNG states not restored"):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

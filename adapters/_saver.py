@@ -68,9 +68,15 @@ class Saver:
         if snap is not None:
             snap.barrier()
 
-    def save(self, state: Any, *, on_commit: Callable[[CheckpointInfo], None],
-             on_fail: Callable[[], None], defer: Callable[[torch.Tensor], bool] | None = None,
-             **kw: Any) -> None:
+    def save(
+        self,
+        state: Any,
+        *,
+        on_commit: Callable[[CheckpointInfo], None],
+        on_fail: Callable[[], None],
+        defer: Callable[[torch.Tensor], bool] | None = None,
+        **kw: Any,
+    ) -> None:
         """Save ``state`` with ``Store.save(**kw)``; ``on_commit(info)`` runs once it is committed,
         ``on_fail()`` if it is not (in the background in async mode)."""
         if self._retention is not None:

@@ -45,9 +45,12 @@ def resolve_signals(names: Iterable[str | int | signal.Signals]) -> list[signal.
 class SignalCatcher:
     """Records the first of ``signals`` to arrive; see the module docstring."""
 
-    def __init__(self, signals: Iterable[str | int | signal.Signals] = DEFAULT_SIGNALS,
-                 message: str = "ckptstore: got {name}; saving a checkpoint at the next step, then exiting "
-                                "(press Ctrl+C again to abort without saving)") -> None:
+    def __init__(
+        self,
+        signals: Iterable[str | int | signal.Signals] = DEFAULT_SIGNALS,
+        message: str = "ckptstore: got {name}; saving a checkpoint at the next step, then exiting "
+        "(press Ctrl+C again to abort without saving)",
+    ) -> None:
         self.signals = resolve_signals(signals)
         self.message = message
         self.received: signal.Signals | None = None
@@ -64,8 +67,9 @@ class SignalCatcher:
         if self.installed or not self.signals:
             return self.installed
         if threading.current_thread() is not threading.main_thread():
-            log.warning("ckptstore: not in the main thread, so no emergency save on %s",
-                        "/".join(s.name for s in self.signals))
+            log.warning(
+                "ckptstore: not in the main thread, so no emergency save on %s", "/".join(s.name for s in self.signals)
+            )
             return False
         self._pid = os.getpid()
         for sig in self.signals:

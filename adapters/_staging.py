@@ -43,8 +43,14 @@ def storage_key(t: torch.Tensor) -> tuple[str, int]:
 
 
 def _stageable(t: torch.Tensor) -> bool:
-    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided and not t.is_quantized
-            and not t.is_meta and not t.is_nested and t.device.type in ("cpu", "cuda", "mps"))
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and not t.is_meta
+        and not t.is_nested
+        and t.device.type in ("cpu", "cuda", "mps")
+    )
 
 
 def _cuda_ok(err: Any) -> bool:
@@ -76,7 +82,7 @@ class _Arena:
 
     def view(self, offset: int, nbytes: int, dtype: torch.dtype, shape: torch.Size) -> torch.Tensor:
         # from_numpy gives each slice a storage of its own that keeps the arena alive
-        raw = torch.from_numpy(self.array[offset:offset + nbytes])
+        raw = torch.from_numpy(self.array[offset : offset + nbytes])
         return raw.view(dtype).reshape(shape)
 
     def free(self) -> None:
@@ -102,8 +108,8 @@ class Snapshot:
         self.tree = tree
         self.nbytes = nbytes
         self._owner = owner
-        self._events: list[tuple[torch.device, Any]] = []           # (device, event of all copies)
-        self._barrier_events: list[tuple[torch.device, Any]] = []   # deferred copies' events
+        self._events: list[tuple[torch.device, Any]] = []  # (device, event of all copies)
+        self._barrier_events: list[tuple[torch.device, Any]] = []  # deferred copies' events
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._barrier_done = False
@@ -223,8 +229,16 @@ class StagingBuffers:
                 return t
             if t.numel() == 0:
                 return t.detach().to("cpu", copy=True)
-            key = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                   tuple(t.stride()), t.dtype, t.is_conj(), t.is_neg())
+            key = (
+                str(t.device),
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+                t.is_conj(),
+                t.is_neg(),
+            )
             slot = sources.get(key)
             if slot is None:
                 slot = sources[key] = _Slot(t)
@@ -277,6 +291,7 @@ class StagingBuffers:
             for dev, group in by_dev.items():
                 self._cuda_copies(snap, dev, group)
         if later:
+
             def run() -> None:
                 try:
                     with torch.no_grad():

@@ -97,9 +97,15 @@ class CkptstoreCheckpointIO(CheckpointIO):
     to keep, and its removals are honoured.
     """
 
-    def __init__(self, uri: ckptstore.Store | str | os.PathLike[str], *, allow_pickle: bool = False,
-                 retention: Any = None, compression: str | bool | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: ckptstore.Store | str | os.PathLike[str],
+        *,
+        allow_pickle: bool = False,
+        retention: Any = None,
+        compression: str | bool | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(uri, ckptstore.Store):
             if retention is not None:
@@ -143,7 +149,7 @@ class CkptstoreCheckpointIO(CheckpointIO):
         saved earlier (the newest save under it), or failing that the newest with that file name."""
         p = os.fspath(path)
         if p.startswith(f"{PROTOCOL}://"):
-            return self.store.info(id=p[len(PROTOCOL) + 3:].split("/", 1)[0])
+            return self.store.info(id=p[len(PROTOCOL) + 3 :].split("/", 1)[0])
         named = self._named(p)
         if not named:
             base = os.path.basename(p)
@@ -152,7 +158,8 @@ class CkptstoreCheckpointIO(CheckpointIO):
             have = sorted({str(i.meta.get("name")) for i in self.store.list()}) if self.store.exists() else []
             raise ckptstore.CheckpointNotFoundError(
                 f"no checkpoint saved as {p!r} in {self.store.uri} and no such local file "
-                f"(the store has: {', '.join(have[-10:]) or 'nothing'})")
+                f"(the store has: {', '.join(have[-10:]) or 'nothing'})"
+            )
         return max(named, key=lambda i: (i.created_at, i.id))
 
     def last_path(self) -> str | None:
@@ -176,24 +183,35 @@ class CkptstoreCheckpointIO(CheckpointIO):
                 warnings.warn(
                     f"{self.store.uri} already holds checkpoints up to step {latest.step}, but this run did not "
                     "resume from it. To continue, use CkptstoreModelCheckpoint and fit(ckpt_path='last').",
-                    ckptstore.CkptstoreWarning, stacklevel=2)
+                    ckptstore.CkptstoreWarning,
+                    stacklevel=2,
+                )
         plain, fixes = ckptstore.interop.to_plain(checkpoint)
         step = checkpoint.get("global_step")
         epoch = checkpoint.get("epoch")
-        meta = {"framework": "lightning", "path": p, "name": os.path.basename(p), "plain_fixes": fixes,
-                "lightning": checkpoint.get("pytorch-lightning_version")}
+        meta = {
+            "framework": "lightning",
+            "path": p,
+            "name": os.path.basename(p),
+            "plain_fixes": fixes,
+            "lightning": checkpoint.get("pytorch-lightning_version"),
+        }
         if self.total_steps and isinstance(step, int):
             meta["total_steps"] = self.total_steps
             meta["progress"] = round(min(1.0, step / self.total_steps), 6)
-        info = self.store.save(plain, step=int(step) if isinstance(step, int) else None,
-                               epoch=int(epoch) if isinstance(epoch, int) else None, metrics=_metrics(checkpoint),
-                               meta=meta, allow_pickle=self.allow_pickle)
+        info = self.store.save(
+            plain,
+            step=int(step) if isinstance(step, int) else None,
+            epoch=int(epoch) if isinstance(epoch, int) else None,
+            metrics=_metrics(checkpoint),
+            meta=meta,
+            allow_pickle=self.allow_pickle,
+        )
         for old in self._named(p):  # saving to a path replaces what was saved there
             if old.id != info.id:
                 self.store.forget(id=old.id)
         self.last_saved = info
-        log.info("ckptstore: committed %s as step %s (%s), %d new bytes", p, info.step, info.short_id,
-                 info.new_bytes)
+        log.info("ckptstore: committed %s as step %s (%s), %d new bytes", p, info.step, info.short_id, info.new_bytes)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         p = os.fspath(path)
@@ -227,8 +245,10 @@ def _store_io(trainer: Any) -> CkptstoreCheckpointIO:
     while not isinstance(io, CkptstoreCheckpointIO) and hasattr(io, "checkpoint_io") and seen < 5:
         io, seen = io.checkpoint_io, seen + 1
     if not isinstance(io, CkptstoreCheckpointIO):
-        raise ValueError("CkptstoreModelCheckpoint needs the store plugin: "
-                         "L.Trainer(plugins=[CkptstoreCheckpointIO(uri)], callbacks=[CkptstoreModelCheckpoint(...)])")
+        raise ValueError(
+            "CkptstoreModelCheckpoint needs the store plugin: "
+            "L.Trainer(plugins=[CkptstoreCheckpointIO(uri)], callbacks=[CkptstoreModelCheckpoint(...)])"
+        )
     return io
 
 

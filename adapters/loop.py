@@ -136,8 +136,9 @@ class Checkpointer:
         self.tags = (tags,) if isinstance(tags, str) else tuple(tags)
         self._clock = clock
         self._owns_store = not isinstance(uri, Store)
-        self.store: Store = uri if isinstance(uri, Store) else Store(
-            uri, compression=compression, storage_options=storage_options)
+        self.store: Store = (
+            uri if isinstance(uri, Store) else Store(uri, compression=compression, storage_options=storage_options)
+        )
         self._signals = SignalCatcher(signals)
         self._signal_handled = False
         self.stop_requested = False
@@ -155,7 +156,7 @@ class Checkpointer:
         self._completed: int | None = None
         self._epoch: int | None = None
         self._epoch_done = False
-        self._requested: set[int] = set()      # steps saved or being saved: never twice
+        self._requested: set[int] = set()  # steps saved or being saved: never twice
         self._last_saved: CheckpointInfo | None = None
         self._best_value: float | None = None
         self._best: CheckpointInfo | None = None
@@ -218,10 +219,13 @@ class Checkpointer:
             if name in _RESERVED:
                 raise ValueError(f"{name!r} is reserved; pass plain values as extra=")
             for o in obj if isinstance(obj, (list, tuple)) else [obj]:
-                if o is not None and not (callable(getattr(o, "state_dict", None))
-                                          and callable(getattr(o, "load_state_dict", None))):
-                    raise TypeError(f"{name}: {type(o).__name__} has no state_dict()/load_state_dict(); "
-                                    "put plain values (counters, histories) in extra= instead")
+                if o is not None and not (
+                    callable(getattr(o, "state_dict", None)) and callable(getattr(o, "load_state_dict", None))
+                ):
+                    raise TypeError(
+                        f"{name}: {type(o).__name__} has no state_dict()/load_state_dict(); "
+                        "put plain values (counters, histories) in extra= instead"
+                    )
             self._objects[name] = obj
             if self.overlap_copy:
                 for o in obj if isinstance(obj, (list, tuple)) else [obj]:
@@ -277,8 +281,9 @@ class Checkpointer:
                         return p.device
         return "auto"
 
-    def resume(self, *, step: int | None = None, id: str | None = None, extra: dict[str, Any] | None = None,
-               **objects: Any) -> int:
+    def resume(
+        self, *, step: int | None = None, id: str | None = None, extra: dict[str, Any] | None = None, **objects: Any
+    ) -> int:
         """Restore the newest checkpoint that verifies (or the one at ``step`` / ``id``) into
         ``objects`` (``model=``, ``optimizer=``, ``scheduler=``, ``scaler=``... anything with
         ``load_state_dict``; a list for several) and ``extra`` (a dict, updated in place), and
@@ -289,14 +294,16 @@ class Checkpointer:
         if self._dist is not None:
             found = self._dist.resume(self.store, self._objects, self._extra, step=step, id=id)
         else:
-            found = find_resumable(self.store, step=step, id=id, map_location=self._location(),
-                                   allow_pickle=self.allow_pickle)
+            found = find_resumable(
+                self.store, step=step, id=id, map_location=self._location(), allow_pickle=self.allow_pickle
+            )
         if found is None:
             log.info("ckptstore: nothing to resume in %s; starting at step 0", self.uri)
             return 0
         info, state = found.info, found.state
-        restored, missing, rng_skipped = restore_into(found, self._objects, self._extra,
-                                                      rng=self.restore_rng and self._dist is None, uri=self.uri)
+        restored, missing, rng_skipped = restore_into(
+            found, self._objects, self._extra, rng=self.restore_rng and self._dist is None, uri=self.uri
+        )
         saved_extra = state.get("extra")
         drift = self._check_drift(info)
         meta = info.meta or {}
@@ -309,9 +316,19 @@ class Checkpointer:
         self._seconds_before = float(meta.get("train_seconds", 0.0) or 0.0)
         self._init_best()
         self._last_save_time = self._clock()
-        self.resumed = ResumeInfo(info=info, step=info.step, epoch=info.epoch, next_epoch=next_epoch,
-                                  restored=tuple(restored), missing=tuple(missing), skipped=found.skipped,
-                                  drift=drift, rng_skipped=tuple(rng_skipped), extra=saved_extra, state=state)
+        self.resumed = ResumeInfo(
+            info=info,
+            step=info.step,
+            epoch=info.epoch,
+            next_epoch=next_epoch,
+            restored=tuple(restored),
+            missing=tuple(missing),
+            skipped=found.skipped,
+            drift=drift,
+            rng_skipped=tuple(rng_skipped),
+            extra=saved_extra,
+            state=state,
+        )
         log.info("ckptstore: resumed from step %d (%s) in %s", info.step, info.short_id, self.uri)
         return info.step
 
@@ -343,8 +360,16 @@ class Checkpointer:
         return v < self._best_value if self.keep_best[1] == "min" else v > self._best_value
 
     # -- the loop -----------------------------------------------------------------------
-    def step(self, step: int, *, epoch: int | None = None, metrics: Mapping[str, Any] | None = None,
-             save: bool = False, extra: dict[str, Any] | None = None, **objects: Any) -> bool:
+    def step(
+        self,
+        step: int,
+        *,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        save: bool = False,
+        extra: dict[str, Any] | None = None,
+        **objects: Any,
+    ) -> bool:
         """Call after loop index ``step`` (0-based) finished. Saves checkpoint ``step + 1`` when a
         trigger fires; True when a save was made (or started, with ``async_save``)."""
         self._check()
@@ -385,8 +410,14 @@ class Checkpointer:
             self._on_signal(sig)
         return saved
 
-    def epoch_end(self, epoch: int, *, metrics: Mapping[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None, **objects: Any) -> bool:
+    def epoch_end(
+        self,
+        epoch: int,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        **objects: Any,
+    ) -> bool:
         """Call after the last step of ``epoch``. Saves (with ``on_epoch_end``) unless that step
         was saved already; a resume from this checkpoint continues with ``epoch + 1``."""
         self._check()
@@ -396,8 +427,13 @@ class Checkpointer:
             raise RuntimeError("call step() after each step before epoch_end(), so the step is known")
         triggers = ["epoch_end"] if self.on_epoch_end else []
         values = metric_values(metrics) if metrics else None
-        if values and self.save_best and self.keep_best and self.keep_best[0] in values \
-                and self._better(values[self.keep_best[0]]):
+        if (
+            values
+            and self.save_best
+            and self.keep_best
+            and self.keep_best[0] in values
+            and self._better(values[self.keep_best[0]])
+        ):
             triggers.append("best")
         if self._dist is not None:
             triggers, _ = self._dist.agree(triggers, None)
@@ -406,8 +442,16 @@ class Checkpointer:
             return True
         return False
 
-    def save(self, *, step: int | None = None, metrics: Mapping[str, Any] | None = None, tags: Iterable[str] = (),
-             wait: bool = False, extra: dict[str, Any] | None = None, **objects: Any) -> bool:
+    def save(
+        self,
+        *,
+        step: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        wait: bool = False,
+        extra: dict[str, Any] | None = None,
+        **objects: Any,
+    ) -> bool:
         """Save now (``step``: completed steps; default the last seen). Returns False when that
         step is already saved. ``wait=True`` returns only once it is committed."""
         self._check()
@@ -439,20 +483,37 @@ class Checkpointer:
             raise RuntimeError("nothing to save: pass model=, optimizer=... to resume() or step()")
         if metrics is not None:
             metrics = metric_values(metrics)
-        meta: dict[str, Any] = {"trigger": "+".join(triggers), "epoch_done": self._epoch_done,
-                                "train_seconds": round(self._seconds_before + time.monotonic() - self._started, 3)}
+        meta: dict[str, Any] = {
+            "trigger": "+".join(triggers),
+            "epoch_done": self._epoch_done,
+            "train_seconds": round(self._seconds_before + time.monotonic() - self._started, 3),
+        }
         if self.total_steps is not None:
             meta["total_steps"] = self.total_steps
             meta["progress"] = round(min(1.0, done / self.total_steps), 6)
-        if self.keep_best is not None and metrics and self.keep_best[0] in metrics \
-                and self._better(metrics[self.keep_best[0]]):
+        if (
+            self.keep_best is not None
+            and metrics
+            and self.keep_best[0] in metrics
+            and self._better(metrics[self.keep_best[0]])
+        ):
             self._best_value = metrics[self.keep_best[0]]
         self._requested.add(done)
         self._last_save_time = self._clock()
-        self._saver.save(self._gather(), on_commit=self._committed, on_fail=lambda: self._requested.discard(done),
-                         defer=self._deferrable(), step=done, epoch=self._epoch, config=self.config,
-                         metrics=metrics, tags=(*self.tags, *tags), meta=meta, rng=ckptstore.capture_rng_state(),
-                         allow_pickle=self.allow_pickle)
+        self._saver.save(
+            self._gather(),
+            on_commit=self._committed,
+            on_fail=lambda: self._requested.discard(done),
+            defer=self._deferrable(),
+            step=done,
+            epoch=self._epoch,
+            config=self.config,
+            metrics=metrics,
+            tags=(*self.tags, *tags),
+            meta=meta,
+            rng=ckptstore.capture_rng_state(),
+            allow_pickle=self.allow_pickle,
+        )
 
     def _committed(self, info: CheckpointInfo) -> None:
         self._last_saved = info
@@ -474,8 +535,10 @@ class Checkpointer:
             self._saver.wait()
         finally:
             if self._last_saved is not None and self._last_saved.step == self._completed:
-                say(f"ckptstore: saved step {self._last_saved.step} ({self._last_saved.short_id}) to {self.uri} "
-                     f"after {sig.name}\n")
+                say(
+                    f"ckptstore: saved step {self._last_saved.step} ({self._last_saved.short_id}) to {self.uri} "
+                    f"after {sig.name}\n"
+                )
             if self.exit_on_signal:
                 self.close(final=False)
         if self.exit_on_signal:
@@ -491,9 +554,14 @@ class Checkpointer:
         if self._signals.aborted:  # Ctrl+C twice: leave now, do not wait for anything
             final = False
         try:
-            if final and self.save_on_close and self._completed is not None \
-                    and self._completed not in self._requested and (self._objects or self._extra is not None) \
-                    and not self._saver.failed:
+            if (
+                final
+                and self.save_on_close
+                and self._completed is not None
+                and self._completed not in self._requested
+                and (self._objects or self._extra is not None)
+                and not self._saver.failed
+            ):
                 self._save(self._completed, ["final"], None)
         finally:
             self._closed = True

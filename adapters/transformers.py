@@ -48,9 +48,15 @@ def _metric_name(name: str) -> str:
     return name if name.startswith("eval_") else f"eval_{name}"
 
 
-def resume_from_store(store: ckptstore.Store | str | os.PathLike[str], dest: str | os.PathLike[str], *,
-                      step: int | None = None, id: str | None = None, allow_pickle: bool = False,
-                      storage_options: Mapping[str, Any] | None = None) -> str | None:
+def resume_from_store(
+    store: ckptstore.Store | str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    id: str | None = None,
+    allow_pickle: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str | None:
     """Write a stored Trainer checkpoint into ``dest/checkpoint-N`` and return that path.
 
     Without ``step``/``id`` the newest checkpoint that reads back whole is used (a damaged newest
@@ -67,8 +73,9 @@ def resume_from_store(store: ckptstore.Store | str | os.PathLike[str], dest: str
         try:
             ckptstore.interop.write_hf_folder(_drop_stale_best_path(state), final, allow_pickle=allow_pickle)
         except ckptstore.UnsupportedFormatError as e:
-            raise ckptstore.UnsupportedFormatError(f"checkpoint step {info.step} ({info.short_id}) in {s.uri}: {e}"
-                                                   ) from None
+            raise ckptstore.UnsupportedFormatError(
+                f"checkpoint step {info.step} ({info.short_id}) in {s.uri}: {e}"
+            ) from None
         log.info("ckptstore: resuming from step %d (%s) of %s via %s", info.step, info.short_id, s.uri, final)
         return final
     finally:
@@ -105,14 +112,24 @@ class CkptstoreCallback(TrainerCallback):
     when training ends. Single-process training (or rank 0 with a shared output folder).
     """
 
-    def __init__(self, uri: ckptstore.Store | str | os.PathLike[str], *, keep_last: int | None = None,
-                 keep_best: Any = None, keep_tags: tuple[str, ...] | None = None, retention: Any = None,
-                 allow_pickle: bool = False, compression: str | bool | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
-        if isinstance(uri, ckptstore.Store) and (retention is not None or keep_last is not None or keep_best
-                                                 or keep_tags):
-            raise ValueError("give the retention policy to the Store you pass (Store(uri, retention=...)), not to "
-                             "CkptstoreCallback")
+    def __init__(
+        self,
+        uri: ckptstore.Store | str | os.PathLike[str],
+        *,
+        keep_last: int | None = None,
+        keep_best: Any = None,
+        keep_tags: tuple[str, ...] | None = None,
+        retention: Any = None,
+        allow_pickle: bool = False,
+        compression: str | bool | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(uri, ckptstore.Store) and (
+            retention is not None or keep_last is not None or keep_best or keep_tags
+        ):
+            raise ValueError(
+                "give the retention policy to the Store you pass (Store(uri, retention=...)), not to CkptstoreCallback"
+            )
         self._uri = uri
         self._keep = {"keep_last": keep_last, "keep_best": keep_best, "keep_tags": keep_tags}
         self._retention = retention
@@ -161,8 +178,9 @@ class CkptstoreCallback(TrainerCallback):
         return self._store
 
     # -- resume -----------------------------------------------------------------------------
-    def resume(self, *, step: int | None = None, id: str | None = None,
-               dest: str | os.PathLike[str] | None = None) -> str | None:
+    def resume(
+        self, *, step: int | None = None, id: str | None = None, dest: str | os.PathLike[str] | None = None
+    ) -> str | None:
         """The path to pass as ``trainer.train(resume_from_checkpoint=...)``, or None when the store
         has no checkpoint. Call it after creating the Trainer (the folder goes under
         ``args.output_dir/.ckptstore-resume`` unless ``dest`` is given); it is deleted once
@@ -187,8 +205,11 @@ class CkptstoreCallback(TrainerCallback):
         if not isinstance(self._uri, ckptstore.Store):
             self._store = None  # reopen with the retention that follows from args
         if args.save_strategy in ("no", None) or str(args.save_strategy).endswith("NO"):
-            warnings.warn("CkptstoreCallback: save_strategy is 'no', so the Trainer writes no checkpoints "
-                          "to store", ckptstore.CkptstoreWarning, stacklevel=2)
+            warnings.warn(
+                "CkptstoreCallback: save_strategy is 'no', so the Trainer writes no checkpoints to store",
+                ckptstore.CkptstoreWarning,
+                stacklevel=2,
+            )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not os.path.isdir(args.output_dir):
@@ -202,17 +223,25 @@ class CkptstoreCallback(TrainerCallback):
             if int(m.group(1)) in stored:
                 shutil.rmtree(path, ignore_errors=True)  # committed; the process died before deleting it
             else:
-                warnings.warn(f"{path} was never committed to {self.store.uri} (a run was probably stopped while "
-                              "writing it) and is not used. Delete it, or if it is complete and you want it, "
-                              f"`ckptstore import {path} {self.store.uri}`", ckptstore.CkptstoreWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path} was never committed to {self.store.uri} (a run was probably stopped while "
+                    "writing it) and is not used. Delete it, or if it is complete and you want it, "
+                    f"`ckptstore import {path} {self.store.uri}`",
+                    ckptstore.CkptstoreWarning,
+                    stacklevel=2,
+                )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if not os.path.isdir(folder):
-            warnings.warn(f"CkptstoreCallback: expected the Trainer's checkpoint at {folder}; nothing stored "
-                          "(hyperparameter-search runs are not supported)", ckptstore.CkptstoreWarning, stacklevel=2)
+            warnings.warn(
+                f"CkptstoreCallback: expected the Trainer's checkpoint at {folder}; nothing stored "
+                "(hyperparameter-search runs are not supported)",
+                ckptstore.CkptstoreWarning,
+                stacklevel=2,
+            )
             return
         self.last_saved = self._commit(folder, args, state)
         shutil.rmtree(folder, ignore_errors=True)
@@ -226,17 +255,29 @@ class CkptstoreCallback(TrainerCallback):
         read = ckptstore.interop.read_hf_folder(folder, allow_pickle=self.allow_pickle, leave_out=leave_out)
         for reason in read.skipped:
             warnings.warn(reason, ckptstore.CkptstoreWarning, stacklevel=3)
-        meta: dict[str, Any] = {"framework": "transformers", "folder": os.path.basename(folder),
-                                "epoch_float": read.epoch_float, "skipped": read.skipped}
+        meta: dict[str, Any] = {
+            "framework": "transformers",
+            "folder": os.path.basename(folder),
+            "epoch_float": read.epoch_float,
+            "skipped": read.skipped,
+        }
         total = getattr(state, "max_steps", None)
         if isinstance(total, int) and total > 0:
             meta["total_steps"] = total
             meta["progress"] = round(min(1.0, state.global_step / total), 6)
         config = json.loads(args.to_json_string())
-        info = self.store.save(read.state, step=int(state.global_step), epoch=read.epoch, metrics=read.metrics,
-                               config=config, meta=meta, allow_pickle=False)
-        log.info("ckptstore: committed %s as step %d (%s), %d new bytes", folder, info.step, info.short_id,
-                 info.new_bytes)
+        info = self.store.save(
+            read.state,
+            step=int(state.global_step),
+            epoch=read.epoch,
+            metrics=read.metrics,
+            config=config,
+            meta=meta,
+            allow_pickle=False,
+        )
+        log.info(
+            "ckptstore: committed %s as step %d (%s), %d new bytes", folder, info.step, info.short_id, info.new_bytes
+        )
         return info
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -245,8 +286,11 @@ class CkptstoreCallback(TrainerCallback):
             return
         best = self._best_checkpoint(args, state)
         if best is None:
-            warnings.warn(f"no best checkpoint by {args.metric_for_best_model} in {self.store.uri}; keeping the "
-                          "final weights", ckptstore.CkptstoreWarning, stacklevel=2)
+            warnings.warn(
+                f"no best checkpoint by {args.metric_for_best_model} in {self.store.uri}; keeping the final weights",
+                ckptstore.CkptstoreWarning,
+                stacklevel=2,
+            )
             return
         _load_weights(model, self.store.load(id=best.id, map_location="cpu"))
         log.info("ckptstore: loaded the best model (step %d) from the store", best.step)
@@ -289,4 +333,8 @@ def _load_weights(model: Any, tree: Mapping[str, Any]) -> None:
     elif full:
         model.load_state_dict(full, strict=False)
     else:
-        warnings.warn("the best checkpoint holds no model weights; keeping the final weights", ckptstore.CkptstoreWarning, stacklevel=3)
+        warnings.warn(
+            "the best checkpoint holds no model weights; keeping the final weights",
+            ckptstore.CkptstoreWarning,
+            stacklevel=3,
+        )

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-
 from _measure import fsync_dir_of, fsync_path
 from _state import tensors_of
 
@@ -55,7 +54,7 @@ def raw_write(state: Any, path: str) -> None:
         for t in flat_unique(state).values():
             view = memoryview(t.detach().contiguous().view(-1).view(torch.uint8).numpy())
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -123,12 +123,12 @@ def train(size: str, steps: int, seed: int = 0, log: bool = True) -> dict[str, A
         opt.step()
         if log and (step % 10 == 0 or step == steps - 1):
             print(f"  train step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": steps,
-            "config": asdict(s)}
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": steps, "config": asdict(s)}
 
 
 def as_bf16(state: dict[str, Any]) -> dict[str, Any]:
     """The same trained state in pure bf16 (weights and Adam moments), as a bf16 run keeps it."""
+
     def cast(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0:
             return x.to(torch.bfloat16)
@@ -137,6 +137,7 @@ def as_bf16(state: dict[str, Any]) -> dict[str, Any]:
         if isinstance(x, list):
             return [cast(v) for v in x]
         return x
+
     return cast(state)
 
 

@@ -25,8 +25,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import (GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback,  # noqa: E402
-                          TrainingArguments, set_seed)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,  # noqa: E402
+    TrainingArguments,
+    set_seed,
+)
 
 import ckptstore  # noqa: E402
 from ckptstore.adapters.transformers import CkptstoreCallback  # noqa: E402
@@ -67,8 +73,16 @@ class Timing(TrainerCallback):
 
 
 def run(out: Path, store: Path | None, steps: int = 20, every: int = 5) -> dict:
-    args = TrainingArguments(output_dir=str(out), max_steps=steps, save_steps=every, use_cpu=True, report_to=[],
-                             per_device_train_batch_size=8, disable_tqdm=True, logging_steps=every)
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        save_steps=every,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=8,
+        disable_tqdm=True,
+        logging_steps=every,
+    )
     timing = Timing(out)
     callbacks: list = [timing]
     ckpt = None
@@ -87,26 +101,46 @@ def run(out: Path, store: Path | None, steps: int = 20, every: int = 5) -> dict:
         callbacks.append(ckpt)  # after Timing: Timing sees the folder before the callback deletes it
     t = time.perf_counter()
     Trainer(model=model(), args=args, train_dataset=Data(), callbacks=callbacks).train()
-    return {"total_s": time.perf_counter() - t, "save_s": timing.saves, "peak_disk": timing.peak,
-            "left_on_disk": dir_bytes(out), "commit_s": getattr(ckpt, "commit_times", [])}
+    return {
+        "total_s": time.perf_counter() - t,
+        "save_s": timing.saves,
+        "peak_disk": timing.peak,
+        "left_on_disk": dir_bytes(out),
+        "commit_s": getattr(ckpt, "commit_times", []),
+    }
 
 
 def frozen_growth(tmp: Path) -> dict:
     m = model()
     for name, p in m.named_parameters():
         p.requires_grad = name.startswith("transformer.ln_f")
-    args = TrainingArguments(output_dir=str(tmp / "fz"), max_steps=9, save_steps=3, use_cpu=True, report_to=[],
-                             per_device_train_batch_size=8, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp / "fz"),
+        max_steps=9,
+        save_steps=3,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=8,
+        disable_tqdm=True,
+    )
     Trainer(model=m, args=args, train_dataset=Data(), callbacks=[CkptstoreCallback(tmp / "fz-store")]).train()
     infos = ckptstore.list_checkpoints(tmp / "fz-store")
     out = {"frozen": [(i.step, i.size, i.new_bytes) for i in infos]}
     try:
         import peft
 
-        lm = peft.get_peft_model(model(), peft.LoraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True,
-                                                          task_type="CAUSAL_LM"))
-        args = TrainingArguments(output_dir=str(tmp / "lora"), max_steps=9, save_steps=3, use_cpu=True,
-                                 report_to=[], per_device_train_batch_size=8, disable_tqdm=True)
+        lm = peft.get_peft_model(
+            model(), peft.LoraConfig(r=8, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+        )
+        args = TrainingArguments(
+            output_dir=str(tmp / "lora"),
+            max_steps=9,
+            save_steps=3,
+            use_cpu=True,
+            report_to=[],
+            per_device_train_batch_size=8,
+            disable_tqdm=True,
+        )
         Trainer(model=lm, args=args, train_dataset=Data(), callbacks=[CkptstoreCallback(tmp / "lora-store")]).train()
         out["lora"] = [(i.step, i.size, i.new_bytes) for i in ckptstore.list_checkpoints(tmp / "lora-store")]
     except ImportError:
@@ -128,24 +162,39 @@ def main() -> None:
         ("commit per save, median s (read + store + delete)", f"{statistics.median(stored['commit_s']):.3f}"),
         ("run total s (plain / with callback)", f"{plain['total_s']:.1f} / {stored['total_s']:.1f}"),
         ("checkpoint size MiB", f"{infos[-1].size / mib:.1f}"),
-        ("left on local disk MiB (plain / with callback)",
-         f"{plain['left_on_disk'] / mib:.1f} / {stored['left_on_disk'] / mib:.1f}"),
-        ("peak local checkpoint disk MiB (plain / with callback, at a save)",
-         f"{plain['peak_disk'] / mib:.1f} / {stored['peak_disk'] / mib:.1f}"),
+        (
+            "left on local disk MiB (plain / with callback)",
+            f"{plain['left_on_disk'] / mib:.1f} / {stored['left_on_disk'] / mib:.1f}",
+        ),
+        (
+            "peak local checkpoint disk MiB (plain / with callback, at a save)",
+            f"{plain['peak_disk'] / mib:.1f} / {stored['peak_disk'] / mib:.1f}",
+        ),
         ("store size MiB (sum of new_bytes)", f"{sum(i.new_bytes for i in infos) / mib:.1f}"),
-        ("frozen model: later checkpoint new / size KiB",
-         f"{growth['frozen'][-1][2] / 1024:.0f} / {growth['frozen'][-1][1] / 1024:.0f}"),
+        (
+            "frozen model: later checkpoint new / size KiB",
+            f"{growth['frozen'][-1][2] / 1024:.0f} / {growth['frozen'][-1][1] / 1024:.0f}",
+        ),
     ]
     if "lora" in growth:
-        rows.append(("LoRA: later checkpoint new KiB (base model KiB)",
-                     f"{growth['lora'][-1][2] / 1024:.0f} ({growth['base_bytes'] / 1024:.0f})"))
+        rows.append(
+            (
+                "LoRA: later checkpoint new KiB (base model KiB)",
+                f"{growth['lora'][-1][2] / 1024:.0f} ({growth['base_bytes'] / 1024:.0f})",
+            )
+        )
     w = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"{k.ljust(w)}  {v}")
     res = Path(__file__).resolve().parent / "results"
     res.mkdir(exist_ok=True)
-    doc = {"plain": plain, "with_callback": stored, "checkpoints": [(i.step, i.size, i.new_bytes) for i in infos],
-           "growth": growth, "torch_threads": torch.get_num_threads()}
+    doc = {
+        "plain": plain,
+        "with_callback": stored,
+        "checkpoints": [(i.step, i.size, i.new_bytes) for i in infos],
+        "growth": growth,
+        "torch_threads": torch.get_num_threads(),
+    }
     (res / "frameworks.json").write_text(json.dumps(doc, indent=2))
 
 

@@ -43,8 +43,9 @@ def make_state(total_mb: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     big_bytes = int(total_mb * (1 << 20) * 0.9)
     n_big = max(1, big_bytes // (48 << 20))
-    state: dict[str, Any] = {f"layer{i}.weight": torch.randn(big_bytes // n_big // 4, generator=g)
-                             for i in range(n_big)}
+    state: dict[str, Any] = {
+        f"layer{i}.weight": torch.randn(big_bytes // n_big // 4, generator=g) for i in range(n_big)
+    }
     small_total = total_mb * (1 << 20) - sum(t.nbytes for t in state.values())
     n_small = max(1, small_total // (64 << 10))
     for i in range(n_small):
@@ -104,15 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         prefixes = [f"ck-{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
 
         def save(i: int) -> None:
-            ckptstore.Store(f"s3://{bucket}/{prefixes[i]}", storage_options=store_opts, compression=None,
-                            workers=args.workers).save(state, step=0, rng=False)
+            ckptstore.Store(
+                f"s3://{bucket}/{prefixes[i]}", storage_options=store_opts, compression=None, workers=args.workers
+            ).save(state, step=0, rng=False)
 
         results["ckptstore save"] = best_of(args.repeat, save)
         loaded: dict[str, Any] = {}
 
         def load(i: int) -> None:
-            loaded.update(ckptstore.Store(f"s3://{bucket}/{prefixes[i]}", storage_options=store_opts,
-                                          workers=args.workers).load())
+            loaded.update(
+                ckptstore.Store(f"s3://{bucket}/{prefixes[i]}", storage_options=store_opts, workers=args.workers).load()
+            )
 
         results["ckptstore load"] = best_of(args.repeat, load)
         assert all(torch.equal(loaded[k], v) for k, v in state.items()), "loaded state differs"
@@ -122,13 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     mib = nbytes / (1 << 20)
-    rows = {name: {"seconds": [round(t, 3) for t in ts], "best_s": round(min(ts), 3),
-                   "mib_per_s": round(mib / min(ts), 1)} for name, ts in results.items()}
+    rows = {
+        name: {"seconds": [round(t, 3) for t in ts], "best_s": round(min(ts), 3), "mib_per_s": round(mib / min(ts), 1)}
+        for name, ts in results.items()
+    }
     ratios = {
-        "save / raw put 1 object": round(rows["ckptstore save"]["mib_per_s"] / rows["raw put 1 object"]["mib_per_s"], 2),
-        "save / raw put chunks": round(rows["ckptstore save"]["mib_per_s"] / rows["raw put 32 MiB chunks"]["mib_per_s"], 2),
-        "load / raw get 1 object": round(rows["ckptstore load"]["mib_per_s"] / rows["raw get 1 object"]["mib_per_s"], 2),
-        "load / raw get chunks": round(rows["ckptstore load"]["mib_per_s"] / rows["raw get 32 MiB chunks"]["mib_per_s"], 2),
+        "save / raw put 1 object": round(
+            rows["ckptstore save"]["mib_per_s"] / rows["raw put 1 object"]["mib_per_s"], 2
+        ),
+        "save / raw put chunks": round(
+            rows["ckptstore save"]["mib_per_s"] / rows["raw put 32 MiB chunks"]["mib_per_s"], 2
+        ),
+        "load / raw get 1 object": round(
+            rows["ckptstore load"]["mib_per_s"] / rows["raw get 1 object"]["mib_per_s"], 2
+        ),
+        "load / raw get chunks": round(
+            rows["ckptstore load"]["mib_per_s"] / rows["raw get 32 MiB chunks"]["mib_per_s"], 2
+        ),
     }
     print(f"S3 on {args.server} (127.0.0.1), {mib:.0f} MiB state ({len(state)} tensors), best of {args.repeat}")
     print(f"{'operation':<24}{'best s':>9}{'MiB/s':>9}   all runs (s)")
@@ -137,12 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     print("ratios (throughput, ckptstore / raw s3fs):")
     for name, v in ratios.items():
         print(f"  {name:<26}{v:>6.2f}")
-    out = {"benchmark": "s3", "server": args.server, "mib": round(mib, 1), "tensors": len(state),
-           "repeat": args.repeat, "results": rows, "ratios": ratios,
-           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                       "torch": torch.__version__, "ckptstore": ckptstore.__version__,
-                       "s3fs": s3fs.__version__}}
+    out = {
+        "benchmark": "s3",
+        "server": args.server,
+        "mib": round(mib, 1),
+        "tensors": len(state),
+        "repeat": args.repeat,
+        "results": rows,
+        "ratios": ratios,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__,
+            "ckptstore": ckptstore.__version__,
+            "s3fs": s3fs.__version__,
+        },
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)

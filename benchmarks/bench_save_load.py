@@ -62,7 +62,7 @@ def run_variant(state: Any, args: argparse.Namespace, drop: CacheDropper, peak: 
         s.rss.append(rss)
 
     for rep in range(args.repeats):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             path = os.path.join(work, f"{name.replace(' ', '_')}-{rep}")
             _peers.remove(path)
@@ -105,15 +105,23 @@ def run_variant(state: Any, args: argparse.Namespace, drop: CacheDropper, peak: 
             _peers.remove(path)
         print(f"  repeat {rep + 1}/{args.repeats} done", flush=True)
     shutil.rmtree(work, ignore_errors=True)
-    return {"state_bytes": nbytes, "num_tensors": len(tensors_of(state)),
-            "methods": {k: {kind: {"seconds": s.seconds, "median": s.median(), "peak_rss": s.rss, **s.extra}
-                            for kind, s in v.items()} for k, v in res.items()}}
+    return {
+        "state_bytes": nbytes,
+        "num_tensors": len(tensors_of(state)),
+        "methods": {
+            k: {
+                kind: {"seconds": s.seconds, "median": s.median(), "peak_rss": s.rss, **s.extra}
+                for kind, s in v.items()
+            }
+            for k, v in res.items()
+        },
+    }
 
 
 def codec_throughput(state32: Any) -> dict[str, Any]:
     """Single-core compress / decompress speed and ratio of the float-aware codec, per part."""
-    from ckptstore.pipeline._codec import get_codec, group_for_dtype, object_codec
     from ckptstore.format._tensors import dtype_name
+    from ckptstore.pipeline._codec import get_codec, group_for_dtype, object_codec
 
     chunk = 8 << 20
     out: dict[str, Any] = {}
@@ -141,14 +149,18 @@ def codec_throughput(state32: Any) -> dict[str, Any]:
                         raw += piece.nbytes
                         stored += min(len(memoryview(enc).cast("B")), piece.nbytes)
                 out[f"{label} {'weights' if part == 'model' else 'adam'}"] = {
-                    "raw_bytes": raw, "ratio": stored / raw, "compress_MBps": raw / te / MB,
-                    "decompress_MBps": raw / td / MB}
+                    "raw_bytes": raw,
+                    "ratio": stored / raw,
+                    "compress_MBps": raw / te / MB,
+                    "decompress_MBps": raw / td / MB,
+                }
     finally:
         torch.set_num_threads(threads)
     w, a = out["fp32 weights"], out["fp32 adam"]
-    out["fp32 weights+adam"] = {"raw_bytes": w["raw_bytes"] + a["raw_bytes"],
-                                "ratio": (w["ratio"] * w["raw_bytes"] + a["ratio"] * a["raw_bytes"])
-                                / (w["raw_bytes"] + a["raw_bytes"])}
+    out["fp32 weights+adam"] = {
+        "raw_bytes": w["raw_bytes"] + a["raw_bytes"],
+        "ratio": (w["ratio"] * w["raw_bytes"] + a["ratio"] * a["raw_bytes"]) / (w["raw_bytes"] + a["raw_bytes"]),
+    }
     return out
 
 
@@ -164,11 +176,14 @@ def tables(variant: str, r: dict[str, Any]) -> tuple[str, dict[str, float]]:
         return ms.get(name, {}).get(kind, {}).get("median", float("nan"))
 
     peers = ["torch.save", "safetensors", "dcp"]
-    lines = [f"### {variant}: {n / GB:.2f} GB, {r['num_tensors']} tensors",
-             "",
-             "| save (durable) | s | GB/s | x raw write | " + " | ".join(f"x {p}" for p in peers)
-             + " | peak RSS +MB (% of state) | stored/raw |",
-             "|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|"]
+    lines = [
+        f"### {variant}: {n / GB:.2f} GB, {r['num_tensors']} tensors",
+        "",
+        "| save (durable) | s | GB/s | x raw write | "
+        + " | ".join(f"x {p}" for p in peers)
+        + " | peak RSS +MB (% of state) | stored/raw |",
+        "|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|",
+    ]
     raw_w = med("raw disk", "save")
     for name in ms:
         t = med(name, "save")
@@ -176,21 +191,28 @@ def tables(variant: str, r: dict[str, Any]) -> tuple[str, dict[str, float]]:
             continue
         rss = max(ms[name]["save"]["peak_rss"]) if ms[name]["save"]["peak_rss"] else 0
         stored = ms[name]["save"].get("stored_bytes")
-        lines.append(f"| {name} | {_f(t)} | {_f(n / t / GB)} | {_f(t / raw_w)} | "
-                     + " | ".join(_f(t / med(p, "save")) for p in peers)
-                     + f" | {rss / MB:.0f} ({100 * rss / n:.1f}%) | {_f(stored / n, 3) if stored else '-'} |")
+        lines.append(
+            f"| {name} | {_f(t)} | {_f(n / t / GB)} | {_f(t / raw_w)} | "
+            + " | ".join(_f(t / med(p, "save")) for p in peers)
+            + f" | {rss / MB:.0f} ({100 * rss / n:.1f}%) | {_f(stored / n, 3) if stored else '-'} |"
+        )
     raw_r, st_w = med("raw disk", "cold"), med("safetensors", "warm")
-    lines += ["", "| load | cold s | cold GB/s | x raw read | warm s | x safetensors warm | "
-              "x torch.load warm | peak RSS +MB (above state) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| load | cold s | cold GB/s | x raw read | warm s | x safetensors warm | "
+        "x torch.load warm | peak RSS +MB (above state) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name in ms:
         c, w = med(name, "cold"), med(name, "warm")
         if c != c:
             continue
         rss = max(ms[name]["cold"]["peak_rss"] + ms[name]["warm"]["peak_rss"])
         above = max(0, rss - n)
-        lines.append(f"| {name} | {_f(c)} | {_f(n / c / GB)} | {_f(c / raw_r)} | {_f(w, 3)} | {_f(w / st_w)} | "
-                     f"{_f(w / med('torch.save', 'warm'))} | {rss / MB:.0f} ({above / MB:.0f} = {100 * above / n:.1f}%) |")
+        lines.append(
+            f"| {name} | {_f(c)} | {_f(n / c / GB)} | {_f(c / raw_r)} | {_f(w, 3)} | {_f(w / st_w)} | "
+            f"{_f(w / med('torch.save', 'warm'))} | {rss / MB:.0f} ({above / MB:.0f} = {100 * above / n:.1f}%) |"
+        )
     key = {
         "save_vs_fastest_peer": med("ckptstore", "save") / min(med(p, "save") for p in peers),
         "save_bandwidth_vs_disk": raw_w / med("ckptstore", "save"),
@@ -199,7 +221,10 @@ def tables(variant: str, r: dict[str, Any]) -> tuple[str, dict[str, float]]:
         "warm_load_vs_safetensors": med("ckptstore", "warm") / st_w,
         "warm_load_noverify_vs_safetensors": med("ckptstore verify=False", "warm") / st_w,
         "save_rss_above_state": max(ms["ckptstore"]["save"]["peak_rss"]) / n,
-        "load_rss_above_state": max(0, max(ms["ckptstore"]["cold"]["peak_rss"] + ms["ckptstore"]["warm"]["peak_rss"]) - n) / n,
+        "load_rss_above_state": max(
+            0, max(ms["ckptstore"]["cold"]["peak_rss"] + ms["ckptstore"]["warm"]["peak_rss"]) - n
+        )
+        / n,
     }
     if "ckptstore zstd" in ms:
         key["zstd_save_rss_above_state"] = max(ms["ckptstore zstd"]["save"]["peak_rss"]) / n
@@ -212,28 +237,69 @@ def targets(keys: dict[str, dict[str, float]], codec: dict[str, Any]) -> list[tu
     for v, k in keys.items():
         out += [
             (f"1 {v} save <= 0.9x fastest peer", f"{k['save_vs_fastest_peer']:.2f}x", k["save_vs_fastest_peer"] <= 0.9),
-            (f"1 {v} save >= 0.9x disk write bandwidth", f"{k['save_bandwidth_vs_disk']:.2f}x", k["save_bandwidth_vs_disk"] >= 0.9),
-            (f"2 {v} re-save 10% <= 0.25x torch.save", f"{k['resave_vs_torch_save']:.2f}x", k["resave_vs_torch_save"] <= 0.25),
-            (f"3 {v} cold load <= 1.1x disk read", f"{k['cold_load_vs_disk_read']:.2f}x", k["cold_load_vs_disk_read"] <= 1.1),
-            (f"3 {v} warm load (verify) <= 2x safetensors", f"{k['warm_load_vs_safetensors']:.2f}x", k["warm_load_vs_safetensors"] <= 2),
-            (f"3 {v} warm load verify=False <= 2x safetensors", f"{k['warm_load_noverify_vs_safetensors']:.2f}x",
-             k["warm_load_noverify_vs_safetensors"] <= 2),
-            (f"5 {v} save peak RSS above state <= 10%", f"{100 * k['save_rss_above_state']:.1f}%", k["save_rss_above_state"] <= 0.1),
-            (f"5 {v} load peak RSS above state <= 10%", f"{100 * k['load_rss_above_state']:.1f}%", k["load_rss_above_state"] <= 0.1),
+            (
+                f"1 {v} save >= 0.9x disk write bandwidth",
+                f"{k['save_bandwidth_vs_disk']:.2f}x",
+                k["save_bandwidth_vs_disk"] >= 0.9,
+            ),
+            (
+                f"2 {v} re-save 10% <= 0.25x torch.save",
+                f"{k['resave_vs_torch_save']:.2f}x",
+                k["resave_vs_torch_save"] <= 0.25,
+            ),
+            (
+                f"3 {v} cold load <= 1.1x disk read",
+                f"{k['cold_load_vs_disk_read']:.2f}x",
+                k["cold_load_vs_disk_read"] <= 1.1,
+            ),
+            (
+                f"3 {v} warm load (verify) <= 2x safetensors",
+                f"{k['warm_load_vs_safetensors']:.2f}x",
+                k["warm_load_vs_safetensors"] <= 2,
+            ),
+            (
+                f"3 {v} warm load verify=False <= 2x safetensors",
+                f"{k['warm_load_noverify_vs_safetensors']:.2f}x",
+                k["warm_load_noverify_vs_safetensors"] <= 2,
+            ),
+            (
+                f"5 {v} save peak RSS above state <= 10%",
+                f"{100 * k['save_rss_above_state']:.1f}%",
+                k["save_rss_above_state"] <= 0.1,
+            ),
+            (
+                f"5 {v} load peak RSS above state <= 10%",
+                f"{100 * k['load_rss_above_state']:.1f}%",
+                k["load_rss_above_state"] <= 0.1,
+            ),
         ]
         if "zstd_save_rss_above_state" in k:
-            out.append((f"5 {v} zstd save peak RSS above state <= 10%", f"{100 * k['zstd_save_rss_above_state']:.1f}%",
-                        k["zstd_save_rss_above_state"] <= 0.1))
-            out.append((f"5 {v} zstd load peak RSS above state <= 10%", f"{100 * k['zstd_load_rss_above_state']:.1f}%",
-                        k["zstd_load_rss_above_state"] <= 0.1))
+            out.append(
+                (
+                    f"5 {v} zstd save peak RSS above state <= 10%",
+                    f"{100 * k['zstd_save_rss_above_state']:.1f}%",
+                    k["zstd_save_rss_above_state"] <= 0.1,
+                )
+            )
+            out.append(
+                (
+                    f"5 {v} zstd load peak RSS above state <= 10%",
+                    f"{100 * k['zstd_load_rss_above_state']:.1f}%",
+                    k["zstd_load_rss_above_state"] <= 0.1,
+                )
+            )
     if codec:
         r32, r16 = codec["fp32 weights+adam"]["ratio"], codec["bf16 weights"]["ratio"]
-        out += [("4 fp32 weights+adam ratio <= 0.82", f"{r32:.3f}", r32 <= 0.82),
-                ("4 bf16 weights ratio <= 0.66", f"{r16:.3f}", r16 <= 0.66)]
+        out += [
+            ("4 fp32 weights+adam ratio <= 0.82", f"{r32:.3f}", r32 <= 0.82),
+            ("4 bf16 weights ratio <= 0.66", f"{r16:.3f}", r16 <= 0.66),
+        ]
         for k, v in codec.items():
             if "compress_MBps" in v:
                 out.append((f"4 {k} compress >= 300 MB/s/core", f"{v['compress_MBps']:.0f}", v["compress_MBps"] >= 300))
-                out.append((f"4 {k} decompress >= 800 MB/s/core", f"{v['decompress_MBps']:.0f}", v["decompress_MBps"] >= 800))
+                out.append(
+                    (f"4 {k} decompress >= 800 MB/s/core", f"{v['decompress_MBps']:.0f}", v["decompress_MBps"] >= 800)
+                )
     return out
 
 
@@ -249,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     drop, peak = CacheDropper(), PeakRss()
-    print(f"ckptstore benchmark: {platform.node()} {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"cache drop: {drop.method}, RSS: {'VmHWM' if peak.exact else 'sampled'}, dir: {args.dir}", flush=True)
+    print(
+        f"ckptstore benchmark: {platform.node()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"cache drop: {drop.method}, RSS: {'VmHWM' if peak.exact else 'sampled'}, dir: {args.dir}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     state32 = trained_state(args.size, args.steps)
     results, keys = {}, {}
@@ -266,19 +335,31 @@ def main(argv: list[str] | None = None) -> int:
     if codec:
         print("| codec (1 core, 8 MiB chunks) | ratio | compress MB/s | decompress MB/s |\n|---|---:|---:|---:|")
         for k, v in codec.items():
-            print(f"| {k} | {v['ratio']:.3f} | {_f(v.get('compress_MBps', float('nan')), 0)} | "
-                  f"{_f(v.get('decompress_MBps', float('nan')), 0)} |")
+            print(
+                f"| {k} | {v['ratio']:.3f} | {_f(v.get('compress_MBps', float('nan')), 0)} | "
+                f"{_f(v.get('decompress_MBps', float('nan')), 0)} |"
+            )
         print()
     tg = targets(keys, codec)
     print("| target | measured | met |\n|---|---:|---|")
     for name, val, ok in tg:
         print(f"| {name} | {val} | {'yes' if ok else 'NO'} |")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    doc = {"when": datetime.now(timezone.utc).isoformat(), "host": platform.node(), "cpus": os.cpu_count(),
-           "loadavg_end": load, "torch": torch.__version__, "python": platform.python_version(),
-           "args": vars(args), "cache_drop": drop.method, "variants": results, "codec": codec,
-           "ratios": keys, "targets": [{"target": n, "measured": v, "met": ok} for n, v, ok in tg],
-           "wall_seconds": time.perf_counter() - t0}
+    doc = {
+        "when": datetime.now(timezone.utc).isoformat(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "loadavg_end": load,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "args": vars(args),
+        "cache_drop": drop.method,
+        "variants": results,
+        "codec": codec,
+        "ratios": keys,
+        "targets": [{"target": n, "measured": v, "met": ok} for n, v, ok in tg],
+        "wall_seconds": time.perf_counter() - t0,
+    }
     path = args.json or os.path.join(HERE, "results", f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.size}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

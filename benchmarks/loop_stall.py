@@ -77,8 +77,14 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
     every = args.every
     steps = every * args.saves + 2
     with tempfile.TemporaryDirectory(prefix="ckptstore-bench-", dir=args.dir) as d:
-        ck = Checkpointer(os.path.join(d, "store"), every_steps=every, async_save=mode != "sync",
-                          overlap_copy=mode == "overlap", save_on_close=False, signals=())
+        ck = Checkpointer(
+            os.path.join(d, "store"),
+            every_steps=every,
+            async_save=mode != "sync",
+            overlap_copy=mode == "overlap",
+            save_on_close=False,
+            signals=(),
+        )
         times, calls, saved, busy = [], [], [], []
         for i in range(steps):
             sync(device)
@@ -98,12 +104,17 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
     base = statistics.median([t for t, s in zip(times, saved) if not s][1:] or [0.0])
     stalls = [max(0.0, t - base) for t, s in zip(times, saved) if s]
     state_bytes = sum(t.numel() * t.element_size() for t in state_tensors(model, opt))
-    return {"mode": mode, "state_mib": round(state_bytes / 2**20, 1), "step_s": round(base, 4),
-            "first_stall_s": round(stalls[0], 4) if stalls else None,
-            "steady_stall_s": round(statistics.median(stalls[1:]), 4) if len(stalls) > 1 else None,
-            "stalls_s": [round(s, 4) for s in stalls], "close_wait_s": round(drain, 3),
-            "save_call_s": [round(c, 4) for c, s in zip(calls, saved) if s],
-            "saves_that_waited_for_the_previous": sum(1 for b, s in zip(busy, saved) if s and b)}
+    return {
+        "mode": mode,
+        "state_mib": round(state_bytes / 2**20, 1),
+        "step_s": round(base, 4),
+        "first_stall_s": round(stalls[0], 4) if stalls else None,
+        "steady_stall_s": round(statistics.median(stalls[1:]), 4) if len(stalls) > 1 else None,
+        "stalls_s": [round(s, 4) for s in stalls],
+        "close_wait_s": round(drain, 3),
+        "save_call_s": [round(c, 4) for c, s in zip(calls, saved) if s],
+        "saves_that_waited_for_the_previous": sum(1 for b, s in zip(busy, saved) if s and b),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,31 +128,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="where the temporary store goes (default: system temp)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model, opt, width = build(args.mb, device)
     train_step(model, opt, torch.randn(args.batch, width, device=device))
     ref = copy_reference(model, opt, device)
     del model, opt
     rows = [run_mode(m, args, device) for m in args.modes.split(",")]
-    print(f"device {device}, state {rows[0]['state_mib']} MiB, reference copy into preallocated "
-          f"{'pinned ' if device.type == 'cuda' else ''}host buffers: {ref:.3f} s")
-    print("stall = a saving step's time minus the median non-saving step; call = time inside ckpt.step(); "
-          "waited = saves that first waited for the previous one to finish writing")
-    head = (f"{'mode':8} {'step s':>7} {'1st stall':>10} {'steady stall':>13} {'x copy':>7} {'1st call':>9} "
-            f"{'steady call':>12} {'close s':>8} {'waited':>7}")
+    print(
+        f"device {device}, state {rows[0]['state_mib']} MiB, reference copy into preallocated "
+        f"{'pinned ' if device.type == 'cuda' else ''}host buffers: {ref:.3f} s"
+    )
+    print(
+        "stall = a saving step's time minus the median non-saving step; call = time inside ckpt.step(); "
+        "waited = saves that first waited for the previous one to finish writing"
+    )
+    head = (
+        f"{'mode':8} {'step s':>7} {'1st stall':>10} {'steady stall':>13} {'x copy':>7} {'1st call':>9} "
+        f"{'steady call':>12} {'close s':>8} {'waited':>7}"
+    )
     print(head)
     for r in rows:
         st = r["steady_stall_s"]
         ratio = f"{st / ref:.2f}" if st is not None and ref > 0 else "-"
         c = r["save_call_s"]
-        print(f"{r['mode']:8} {r['step_s']:7.3f} {r['first_stall_s'] or 0:10.3f} {st or 0:13.3f} {ratio:>7} "
-              f"{c[0] if c else 0:9.3f} {statistics.median(c[1:]) if len(c) > 1 else 0:12.3f} "
-              f"{r['close_wait_s']:8.3f} {r['saves_that_waited_for_the_previous']:7d}")
-    out = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cpus": os.cpu_count(), "reference_copy_s": round(ref, 4), "args": vars(args), "results": rows,
-           "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+        print(
+            f"{r['mode']:8} {r['step_s']:7.3f} {r['first_stall_s'] or 0:10.3f} {st or 0:13.3f} {ratio:>7} "
+            f"{c[0] if c else 0:9.3f} {statistics.median(c[1:]) if len(c) > 1 else 0:12.3f} "
+            f"{r['close_wait_s']:8.3f} {r['saves_that_waited_for_the_previous']:7d}"
+        )
+    out = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "reference_copy_s": round(ref, 4),
+        "args": vars(args),
+        "results": rows,
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

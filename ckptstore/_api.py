@@ -44,9 +44,20 @@ def save(
     :class:`CheckpointInfo`; when it returns, the checkpoint is durable.
     """
     with Store(uri, storage_options=storage_options) as store:
-        return store.save(state, step=step, epoch=epoch, config=config, metrics=metrics, tags=tags, meta=meta,
-                          rng=rng, compression=compression, allow_pickle=allow_pickle, progress=progress,
-                          keep=keep)
+        return store.save(
+            state,
+            step=step,
+            epoch=epoch,
+            config=config,
+            metrics=metrics,
+            tags=tags,
+            meta=meta,
+            rng=rng,
+            compression=compression,
+            allow_pickle=allow_pickle,
+            progress=progress,
+            keep=keep,
+        )
 
 
 def load(
@@ -69,8 +80,14 @@ def load(
     With ``fallback`` (a backup store's URI), a primary that has no store or not that checkpoint
     is skipped and the checkpoint is loaded from the fallback, with a warning. ``verify`` and
     ``mmap``: see :meth:`Store.load`."""
-    kw: dict[str, Any] = dict(map_location=map_location, restore_rng=restore_rng, allow_pickle=allow_pickle,
-                              verify=verify, progress=progress, mmap=mmap)
+    kw: dict[str, Any] = dict(
+        map_location=map_location,
+        restore_rng=restore_rng,
+        allow_pickle=allow_pickle,
+        verify=verify,
+        progress=progress,
+        mmap=mmap,
+    )
     if fallback is None:
         with Store(uri, storage_options=storage_options) as store:
             return store.load(step, id=id, **kw)
@@ -87,15 +104,21 @@ def load(
     return state
 
 
-def list_checkpoints(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
-                     ) -> list[CheckpointInfo]:
+def list_checkpoints(
+    uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> list[CheckpointInfo]:
     """Every committed checkpoint in the store, sorted by step."""
     with Store(uri, storage_options=storage_options) as store:
         return store.list()
 
 
-def info(uri: str | os.PathLike[str], step: int | None = None, *, id: str | None = None,
-         storage_options: Mapping[str, Any] | None = None) -> CheckpointInfo:
+def info(
+    uri: str | os.PathLike[str],
+    step: int | None = None,
+    *,
+    id: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
     """One checkpoint's record (the newest by default), without reading its tensors."""
     with Store(uri, storage_options=storage_options) as store:
         return store.info(step, id=id)
@@ -124,8 +147,17 @@ def copy_checkpoints(
     s = src if isinstance(src, Store) else Store(src, storage_options=src_options, retries=retries)
     d = dst if isinstance(dst, Store) else Store(dst, storage_options=dst_options, retries=retries)
     try:
-        return s.copy_to(d, steps=steps, ids=ids, all=all, latest=latest, checkpoints=checkpoints, workers=workers,
-                         readback=readback, progress=progress)
+        return s.copy_to(
+            d,
+            steps=steps,
+            ids=ids,
+            all=all,
+            latest=latest,
+            checkpoints=checkpoints,
+            workers=workers,
+            readback=readback,
+            progress=progress,
+        )
     finally:
         for x, given in ((s, src), (d, dst)):
             if x is not given:

@@ -20,9 +20,11 @@ import signal
 import subprocess
 import sys
 
-TEXT = ("the quick brown fox jumps over the lazy dog. "
-        "a checkpoint saved is a night of training not lost. "
-        "pack my box with five dozen liquor jugs. ") * 20
+TEXT = (
+    "the quick brown fox jumps over the lazy dog. "
+    "a checkpoint saved is a night of training not lost. "
+    "pack my box with five dozen liquor jugs. "
+) * 20
 CONTEXT, STEPS, EVERY = 8, 300, 50
 
 
@@ -36,25 +38,37 @@ def train(store: str, interrupt_at: int | None) -> int:
     chars = sorted(set(TEXT))
     data = torch.tensor([chars.index(c) for c in TEXT])
     model = torch.nn.Sequential(
-        torch.nn.Embedding(len(chars), 16), torch.nn.Flatten(),
-        torch.nn.Linear(16 * CONTEXT, 128), torch.nn.GELU(), torch.nn.Linear(128, len(chars)))
+        torch.nn.Embedding(len(chars), 16),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * CONTEXT, 128),
+        torch.nn.GELU(),
+        torch.nn.Linear(128, len(chars)),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=STEPS)
     history: dict[str, list[float]] = {"loss": []}
 
-    ckpt = Checkpointer(store, every_steps=EVERY, keep_last=3, async_save=True, total_steps=STEPS,
-                        config={"model": "char-mlp", "context": CONTEXT, "lr": 3e-3, "batch_size": 64})
+    ckpt = Checkpointer(
+        store,
+        every_steps=EVERY,
+        keep_last=3,
+        async_save=True,
+        total_steps=STEPS,
+        config={"model": "char-mlp", "context": CONTEXT, "lr": 3e-3, "batch_size": 64},
+    )
     start = ckpt.resume(model=model, optimizer=opt, scheduler=sched, extra=history)
     if ckpt.resumed is None:
         print(f"no checkpoint in {store}: training from scratch for {STEPS} steps")
     else:
         r = ckpt.resumed
         why = r.info.meta.get("trigger", "?")
-        print(f"resumed from step {start} (checkpoint {r.info.short_id}, saved by trigger '{why}'); "
-              f"last loss {history['loss'][-1]:.3f}; {STEPS - start} steps to go")
+        print(
+            f"resumed from step {start} (checkpoint {r.info.short_id}, saved by trigger '{why}'); "
+            f"last loss {history['loss'][-1]:.3f}; {STEPS - start} steps to go"
+        )
     for step in range(start, STEPS):
         idx = torch.randint(0, len(data) - CONTEXT - 1, (64,))
-        x = torch.stack([data[i:i + CONTEXT] for i in idx.tolist()])
+        x = torch.stack([data[i : i + CONTEXT] for i in idx.tolist()])
         y = data[idx + CONTEXT]
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -78,7 +92,7 @@ def story(store: str, interrupt_at: int) -> int:
     me = [sys.executable, os.path.abspath(__file__), "--train", "--store", store]
     shutil.rmtree(store, ignore_errors=True)
     print(f"== run 1: training into {store}; it will be interrupted at step {interrupt_at}", flush=True)
-    rc = subprocess.call(me + ["--interrupt-at", str(interrupt_at)])
+    rc = subprocess.call([*me, "--interrupt-at", str(interrupt_at)])
     print(f"== run 1 exited with status {rc} (130 = stopped by Ctrl+C, after its emergency checkpoint)\n", flush=True)
     print("== run 2: the same command again", flush=True)
     rc2 = subprocess.call(me)

@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: the layers of ckptstore/, lowest first; a module may import its own layer and lower ones
 LAYERS = {
-    "ckptstore._errors": 0, "ckptstore._units": 0, "ckptstore._progress": 0, "ckptstore._version": 0,
+    "ckptstore._errors": 0,
+    "ckptstore._units": 0,
+    "ckptstore._progress": 0,
+    "ckptstore._version": 0,
     "ckptstore.format": 1,
     "ckptstore.storage": 2,
     "ckptstore.pipeline": 3,
@@ -133,8 +136,9 @@ def analyse(root: Path = ROOT) -> Report:
             if src_layer is None or dst_layer is None:
                 rep.layer_violations.append(f"{where}:{line}: {mod} or {target} has no layer")
             elif dst_layer > src_layer:
-                rep.layer_violations.append(f"{where}:{line}: {mod} (layer {src_layer}) imports {target} "
-                                            f"(layer {dst_layer})")
+                rep.layer_violations.append(
+                    f"{where}:{line}: {mod} (layer {src_layer}) imports {target} (layer {dst_layer})"
+                )
         own = _own_private_names(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
@@ -158,8 +162,13 @@ def _own_private_names(tree: ast.AST) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name.startswith("_"):
             own.add(node.name)
-        elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name)
-              and node.value.id in SELF_NAMES and node.attr.startswith("_")):
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in SELF_NAMES
+            and node.attr.startswith("_")
+        ):
             own.add(node.attr)
     return own
 

@@ -17,19 +17,30 @@ HERE = Path(__file__).resolve().parent
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-               PYTHONWARNINGS="default")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="default",
+    )
     return env
 
 
-def run_jobs(script: str, jobs: list[dict], tmp: Path, *, kill_after: str | None = None,
-             timeout: float = 240) -> tuple[int, str, str]:
+def run_jobs(
+    script: str, jobs: list[dict], tmp: Path, *, kill_after: str | None = None, timeout: float = 240
+) -> tuple[int, str, str]:
     """Run ``script`` on ``jobs``; with ``kill_after``, SIGKILL it as soon as a stdout line starts
     with that text. Returns (returncode, stdout, stderr)."""
     spec = tmp / f"jobs-{len(list(tmp.glob('jobs-*')))}.json"
     spec.write_text(json.dumps(jobs))
-    p = subprocess.Popen([sys.executable, str(HERE / script), str(spec)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=child_env())
+    p = subprocess.Popen(
+        [sys.executable, str(HERE / script), str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     err: list[str] = []
     t = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)  # type: ignore[union-attr]
     t.start()

@@ -43,7 +43,6 @@ def build(seed: int = 0):
 def run(job: dict) -> dict:
     import torch
 
-
     before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
@@ -62,13 +61,29 @@ def _run(job: dict) -> dict:
     model, train, evaluation = build()
     strategy = job.get("strategy", "steps")
     args = TrainingArguments(
-        output_dir=job["output_dir"], max_steps=job.get("max_steps", -1), num_train_epochs=job.get("epochs", 3),
-        save_strategy=strategy, save_steps=job.get("save_steps", 4), eval_strategy=strategy,
-        eval_steps=job.get("save_steps", 4), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, report_to=[], logging_steps=2,
-        learning_rate=1e-3, warmup_steps=3, lr_scheduler_type="linear", disable_tqdm=True,
-        metric_for_best_model=job.get("metric"), load_best_model_at_end=bool(job.get("best_at_end")),
-        save_total_limit=job.get("save_total_limit"))
+        output_dir=job["output_dir"],
+        max_steps=job.get("max_steps", -1),
+        num_train_epochs=job.get("epochs", 3),
+        save_strategy=strategy,
+        save_steps=job.get("save_steps", 4),
+        eval_strategy=strategy,
+        eval_steps=job.get("save_steps", 4),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        report_to=[],
+        logging_steps=2,
+        learning_rate=1e-3,
+        warmup_steps=3,
+        lr_scheduler_type="linear",
+        disable_tqdm=True,
+        metric_for_best_model=job.get("metric"),
+        load_best_model_at_end=bool(job.get("best_at_end")),
+        save_total_limit=job.get("save_total_limit"),
+    )
     ckpt = CkptstoreCallback(job["store"], **job.get("callback", {}))
 
     class Announce(TrainerCallback):
@@ -77,16 +92,19 @@ def _run(job: dict) -> dict:
                 print(f"COMMITTED {ckpt.last_saved.step}", flush=True)
                 time.sleep(job.get("pause", 0))  # lets the test's SIGKILL land mid-run even on a loaded machine
 
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                      callbacks=[ckpt, Announce()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, callbacks=[ckpt, Announce()]
+    )
     resume = ckpt.resume() if job.get("resume") else None
     print(f"RESUMING {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     if job.get("final"):
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-                   if k != "lm_head.weight"}, job["final"])
+        save_file(
+            {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+            job["final"],
+        )
     return {"resume": resume, "global_step": trainer.state.global_step, "model": model, "trainer": trainer}
 
 

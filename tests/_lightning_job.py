@@ -19,12 +19,18 @@ def module_class():
     import torch
 
     class Tiny(L.LightningModule):
-        def __init__(self, lr: float = 0.01, hidden: int = 16, data_dir: pathlib.Path = pathlib.Path("/data"),
-                     opts: argparse.Namespace | None = None) -> None:
+        def __init__(
+            self,
+            lr: float = 0.01,
+            hidden: int = 16,
+            data_dir: pathlib.Path = pathlib.Path("/data"),
+            opts: argparse.Namespace | None = None,
+        ) -> None:
             super().__init__()
             self.save_hyperparameters()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.Tanh(), torch.nn.Dropout(0.1),
-                                           torch.nn.Linear(hidden, 1))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(8, hidden), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(hidden, 1)
+            )
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -51,8 +57,10 @@ def data():
     y = x @ torch.linspace(-1, 1, 8, dtype=x.dtype).unsqueeze(1)
     train = torch.utils.data.TensorDataset(x[:64], y[:64])
     val = torch.utils.data.TensorDataset(x[64:], y[64:])
-    return (torch.utils.data.DataLoader(train, batch_size=8, shuffle=True),
-            torch.utils.data.DataLoader(val, batch_size=16))
+    return (
+        torch.utils.data.DataLoader(train, batch_size=8, shuffle=True),
+        torch.utils.data.DataLoader(val, batch_size=16),
+    )
 
 
 def run(job: dict) -> dict:
@@ -86,11 +94,19 @@ def _run(job: dict) -> dict:
     io = LoudIO(job["store"])
     kw = {} if job.get("plain") else {"restore_rng": job.get("restore_rng", True)}
     cls = ModelCheckpoint if job.get("plain") else CkptstoreModelCheckpoint
-    ckpt = cls(dirpath=os.path.join(job["dir"], "checkpoints"), monitor="val_loss", save_top_k=2, save_last=True,
-               **kw)
-    trainer = L.Trainer(max_epochs=job.get("epochs", 6), plugins=[io], callbacks=[ckpt], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                        accelerator="cpu", devices=1, default_root_dir=job["dir"])
+    ckpt = cls(dirpath=os.path.join(job["dir"], "checkpoints"), monitor="val_loss", save_top_k=2, save_last=True, **kw)
+    trainer = L.Trainer(
+        max_epochs=job.get("epochs", 6),
+        plugins=[io],
+        callbacks=[ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=job["dir"],
+    )
     trainer.fit(model, train, val, ckpt_path=job.get("ckpt_path"))
     print(f"RESUMED_FROM {trainer.ckpt_path}", flush=True)
     if job.get("final"):

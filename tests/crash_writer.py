@@ -13,8 +13,12 @@ g = torch.Generator().manual_seed(start)
 step = start
 while True:
     # content depends on the step, so a reader can tell a whole checkpoint from a torn one
-    state = {"step": step, "w": torch.full((600_000,), float(step)),
-             "noise": torch.randn(300_000, generator=g), "small": {i: torch.tensor([step, i]) for i in range(20)}}
+    state = {
+        "step": step,
+        "w": torch.full((600_000,), float(step)),
+        "noise": torch.randn(300_000, generator=g),
+        "small": {i: torch.tensor([step, i]) for i in range(20)},
+    }
     store.save(state, step=step)
     print(step, flush=True)
     step += 1

@@ -87,7 +87,7 @@ class FaultProxy:
         self._server: Optional[asyncio.base_events.Server] = None
 
     # -- control (from the test's thread) ---------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._handle, self.host, self.port), self._loop)
         self._server = fut.result(10)
@@ -109,9 +109,17 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def add(self, action: str, *, nth: Optional[int] = None, every: Optional[int] = None,
-            when: Optional[Callable[[Request], bool]] = None, times: Optional[int] = 1,
-            status: int = 503, delay: float = 0.0) -> Fault:
+    def add(
+        self,
+        action: str,
+        *,
+        nth: Optional[int] = None,
+        every: Optional[int] = None,
+        when: Optional[Callable[[Request], bool]] = None,
+        times: Optional[int] = 1,
+        status: int = 503,
+        delay: float = 0.0,
+    ) -> Fault:
         if action not in ACTIONS:
             raise ValueError(f"unknown fault {action!r}; one of {ACTIONS}")
         f = Fault(action, nth=nth, every=every, when=when, times=times, status=status, delay=delay)
@@ -226,5 +234,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 def _status_response(status: int) -> bytes:
     body = (f'{{"error": {{"code": {status}, "message": "injected fault"}}}}').encode()
     reason = {500: "Internal Server Error", 503: "Service Unavailable", 502: "Bad Gateway"}.get(status, "Error")
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode() + body

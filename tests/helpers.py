@@ -14,7 +14,9 @@ def assert_same(a: Any, b: Any, path: str = "state") -> None:
     """Same structure, same Python types, bit-identical tensors."""
     assert type(a) is type(b), f"{path}: {type(a)} != {type(b)}"
     if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{path}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        )
         assert a.requires_grad == b.requires_grad, f"{path}: requires_grad"
         ab = a.detach().contiguous().reshape(-1).view(torch.uint8)
         bb = b.detach().cpu().contiguous().reshape(-1).view(torch.uint8)

@@ -65,8 +65,11 @@ class TestS3RcloneIgnoresPreconditions(BackendContract):
 
 
 def test_testing_all_is_exact() -> None:
-    public = {n for n, v in vars(ckptstore.testing).items()
-              if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"}
+    public = {
+        n
+        for n, v in vars(ckptstore.testing).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"
+    }
     assert public == set(ckptstore.testing.__all__) == {"BackendContract", "Target"}
 
 
@@ -94,9 +97,23 @@ class TestForgotTheTarget(BackendContract):
 def test_a_third_party_suite_runs_the_contract(tmp_path: Any) -> None:
     """As a backend author uses it: a test file of their own, outside this repository."""
     (tmp_path / "test_mine.py").write_text(THIRD_PARTY)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-                          "read_range or names_are_durable or land_whole", "test_mine.py"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "read_range or names_are_durable or land_whole",
+            "test_mine.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     out = run.stdout + run.stderr
     assert "5 passed" in out and "5 errors" in out, out  # 1 + 2 (write, pipeline) + 2 (codecs), each class
     assert "give it a `target` fixture" in out, out

@@ -27,11 +27,19 @@ def store_path(tmp_path) -> Path:
     base = rand(100_000, 0)
     losses = [3.0, 1.0, None, 0.5, 4.0, 2.5]
     for i, loss in enumerate(losses):
-        s.save({"model": {"base": base, "head": rand(5000, i + 1)},
-                "optimizer": {"state": {0: {"exp_avg": rand(5000, 100 + i)}}}, "step": i * 100},
-               step=i * 100, epoch=i // 2, metrics={} if loss is None else {"loss": loss},
-               tags=["pinned"] if i == 1 else [], meta={"total_steps": 1000},
-               config={"lr": 1e-3, "model": "tiny"})
+        s.save(
+            {
+                "model": {"base": base, "head": rand(5000, i + 1)},
+                "optimizer": {"state": {0: {"exp_avg": rand(5000, 100 + i)}}},
+                "step": i * 100,
+            },
+            step=i * 100,
+            epoch=i // 2,
+            metrics={} if loss is None else {"loss": loss},
+            tags=["pinned"] if i == 1 else [],
+            meta={"total_steps": 1000},
+            config={"lr": 1e-3, "model": "tiny"},
+        )
     return root
 
 
@@ -45,8 +53,17 @@ def test_ls_table_and_json(store_path, capsys):
     code, out, _ = run(capsys, "ls", str(store_path))
     assert code == 0
     lines = out.splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags",
-                                             "progress", "id"]
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "step",
+        "epoch",
+        "created (UTC)",
+        "size",
+        "new",
+        "metrics",
+        "tags",
+        "progress",
+        "id",
+    ]
     assert len(lines) == 7
     assert "loss=0.5" in lines[4] and "300/1000 (30.0%)" in lines[4]
     assert "pinned" in lines[2]
@@ -88,10 +105,12 @@ def test_gc_dry_run_prints_reasons_and_changes_nothing(store_path, capsys):
     assert rows[300].endswith("best 1 by loss (min): #1, loss=0.5")
     assert rows[100].endswith("tagged pinned")
     assert rows[200].startswith("remove") and rows[200].endswith(
-        "not among the last 2; no 'loss' metric (keep_best does not judge it)")
+        "not among the last 2; no 'loss' metric (keep_best does not judge it)"
+    )
     assert rows[0].startswith("remove") and "#4, loss=3" in rows[0]
-    assert re.match(r"dry run: would remove 2 checkpoint\(s\); would free [\d.]+ KiB \(\d+ bytes\) in 1 object",
-                    lines[8])
+    assert re.match(
+        r"dry run: would remove 2 checkpoint\(s\); would free [\d.]+ KiB \(\d+ bytes\) in 1 object", lines[8]
+    )
 
 
 def test_gc_removes_and_frees(store_path, capsys):
@@ -115,15 +134,18 @@ def test_gc_uses_and_sets_the_stored_policy(store_path, capsys):
     assert out.startswith("policy (stored in the store): keep last 3; tags pinned,best")
 
 
-@pytest.mark.parametrize("argv", [
-    ["gc", "{p}", "--keep-best", "loss"],
-    ["gc", "{p}", "--keep-best", "loss:lowest"],
-    ["gc", "{p}", "--keep-last", "0"],
-    ["gc", "{p}", "--keep-within", "soon"],
-    ["verify"],
-    ["frobnicate", "{p}"],
-    ["ls", "{p}", "--nope"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gc", "{p}", "--keep-best", "loss"],
+        ["gc", "{p}", "--keep-best", "loss:lowest"],
+        ["gc", "{p}", "--keep-last", "0"],
+        ["gc", "{p}", "--keep-within", "soon"],
+        ["verify"],
+        ["frobnicate", "{p}"],
+        ["ls", "{p}", "--nope"],
+    ],
+)
 def test_usage_errors_exit_2(store_path, capsys, argv):
     code, _, err = run(capsys, *[a.format(p=store_path) for a in argv])
     assert code == 2 and "usage:" in err
@@ -159,10 +181,20 @@ def test_du(store_path, capsys):
     code, out, _ = run(capsys, "du", str(store_path))
     assert code == 0
     lines = out.splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == ["step", "created (UTC)", "logical", "referenced", "only here",
-                                             "written", "id"]
-    assert re.match(r"total: 2.5 MiB of tensors in 6 checkpoint\(s\) stored in [\d.]+ KiB \(6 objects\); "
-                    r"dedup and compression: \d+\.\d\dx", lines[7])
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "step",
+        "created (UTC)",
+        "logical",
+        "referenced",
+        "only here",
+        "written",
+        "id",
+    ]
+    assert re.match(
+        r"total: 2.5 MiB of tensors in 6 checkpoint\(s\) stored in [\d.]+ KiB \(6 objects\); "
+        r"dedup and compression: \d+\.\d\dx",
+        lines[7],
+    )
     code, out, _ = run(capsys, "du", str(store_path), "--json")
     doc = json.loads(out)
     assert doc["logical_bytes"] == 6 * 110_000 * 4 and doc["unreferenced_objects"] == 0
@@ -186,8 +218,7 @@ def test_missing_store_is_one_clear_error(tmp_path, capsys):
 def test_fsspec_uri_and_storage_options(store_path, capsys):
     code, out, _ = run(capsys, "ls", f"file://{store_path}", "-o", "auto_mkdir=true", "--json")
     assert code == 0 and len(json.loads(out)) == 6
-    code, out, _ = run(capsys, "gc", f"file://{store_path}", "-o", "auto_mkdir=true", "--keep-last", "2",
-                       "--dry-run")
+    code, out, _ = run(capsys, "gc", f"file://{store_path}", "-o", "auto_mkdir=true", "--keep-last", "2", "--dry-run")
     assert code == 0 and "would remove 3 checkpoint(s)" in out
 
 
@@ -200,8 +231,9 @@ def _console_script() -> str:
 
 def test_console_script_in_a_subprocess(store_path):
     exe = _console_script()
-    r = subprocess.run([exe, "gc", str(store_path), "--keep-last", "2", "--dry-run"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [exe, "gc", str(store_path), "--keep-last", "2", "--dry-run"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "dry run: would remove 3 checkpoint(s)" in r.stdout and r.stderr == ""
     # long work stays quiet when piped: no progress bar on stderr
@@ -220,8 +252,12 @@ def test_progress_bar_on_a_terminal_only(store_path):
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 wide
     try:
-        p = subprocess.Popen([exe, "verify", str(store_path), "--read-data"], stdout=subprocess.PIPE,
-                             stderr=follower, env={**os.environ, "TERM": "xterm"})
+        p = subprocess.Popen(
+            [exe, "verify", str(store_path), "--read-data"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env={**os.environ, "TERM": "xterm"},
+        )
         out, _ = p.communicate(timeout=120)
         os.close(follower)
         follower = -1

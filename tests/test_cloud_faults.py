@@ -11,13 +11,15 @@ raise. Retries are bounded (counted in requests, not timed).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 
-from . import cloudservers as cs
 import ckptstore
+
+from . import cloudservers as cs
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(240)
@@ -57,9 +59,12 @@ def rig(request: Any) -> Iterator[Rig]:
 
 def _state(seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
-    return {"frozen": torch.arange(20_000, dtype=torch.float32),   # packed, shared by both saves
-            "big": torch.randn(300_000, generator=g),               # 1.2 MB: an object of its own
-            "small": torch.randn(100, generator=g), "step": seed}
+    return {
+        "frozen": torch.arange(20_000, dtype=torch.float32),  # packed, shared by both saves
+        "big": torch.randn(300_000, generator=g),  # 1.2 MB: an object of its own
+        "small": torch.randn(100, generator=g),
+        "step": seed,
+    }
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -200,8 +205,9 @@ def test_dead_endpoint_fails_with_a_clear_error() -> None:
     with pytest.raises(ckptstore.StorageError, match="s3://nobucket/run"):
         ckptstore.Store("s3://nobucket/run", storage_options=opts, retries=0).save({"w": torch.ones(2)})
     with pytest.raises(ckptstore.StorageError, match="gs://nobucket/run"):
-        ckptstore.Store("gs://nobucket/run", storage_options=cs.gcs_options(f"http://{cs.HOST}:{port}"),
-                        retries=0).list()
+        ckptstore.Store(
+            "gs://nobucket/run", storage_options=cs.gcs_options(f"http://{cs.HOST}:{port}"), retries=0
+        ).list()
 
 
 def test_missing_bucket_says_create_it() -> None:

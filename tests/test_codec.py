@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckptstore import IntegrityError
-from ckptstore.pipeline._codec import (get_codec, group_for_dtype, object_codec, resolve_compression)
+from ckptstore.pipeline._codec import get_codec, group_for_dtype, object_codec, resolve_compression
 
 
 def _bytes(t: torch.Tensor) -> np.ndarray:
@@ -37,8 +37,10 @@ def test_byte_grouped_round_trip_any_length(group: int, n: int) -> None:
     assert np.array_equal(np.asarray(codec.decode(enc, n)), raw)
 
 
-@pytest.mark.parametrize("dtype,group,bound", [
-    (torch.float32, 4, 0.90), (torch.bfloat16, 2, 0.75), (torch.float16, 2, 0.90), (torch.float64, 8, 0.90)])
+@pytest.mark.parametrize(
+    "dtype,group,bound",
+    [(torch.float32, 4, 0.90), (torch.bfloat16, 2, 0.75), (torch.float16, 2, 0.90), (torch.float64, 8, 0.90)],
+)
 def test_float_planes_compress_and_mantissas_stay_raw(dtype: torch.dtype, group: int, bound: float) -> None:
     raw = _float_weights(1 << 18, dtype)
     codec = get_codec(object_codec("zstd", group_for_dtype("torch", str(dtype).removeprefix("torch."))))
@@ -69,14 +71,17 @@ def _header(group: int, methods: list[int], lengths: list[int]) -> bytes:
     return struct.pack(f"<B{group}B{group}Q", group, *methods, *lengths)
 
 
-@pytest.mark.parametrize("stored", [
-    b"",  # shorter than the header
-    _header(2, [0, 0], [8, 8]) + b"x" * 15,  # lengths do not add up
-    struct.pack("<B2B2Q", 4, 0, 0, 8, 8) + b"x" * 16,  # says it groups 4 bytes
-    _header(2, [0, 7], [8, 8]) + b"x" * 16,  # unknown plane method
-    _header(2, [0, 0], [7, 9]) + b"x" * 16,  # a raw plane of the wrong length
-    _header(2, [0, 1], [8, 8]) + b"x" * 16,  # a "zstd" plane that is not a frame
-])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"",  # shorter than the header
+        _header(2, [0, 0], [8, 8]) + b"x" * 15,  # lengths do not add up
+        struct.pack("<B2B2Q", 4, 0, 0, 8, 8) + b"x" * 16,  # says it groups 4 bytes
+        _header(2, [0, 7], [8, 8]) + b"x" * 16,  # unknown plane method
+        _header(2, [0, 0], [7, 9]) + b"x" * 16,  # a raw plane of the wrong length
+        _header(2, [0, 1], [8, 8]) + b"x" * 16,  # a "zstd" plane that is not a frame
+    ],
+)
 def test_hostile_byte_grouped_objects_are_refused(stored: bytes) -> None:
     with pytest.raises(IntegrityError):
         get_codec("zstd-bg2").decode_into(stored, np.empty(16, dtype=np.uint8))
@@ -91,12 +96,28 @@ def test_zstd_plane_that_decodes_to_the_wrong_size_is_refused() -> None:
         get_codec("zstd-bg2").decode_into(stored, np.empty(16, dtype=np.uint8))
 
 
-@pytest.mark.parametrize("kind,dtype,group", [
-    ("torch", "float32", 4), ("torch", "bfloat16", 2), ("torch", "float16", 2), ("torch", "float64", 8),
-    ("torch", "complex64", 4), ("torch", "complex128", 8), ("torch", "int64", 8), ("torch", "int32", 4),
-    ("torch", "bool", 1), ("torch", "uint8", 1), ("torch", "float8_e4m3fn", 1), ("torch", "float8_e5m2", 1),
-    ("numpy", "<f4", 4), ("numpy", "<c16", 8), ("numpy", "|b1", 1), ("numpy", "<U5", 1), ("numpy", ">i8", 8),
-])
+@pytest.mark.parametrize(
+    "kind,dtype,group",
+    [
+        ("torch", "float32", 4),
+        ("torch", "bfloat16", 2),
+        ("torch", "float16", 2),
+        ("torch", "float64", 8),
+        ("torch", "complex64", 4),
+        ("torch", "complex128", 8),
+        ("torch", "int64", 8),
+        ("torch", "int32", 4),
+        ("torch", "bool", 1),
+        ("torch", "uint8", 1),
+        ("torch", "float8_e4m3fn", 1),
+        ("torch", "float8_e5m2", 1),
+        ("numpy", "<f4", 4),
+        ("numpy", "<c16", 8),
+        ("numpy", "|b1", 1),
+        ("numpy", "<U5", 1),
+        ("numpy", ">i8", 8),
+    ],
+)
 def test_group_for_dtype(kind: str, dtype: str, group: int) -> None:
     assert group_for_dtype(kind, dtype) == group
 

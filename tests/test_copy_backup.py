@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from . import cloudservers as cs
 import ckptstore
 from ckptstore.cli import main
-from ckptstore.format._layout import OBJECTS_DIR
+from ckptstore.format._layout import OBJECTS_DIR, object_key
+
+from . import cloudservers as cs
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,8 +27,11 @@ pytestmark = pytest.mark.timeout(120)
 
 def _state(i: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(i)
-    return {"frozen": torch.arange(50_000, dtype=torch.float32),  # the same in every checkpoint
-            "w": torch.randn(200_000, generator=g), "i": i}
+    return {
+        "frozen": torch.arange(50_000, dtype=torch.float32),  # the same in every checkpoint
+        "w": torch.randn(200_000, generator=g),
+        "i": i,
+    }
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -47,8 +53,13 @@ def test_copy_hops_across_every_backend_and_only_sends_what_is_missing(tmp_path:
     src = _fill(str(tmp_path / "src"), [1, 2, 3])
     s3 = cs.new_s3_bucket(cs.shared("moto").url)
     gcs = cs.new_gcs_bucket(cs.shared("fake-gcs").url)
-    hops = [(src.uri, {}), (f"memory://cp-{uuid.uuid4().hex[:8]}/x", {}), (s3.uri, s3.options),
-            (gcs.uri, gcs.options), (str(tmp_path / "back"), {})]
+    hops = [
+        (src.uri, {}),
+        (f"memory://cp-{uuid.uuid4().hex[:8]}/x", {}),
+        (s3.uri, s3.options),
+        (gcs.uri, gcs.options),
+        (str(tmp_path / "back"), {}),
+    ]
     for (a, ao), (b, bo) in zip(hops, hops[1:]):
         first = ckptstore.copy_checkpoints(a, b, steps=[1], src_options=ao, dst_options=bo, retries=1)
         assert [i.step for i in first.copied] == [1] and first.objects_present == 0
@@ -98,8 +109,9 @@ def test_interrupted_copy_leaves_dst_consistent_and_a_rerun_resumes(tmp_path: An
 
         proxy.add("status_before", when=after_two_puts, times=None)
         with pytest.raises(ckptstore.StorageError):
-            ckptstore.copy_checkpoints(src.uri, dst.uri, all=True, dst_options=dict(dst.options, endpoint_url=proxy.url),
-                                       retries=0, workers=1)
+            ckptstore.copy_checkpoints(
+                src.uri, dst.uri, all=True, dst_options=dict(dst.options, endpoint_url=proxy.url), retries=0, workers=1
+            )
     finally:
         proxy.stop()
     direct = ckptstore.Store(dst.uri, storage_options=dst.options, retries=1)
@@ -137,10 +149,12 @@ def test_cli_cp(tmp_path: Any, capsys: Any) -> None:
 
 # -- backup mirrors -------------------------------------------------------------------------------
 
+
 def test_backup_mirror_has_its_own_retention(tmp_path: Any) -> None:
     s3 = cs.new_s3_bucket(cs.shared("moto").url)
-    store = ckptstore.Store(str(tmp_path / "local"),
-                            backup=ckptstore.Backup(s3.uri, keep_last=2, storage_options=s3.options, retries=1))
+    store = ckptstore.Store(
+        str(tmp_path / "local"), backup=ckptstore.Backup(s3.uri, keep_last=2, storage_options=s3.options, retries=1)
+    )
     for i in range(1, 5):
         store.save(_state(i), step=i)
     assert store.backup is not None and store.backup.flush(60)
@@ -158,8 +172,13 @@ def test_failing_mirror_never_breaks_training_and_catches_up(tmp_path: Any) -> N
     proxy = FaultProxy(cs.HOST, moto.port).start()
     try:
         proxy.add("status_before", times=None)  # the backup endpoint is down
-        backup = ckptstore.Backup(bucket.uri, keep_last=3, retries=0, retry_interval=0.2,
-                                  storage_options=dict(bucket.options, endpoint_url=proxy.url))
+        backup = ckptstore.Backup(
+            bucket.uri,
+            keep_last=3,
+            retries=0,
+            retry_interval=0.2,
+            storage_options=dict(bucket.options, endpoint_url=proxy.url),
+        )
         store = ckptstore.Store(str(tmp_path / "local"), backup=backup)
         with pytest.warns(RuntimeWarning, match="backup to .* failed"):
             for i in range(1, 4):
@@ -241,3 +260,17 @@ def test_bad_arguments_are_refused_early(tmp_path: Any) -> None:
     empty.forget(id=info.id)
     with pytest.raises(ckptstore.CheckpointNotFoundError, match="no checkpoints to copy"):
         ckptstore.copy_checkpoints(empty, str(tmp_path / "b"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_load_with_fallback_passes_mmap_on(tmp_path: Any) -> None:
+    """``load(fallback=...)`` honours ``mmap`` like a plain load: mapped with True, read with False."""
+    drive = str(tmp_path / "drive")
+    big = torch.arange(400_000, dtype=torch.float32)  # over the pack threshold: one object of its own
+    info = ckptstore.save({"big": big}, drive, step=1)
+    path = str(Path(drive) / object_key(ckptstore.Store(drive).manifest(id=info.id).blobs[0].segments[0].object))
+    for mmap in (False, True):  # False first: a mapping may outlive the tensors that used it
+        with pytest.warns(ckptstore.BackupWarning, match="loaded from the fallback"):
+            out = ckptstore.load(tmp_path / "gone", fallback=drive, mmap=mmap)
+        assert torch.equal(out["big"], big)
+        assert (path in Path("/proc/self/maps").read_text()) is mmap

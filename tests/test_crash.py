@@ -32,8 +32,12 @@ def test_kill_9_during_saves(tmp_path):
     next_start = 0
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for round_ in range(10):
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "crash_writer.py"), uri, str(next_start)],
-                                stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "crash_writer.py"), uri, str(next_start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         # wait for the first save to return, then kill at a random moment during later ones
         first = proc.stdout.readline()
         assert first.strip(), f"writer died: round {round_}"

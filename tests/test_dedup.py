@@ -38,7 +38,7 @@ def test_frozen_base_costs_nothing_after_first_checkpoint(tmp_path):
     """A LoRA-style fine-tune: only the small adapters change between checkpoints."""
     torch.manual_seed(0)
     base = {f"layer{i}.weight": torch.randn(256, 256) for i in range(8)}  # 2 MiB frozen
-    base.update({f"layer{i}.bias": torch.randn(256) for i in range(8)})   # small frozen tensors (packed)
+    base.update({f"layer{i}.bias": torch.randn(256) for i in range(8)})  # small frozen tensors (packed)
     lora_a = torch.zeros(256, 4)
     lora_b = torch.zeros(4, 256)
     store = ckptstore.Store(tmp_path / "lora")
@@ -95,8 +95,6 @@ def _damage(root, kind):
                 f.write(bytes([b[0] ^ 0xFF]))
         else:
             os.unlink(p)
-
-
 
 
 @pytest.mark.parametrize("kind", ["flip", "delete"])

@@ -8,14 +8,16 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 
-from . import cloudservers as cs
 import ckptstore
 from ckptstore.storage._mounts import DRIVE_TRASH_NOTE, Mount, find_mount
+
+from . import cloudservers as cs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,8 +73,11 @@ def fuse_mount(tmp_path: Any) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     mnt.mkdir()
     log = tmp_path / "rclone-mount.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([rclone, "mount", "--config", "/dev/null", "--vfs-cache-mode", "writes",
-                                 str(backing), str(mnt)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [rclone, "mount", "--config", "/dev/null", "--vfs-cache-mode", "writes", str(backing), str(mnt)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 15
     while True:
         m = find_mount(str(mnt))
@@ -101,8 +106,12 @@ def test_a_dead_fuse_mount_fails_clearly(fuse_mount: Any) -> None:
     assert find_mount(uri).is_fuse
     proc.kill()  # the FUSE daemon dies: "Transport endpoint is not connected"
     proc.wait(10)
-    calls = {"list": store.list, "load": store.load, "save": lambda: ckptstore.Store(uri).save(state, step=2),
-             "list_checkpoints": lambda: ckptstore.list_checkpoints(uri)}
+    calls = {
+        "list": store.list,
+        "load": store.load,
+        "save": lambda: ckptstore.Store(uri).save(state, step=2),
+        "list_checkpoints": lambda: ckptstore.list_checkpoints(uri),
+    }
     # (a bare stat may still succeed for a second from the kernel's attribute cache; reads cannot)
     for name, call in calls.items():
         try:

@@ -63,13 +63,16 @@ def test_unsupported_value_names_its_path(store_uri):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("value,fragment", [
-    (object(), "object"),
-    ([1, {2: open}], "[1][2]"),
-    (torch.zeros(3).to_sparse(), "layout"),
-    (torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), "quantized"),
-    (torch.empty(2, device="meta"), "meta"),
-])
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        (object(), "object"),
+        ([1, {2: open}], "[1][2]"),
+        (torch.zeros(3).to_sparse(), "layout"),
+        (torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), "quantized"),
+        (torch.empty(2, device="meta"), "meta"),
+    ],
+)
 def test_unsupported_values(store_uri, value, fragment):
     with pytest.raises(ckptstore.UnsupportedValueError, match=None) as ei:
         ckptstore.save({"x": value}, store_uri)
@@ -124,13 +127,20 @@ def test_hierarchy():
         if isinstance(obj, type) and issubclass(obj, BaseException) and not issubclass(obj, Warning):
             assert issubclass(obj, ckptstore.CkptstoreError)
             if obj is not ckptstore.CkptstoreError:
-                stdlib = [b for b in obj.__mro__[1:] if b.__module__ == "builtins" and b not in (Exception, BaseException, object)]
+                stdlib = [
+                    b
+                    for b in obj.__mro__[1:]
+                    if b.__module__ == "builtins" and b not in (Exception, BaseException, object)
+                ]
                 assert stdlib, f"{name} subclasses no stdlib error"
 
 
 def test_every_warning_is_a_ckptstore_warning():
-    warning_types = [getattr(ckptstore, n) for n in ckptstore.__all__
-                     if isinstance(getattr(ckptstore, n), type) and issubclass(getattr(ckptstore, n), Warning)]
+    warning_types = [
+        getattr(ckptstore, n)
+        for n in ckptstore.__all__
+        if isinstance(getattr(ckptstore, n), type) and issubclass(getattr(ckptstore, n), Warning)
+    ]
     assert ckptstore.CkptstoreWarning in warning_types and ckptstore.BackupWarning in warning_types
     for w in warning_types:
         assert issubclass(w, ckptstore.CkptstoreWarning) and issubclass(w, UserWarning)

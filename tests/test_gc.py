@@ -106,8 +106,13 @@ def test_stored_policy_persists_and_applies_to_every_writer(tmp_path, base):
     s1.save(state(0, base), step=0)
     s1.set_retention(Retention(keep_last=2, keep_within="7d"))
     doc = json.loads((root / "ckptstore.json").read_text())
-    assert doc["retention"] == {"keep_last": 2, "keep_best": None, "keep_every": None,
-                                "keep_within": "7d", "keep_tags": ["pinned"]}
+    assert doc["retention"] == {
+        "keep_last": 2,
+        "keep_best": None,
+        "keep_every": None,
+        "keep_within": "7d",
+        "keep_tags": ["pinned"],
+    }
     s2 = Store(root)  # "after a restart"
     assert s2.get_retention() == Retention(keep_last=2, keep_within="7d")
     # keep_within 7d keeps everything just saved; keep_last alone would not
@@ -215,8 +220,9 @@ def test_stale_lease_of_a_dead_process_is_ignored_and_removed(tmp_path, base):
     store = Store(root)
     store.save(state(0, base), step=0)
     store.save(state(1, base), step=1)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     lease = Lease(store.backend, "save")
     lease.write()
     doc = json.loads((root / lease.key).read_text())
@@ -298,8 +304,9 @@ def test_concurrent_writer_in_another_process_loses_nothing(tmp_path):
     checkpoint the policy keeps must load, byte for byte."""
     root = tmp_path / "s"
     n = 30
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(n)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     policy = Retention(keep_every=3, keep_tags=())
     runs = swept = 0
     try:

@@ -30,6 +30,5 @@ def test_golden_store_dedups_against_new_saves(tmp_path):
     root = tmp_path / "v1"
     shutil.copytree(GOLDEN, root)
     # same chunk size as the golden writer: chunk boundaries match, so every chunk is found
-    info = ckptstore.Store(root, chunk_size=256 << 10).save(golden_state(20), step=30, rng=False,
-                                                            compression="zstd")
+    info = ckptstore.Store(root, chunk_size=256 << 10).save(golden_state(20), step=30, rng=False, compression="zstd")
     assert info.new_bytes == 0  # every byte already stored by v1's newest checkpoint

@@ -66,9 +66,12 @@ def test_every_checkpoint_lands_in_the_store_and_staging_is_removed(reference: d
 @pytest.mark.slow
 def test_sigkill_then_resume_from_store_equals_uninterrupted_run(reference: dict, tmp_path: Path) -> None:
     store, out = tmp_path / "store", tmp_path / "out"
-    rc, stdout, _ = run_jobs("_hf_job.py", [{**BASE, "store": str(store), "output_dir": str(out),
-                                             "announce": True, "pause": 0.3}], tmp_path,
-                             kill_after="COMMITTED 12")
+    rc, stdout, _ = run_jobs(
+        "_hf_job.py",
+        [{**BASE, "store": str(store), "output_dir": str(out), "announce": True, "pause": 0.3}],
+        tmp_path,
+        kill_after="COMMITTED 12",
+    )
     assert rc == -9, stdout
     killed_at = ckptstore.info(store).step
     assert 12 <= killed_at < 20
@@ -83,11 +86,20 @@ def test_sigkill_then_resume_from_store_equals_uninterrupted_run(reference: dict
     (half / "model.safetensors").write_bytes(b"\x00" * 10)
 
     finals = [tmp_path / "final-a.safetensors", tmp_path / "final-b.safetensors"]
-    rc, stdout, stderr = run_jobs("_hf_job.py", [
-        {**BASE, "store": str(store), "output_dir": str(out), "resume": True, "final": str(finals[0])},
-        {**BASE, "store": str(damaged), "output_dir": str(tmp_path / "out2"), "resume": True,
-         "final": str(finals[1])},
-    ], tmp_path)
+    rc, stdout, stderr = run_jobs(
+        "_hf_job.py",
+        [
+            {**BASE, "store": str(store), "output_dir": str(out), "resume": True, "final": str(finals[0])},
+            {
+                **BASE,
+                "store": str(damaged),
+                "output_dir": str(tmp_path / "out2"),
+                "resume": True,
+                "final": str(finals[1]),
+            },
+        ],
+        tmp_path,
+    )
     assert rc == 0, stderr[-3000:]
     assert f"RESUMING {out}/.ckptstore-resume/checkpoint-{killed_at}" in stdout
     assert f"checkpoint-{killed_at + 4} was never committed" in stderr
@@ -112,8 +124,15 @@ def test_resume_returns_none_on_empty_store_and_folder_is_atomic(tmp_path: Path,
     path = resume_from_store(reference["store"], tmp_path / "dest", step=8)
     assert path == str(tmp_path / "dest" / "checkpoint-8")
     names = sorted(os.listdir(path))
-    assert names == ["config.json", "generation_config.json", "model.safetensors", "optimizer.pt",
-                     "rng_state.pth", "scheduler.pt", "trainer_state.json"]
+    assert names == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
     assert sorted(os.listdir(tmp_path / "dest")) == ["checkpoint-8"]  # no temporary folder left
     # the files are what the Trainer reads: plain torch.load(weights_only=True) works
     opt = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
@@ -121,8 +140,14 @@ def test_resume_returns_none_on_empty_store_and_folder_is_atomic(tmp_path: Path,
 
 
 def test_epoch_strategy_best_model_at_end(tmp_path: Path) -> None:
-    job = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "out"), "strategy": "epoch",
-           "epochs": 3, "metric": "eval_loss", "best_at_end": True}
+    job = {
+        "store": str(tmp_path / "store"),
+        "output_dir": str(tmp_path / "out"),
+        "strategy": "epoch",
+        "epochs": 3,
+        "metric": "eval_loss",
+        "best_at_end": True,
+    }
     out = _hf_job.run(job)
     state = out["trainer"].state
     infos = ckptstore.list_checkpoints(tmp_path / "store")
@@ -137,8 +162,14 @@ def test_epoch_strategy_best_model_at_end(tmp_path: Path) -> None:
 
 
 def test_store_retention_replaces_save_total_limit(tmp_path: Path) -> None:
-    job = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "out"), "max_steps": 20,
-           "save_steps": 4, "metric": "eval_loss", "save_total_limit": 2}
+    job = {
+        "store": str(tmp_path / "store"),
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 20,
+        "save_steps": 4,
+        "metric": "eval_loss",
+        "save_total_limit": 2,
+    }
     _hf_job.run(job)
     infos = ckptstore.list_checkpoints(tmp_path / "store")
     every = {4, 8, 12, 16, 20}
@@ -149,8 +180,13 @@ def test_store_retention_replaces_save_total_limit(tmp_path: Path) -> None:
 
 
 def test_training_args_pickle_kept_only_with_opt_in(tmp_path: Path) -> None:
-    job = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "out"), "max_steps": 2,
-           "save_steps": 2, "callback": {"allow_pickle": True}}
+    job = {
+        "store": str(tmp_path / "store"),
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "save_steps": 2,
+        "callback": {"allow_pickle": True},
+    }
     _hf_job.run(job)
     files = ckptstore.load(tmp_path / "store")["files"]
     assert files["training_args.bin"]["kind"] == "pickle"
@@ -175,8 +211,15 @@ def test_frozen_weights_cost_nothing_after_first_checkpoint(tmp_path: Path) -> N
     model, train, _ = _hf_job.build()
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith("transformer.ln_f")
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, use_cpu=True,
-                             per_device_train_batch_size=4, report_to=[], disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        save_steps=2,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        report_to=[],
+        disable_tqdm=True,
+    )
     Trainer(model=model, args=args, train_dataset=train, callbacks=[CkptstoreCallback(tmp_path / "store")]).train()
     first, second = ckptstore.list_checkpoints(tmp_path / "store")
     assert second.size == first.size > 600_000
@@ -190,13 +233,22 @@ def test_peft_lora_adapter_only_and_resume(tmp_path: Path) -> None:
     from ckptstore.adapters.transformers import CkptstoreCallback
 
     base, train, _ = _hf_job.build()
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True,
-                                                      task_type="CAUSAL_LM"))
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    )
 
     def trainer(m: torch.nn.Module, steps: int) -> tuple[Trainer, CkptstoreCallback]:
         cb = CkptstoreCallback(tmp_path / "store")
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, save_steps=2, use_cpu=True,
-                                 per_device_train_batch_size=4, report_to=[], disable_tqdm=True, seed=0)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            max_steps=steps,
+            save_steps=2,
+            use_cpu=True,
+            per_device_train_batch_size=4,
+            report_to=[],
+            disable_tqdm=True,
+            seed=0,
+        )
         return Trainer(model=m, args=args, train_dataset=train, callbacks=[cb]), cb
 
     t, _ = trainer(model, 4)
@@ -208,8 +260,9 @@ def test_peft_lora_adapter_only_and_resume(tmp_path: Path) -> None:
     assert infos[-1].new_bytes < 0.2 * base_bytes  # the frozen base is never stored again
 
     base2, _, _ = _hf_job.build(seed=0)
-    model2 = peft.get_peft_model(base2, peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True,
-                                                        task_type="CAUSAL_LM"))
+    model2 = peft.get_peft_model(
+        base2, peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    )
     t2, cb2 = trainer(model2, 6)
     t2.train(resume_from_checkpoint=cb2.resume())
     assert t2.state.global_step == 6
@@ -221,8 +274,9 @@ def test_store_at_a_non_local_uri(tmp_path: Path) -> None:
     uri = f"memory://hf-{os.getpid()}-{tmp_path.name}"
     out = _hf_job.run({"store": uri, "output_dir": str(tmp_path / "out"), "max_steps": 4, "save_steps": 2})
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [2, 4]
-    again = _hf_job.run({"store": uri, "output_dir": str(tmp_path / "out"), "max_steps": 6, "save_steps": 2,
-                         "resume": True})
+    again = _hf_job.run(
+        {"store": uri, "output_dir": str(tmp_path / "out"), "max_steps": 6, "save_steps": 2, "resume": True}
+    )
     assert again["resume"] == str(tmp_path / "out" / ".ckptstore-resume" / "checkpoint-4")
     assert again["global_step"] == 6 and out["global_step"] == 4
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [2, 4, 6]

@@ -28,9 +28,11 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_core_import_does_not_load_frameworks() -> None:
-    code = ("import sys, ckptstore, ckptstore.cli._main, ckptstore.interop._importer, ckptstore.adapters.interop; "
-            "bad = [m for m in ('transformers', 'lightning', 'pytorch_lightning', 'peft') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, ckptstore, ckptstore.cli._main, ckptstore.interop._importer, ckptstore.adapters.interop; "
+        "bad = [m for m in ('transformers', 'lightning', 'pytorch_lightning', 'peft') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -43,8 +45,16 @@ def test_plain_torch_files_import_and_export(tmp_path: Path, capsys: pytest.Capt
     opt.step()
     old = tmp_path / "old_run"
     old.mkdir()
-    torch.save({"model_state_dict": net.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 3,
-                "loss_history": [2.0, 1.5, 1.25], "val_loss": 1.2}, old / "checkpoint_step_4000.pt")
+    torch.save(
+        {
+            "model_state_dict": net.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "epoch": 3,
+            "loss_history": [2.0, 1.5, 1.25],
+            "val_loss": 1.2,
+        },
+        old / "checkpoint_step_4000.pt",
+    )
     torch.save(net.state_dict(), old / "final_model.pt")
     torch.save({"model": net.state_dict()}, old / "ckpt_step_300.pt")
 
@@ -52,7 +62,10 @@ def test_plain_torch_files_import_and_export(tmp_path: Path, capsys: pytest.Capt
     assert "final_model.pt records no step" in capsys.readouterr().err
     infos = ckptstore.list_checkpoints(tmp_path / "store")
     assert [(i.step, i.epoch, i.meta["name"]) for i in infos] == [
-        (300, None, "ckpt_step_300.pt"), (4000, 3, "checkpoint_step_4000.pt"), (4001, None, "final_model.pt")]
+        (300, None, "ckpt_step_300.pt"),
+        (4000, 3, "checkpoint_step_4000.pt"),
+        (4001, None, "final_model.pt"),
+    ]
     assert infos[1].metrics == {"val_loss": 1.2}
     state = ckptstore.load(tmp_path / "store", step=4000)  # the raw-loop Checkpointer's layout
     assert state["extra"] == {"loss_history": [2.0, 1.5, 1.25], "val_loss": 1.2}
@@ -98,9 +111,18 @@ def test_hf_checkpoint_folder_import_export_resume(tmp_path: Path) -> None:
     from . import _hf_job
 
     def trainer(model: torch.nn.Module, out: Path) -> Trainer:
-        args = TrainingArguments(output_dir=str(out), max_steps=6, save_steps=3, use_cpu=True, seed=0,
-                                 per_device_train_batch_size=4, report_to=[], disable_tqdm=True,
-                                 dataloader_num_workers=0, learning_rate=1e-3)
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=6,
+            save_steps=3,
+            use_cpu=True,
+            seed=0,
+            per_device_train_batch_size=4,
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            learning_rate=1e-3,
+        )
         return Trainer(model=model, args=args, train_dataset=train)
 
     model, train, _ = _hf_job.build()
@@ -145,8 +167,16 @@ def test_lightning_ckpt_import_resume_and_export(tmp_path: Path) -> None:
         L.seed_everything(0, verbose=False)
         model = _lightning_job.module_class()()
         train, val = _lightning_job.data()
-        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            accelerator="cpu", devices=1, default_root_dir=str(tmp_path), **kw)  # type: ignore[arg-type]
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+            default_root_dir=str(tmp_path),
+            **kw,
+        )  # type: ignore[arg-type]
         trainer.fit(model, train, val)
         return trainer, model
 
@@ -163,9 +193,16 @@ def test_lightning_ckpt_import_resume_and_export(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     model = _lightning_job.module_class()()
     train, val = _lightning_job.data()
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", devices=1, plugins=[CkptstoreCheckpointIO(tmp_path / "store")],
-                        callbacks=[CkptstoreModelCheckpoint(dirpath=str(tmp_path / "ck2"), save_last=True)])
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        plugins=[CkptstoreCheckpointIO(tmp_path / "store")],
+        callbacks=[CkptstoreModelCheckpoint(dirpath=str(tmp_path / "ck2"), save_last=True)],
+    )
     trainer.fit(model, train, val, ckpt_path="last")
     assert str(trainer.ckpt_path).startswith("ckptstore://") and trainer.global_step == 24
 
@@ -177,13 +214,21 @@ def test_lightning_ckpt_import_resume_and_export(tmp_path: Path) -> None:
     assert _equal(load_file(str(tmp_path / "exp" / "model.safetensors")), dict(original["state_dict"]))
     # The hyper-parameters hold a pathlib.Path and a Namespace, exactly as in the file Lightning wrote,
     # so Lightning needs weights_only=False for this file just as for its own (the plugin does not).
-    restored = _lightning_job.module_class().load_from_checkpoint(str(tmp_path / "exp" / "last.ckpt"),
-                                                                   weights_only=False)
+    restored = _lightning_job.module_class().load_from_checkpoint(
+        str(tmp_path / "exp" / "last.ckpt"), weights_only=False
+    )
     assert _equal(dict(restored.state_dict()), dict(original["state_dict"]))
     L.seed_everything(0, verbose=False)
     again = _lightning_job.module_class()()
-    t2 = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", devices=1, enable_checkpointing=False)
+    t2 = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+    )
     t2.fit(again, train, val, ckpt_path=str(tmp_path / "exp" / "last.ckpt"), weights_only=False)
     assert t2.global_step == 24
 
@@ -200,8 +245,9 @@ def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
     w = {"a.weight": torch.arange(6.0).reshape(2, 3)}
     save_file(w, str(src / "model.safetensors"))
     torch.save({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, src / "optimizer.pt")
-    (src / "trainer_state.json").write_text(json.dumps(
-        {"global_step": 12, "epoch": 1.5, "log_history": [{"step": 12, "loss": 0.5, "train_runtime": 3.0}]}))
+    (src / "trainer_state.json").write_text(
+        json.dumps({"global_step": 12, "epoch": 1.5, "log_history": [{"step": 12, "loss": 0.5, "train_runtime": 3.0}]})
+    )
     (src / "notes.txt").write_bytes(b"hello")
     torch.save({"obj": Opaque(2)}, src / "training_args.bin")
     with pytest.warns(UserWarning, match="training_args.bin was left out"):
@@ -211,8 +257,11 @@ def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
     ckptstore.save(read.state, tmp_path / "s", step=read.step)
     dest = tmp_path / "out" / "checkpoint-12"
     files = ckptstore.interop.write_hf_folder(ckptstore.load(tmp_path / "s"), dest)
-    assert sorted(files) == sorted(os.listdir(dest)) == ["model.safetensors", "notes.txt", "optimizer.pt",
-                                                           "trainer_state.json"]
+    assert (
+        sorted(files)
+        == sorted(os.listdir(dest))
+        == ["model.safetensors", "notes.txt", "optimizer.pt", "trainer_state.json"]
+    )
     assert _equal(load_file(str(dest / "model.safetensors")), w) and (dest / "notes.txt").read_bytes() == b"hello"
     assert os.listdir(tmp_path / "out") == ["checkpoint-12"]  # no temporary folder left beside it
     with pytest.raises(ckptstore.UnsupportedFormatError, match="not a Hugging Face checkpoint folder"):

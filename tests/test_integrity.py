@@ -92,23 +92,28 @@ def _valid_doc(uri, step=2) -> dict:
     return json.loads(m.model_dump_json())
 
 
-@pytest.mark.parametrize("mutate,error", [
-    (lambda d: d["objects"].update({"../../../etc/passwd": {"codec": "none", "size": 1, "raw_size": 1}}),
-     ckptstore.IntegrityError),
-    (lambda d: d["tensors"][0].update(shape=[10**9, 10**9]), ckptstore.IntegrityError),
-    (lambda d: d["tensors"][0].update(offset=10**6), ckptstore.IntegrityError),
-    (lambda d: d["tensors"][0].update(blob=99), ckptstore.IntegrityError),
-    (lambda d: d["blobs"][0].update(nbytes=10**15), ckptstore.IntegrityError),
-    (lambda d: d["blobs"][0]["segments"][0].update(offset=10**12), ckptstore.IntegrityError),
-    (lambda d: d["tensors"][0].update(dtype="float1024"), ckptstore.UnsupportedFormatError),
-    (lambda d: d.update(version=2), ckptstore.UnsupportedFormatError),
-    (lambda d: d.update(format="other"), ckptstore.IntegrityError),
-    (lambda d: d.update(tree={"$tensor": 55}), ckptstore.IntegrityError),
-    (lambda d: d.update(tree={"$pickle": "gASVAAAAAAAAAAA="}), ckptstore.PickleNotAllowedError),
-    (lambda d: d.update(tree={"$bogus": 1}), ckptstore.IntegrityError),
-    (lambda d: d.update(step=3), ckptstore.IntegrityError),  # name says 9
-    (lambda d: d["tensors"][0].update(kind="numpy", dtype="|O"), ckptstore.IntegrityError),
-])
+@pytest.mark.parametrize(
+    "mutate,error",
+    [
+        (
+            lambda d: d["objects"].update({"../../../etc/passwd": {"codec": "none", "size": 1, "raw_size": 1}}),
+            ckptstore.IntegrityError,
+        ),
+        (lambda d: d["tensors"][0].update(shape=[10**9, 10**9]), ckptstore.IntegrityError),
+        (lambda d: d["tensors"][0].update(offset=10**6), ckptstore.IntegrityError),
+        (lambda d: d["tensors"][0].update(blob=99), ckptstore.IntegrityError),
+        (lambda d: d["blobs"][0].update(nbytes=10**15), ckptstore.IntegrityError),
+        (lambda d: d["blobs"][0]["segments"][0].update(offset=10**12), ckptstore.IntegrityError),
+        (lambda d: d["tensors"][0].update(dtype="float1024"), ckptstore.UnsupportedFormatError),
+        (lambda d: d.update(version=2), ckptstore.UnsupportedFormatError),
+        (lambda d: d.update(format="other"), ckptstore.IntegrityError),
+        (lambda d: d.update(tree={"$tensor": 55}), ckptstore.IntegrityError),
+        (lambda d: d.update(tree={"$pickle": "gASVAAAAAAAAAAA="}), ckptstore.PickleNotAllowedError),
+        (lambda d: d.update(tree={"$bogus": 1}), ckptstore.IntegrityError),
+        (lambda d: d.update(step=3), ckptstore.IntegrityError),  # name says 9
+        (lambda d: d["tensors"][0].update(kind="numpy", dtype="|O"), ckptstore.IntegrityError),
+    ],
+)
 def test_hostile_manifests_are_refused(saved, mutate, error):
     uri, _ = saved
     doc = _valid_doc(uri)

@@ -19,9 +19,13 @@ import ckptstore  # noqa: E402
 from . import _lightning_job  # noqa: E402
 from ._fw_util import damage_newest, run_jobs  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore:.*does not have many workers.*", "ignore:.*LeafSpec.*",
-                                        "ignore:.*no last checkpoint available.*")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning",
+    "ignore::FutureWarning",
+    "ignore:.*does not have many workers.*",
+    "ignore:.*LeafSpec.*",
+    "ignore:.*no last checkpoint available.*",
+)
 
 
 class Custom:
@@ -76,9 +80,12 @@ def test_checkpoint_dict_round_trips_without_pickle(reference: dict) -> None:
 @pytest.mark.slow
 def test_sigkill_then_fit_last_resumes_exactly(reference: dict, tmp_path: Path) -> None:
     store, run = tmp_path / "store", tmp_path / "run"
-    rc, stdout, _ = run_jobs("_lightning_job.py", [{"store": str(store), "dir": str(run), "announce": True,
-                                                    "pause": 0.3}],
-                             tmp_path, kill_after="COMMITTED 24 last.ckpt")
+    rc, stdout, _ = run_jobs(
+        "_lightning_job.py",
+        [{"store": str(store), "dir": str(run), "announce": True, "pause": 0.3}],
+        tmp_path,
+        kill_after="COMMITTED 24 last.ckpt",
+    )
     assert rc == -9, stdout
     for name in ("damaged", "explicit", "norng"):
         shutil.copytree(store, tmp_path / name)
@@ -88,14 +95,27 @@ def test_sigkill_then_fit_last_resumes_exactly(reference: dict, tmp_path: Path) 
     assert not os.path.exists(explicit)  # only the store has it
 
     finals = {k: tmp_path / f"{k}.safetensors" for k in ("last", "damaged", "explicit", "norng")}
-    rc, stdout, stderr = run_jobs("_lightning_job.py", [
-        {"store": str(store), "dir": str(run), "ckpt_path": "last", "final": str(finals["last"])},
-        {"store": str(tmp_path / "damaged"), "dir": str(run), "ckpt_path": "last", "final": str(finals["damaged"])},
-        {"store": str(tmp_path / "explicit"), "dir": str(run), "ckpt_path": explicit,
-         "final": str(finals["explicit"])},
-        {"store": str(tmp_path / "norng"), "dir": str(run), "ckpt_path": "last", "restore_rng": False,
-         "final": str(finals["norng"])},
-    ], tmp_path)
+    rc, stdout, stderr = run_jobs(
+        "_lightning_job.py",
+        [
+            {"store": str(store), "dir": str(run), "ckpt_path": "last", "final": str(finals["last"])},
+            {"store": str(tmp_path / "damaged"), "dir": str(run), "ckpt_path": "last", "final": str(finals["damaged"])},
+            {
+                "store": str(tmp_path / "explicit"),
+                "dir": str(run),
+                "ckpt_path": explicit,
+                "final": str(finals["explicit"]),
+            },
+            {
+                "store": str(tmp_path / "norng"),
+                "dir": str(run),
+                "ckpt_path": "last",
+                "restore_rng": False,
+                "final": str(finals["norng"]),
+            },
+        ],
+        tmp_path,
+    )
     assert rc == 0, stderr[-3000:]
     assert stdout.count("RESUMED_FROM ckptstore://") == 3 and f"RESUMED_FROM {explicit}" in stdout
     assert f"step {bad.step} ({bad.short_id})" in stderr and "is damaged" in stderr
@@ -110,17 +130,26 @@ def test_sigkill_then_fit_last_resumes_exactly(reference: dict, tmp_path: Path) 
     assert max(i.step for i in ckptstore.list_checkpoints(store)) == 48
 
 
-def test_stock_model_checkpoint_with_store_warns_instead_of_silently_restarting(reference: dict,
-                                                                               tmp_path: Path) -> None:
+def test_stock_model_checkpoint_with_store_warns_instead_of_silently_restarting(
+    reference: dict, tmp_path: Path
+) -> None:
     shutil.copytree(reference["store"], tmp_path / "store")
     with pytest.warns(UserWarning, match="already holds checkpoints up to step 48, but this run did not resume"):
-        _lightning_job.run({"store": str(tmp_path / "store"), "dir": str(tmp_path / "run"), "ckpt_path": "last",
-                            "plain": True, "epochs": 1})
+        _lightning_job.run(
+            {
+                "store": str(tmp_path / "store"),
+                "dir": str(tmp_path / "run"),
+                "ckpt_path": "last",
+                "plain": True,
+                "epochs": 1,
+            }
+        )
 
 
 def test_last_on_empty_store_trains_from_scratch_and_missing_path_is_clear(tmp_path: Path) -> None:
-    out = _lightning_job.run({"store": str(tmp_path / "store"), "dir": str(tmp_path / "run"),
-                              "ckpt_path": "last", "epochs": 1})
+    out = _lightning_job.run(
+        {"store": str(tmp_path / "store"), "dir": str(tmp_path / "run"), "ckpt_path": "last", "epochs": 1}
+    )
     assert out["trainer"].ckpt_path is None and out["trainer"].global_step == 8
     with pytest.raises(ckptstore.CheckpointNotFoundError, match="no checkpoint saved as 'nope.ckpt'"):
         out["io"].load_checkpoint("nope.ckpt")

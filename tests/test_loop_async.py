@@ -98,8 +98,10 @@ def test_saved_state_is_the_state_at_the_requested_step(tmp_path: Path, overlap:
     state = store.load(3)
     assert _same(state["model"], want["model"]) and _same(state["optimizer"]["state"], want["optimizer"]["state"])
     assert state["extra"] == {"i": [2]}
-    assert torch.equal(torch.frombuffer(bytearray(__import__("base64").b64decode(store.info(3).rng.torch)),
-                                        dtype=torch.uint8), rng_at_3)
+    assert torch.equal(
+        torch.frombuffer(bytearray(__import__("base64").b64decode(store.info(3).rng.torch)), dtype=torch.uint8),
+        rng_at_3,
+    )
     assert [i.step for i in store.list()] == [3, 6]
     assert store.max_running == 1
 
@@ -160,7 +162,8 @@ def test_staging_is_reused_and_bounded(tmp_path: Path) -> None:
     assert staging is not None
     ck.wait()
     state_bytes = sum(t.numel() * t.element_size() for t in m.state_dict().values()) + sum(
-        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+    )
     assert staging.allocations == 1 and state_bytes <= staging.capacity <= state_bytes + (2 << 20)
     ck.close()
     assert [i.step for i in ckptstore.list_checkpoints(tmp_path)] == [1, 2, 3, 4]

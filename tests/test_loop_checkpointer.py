@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ckptstore
-from ckptstore.adapters.loop import (Checkpointer, ConfigDriftWarning, ResumeFallbackWarning, find_resumable)
+from ckptstore.adapters.loop import Checkpointer, ConfigDriftWarning, ResumeFallbackWarning, find_resumable
 
 
 class Clock:
@@ -83,8 +83,7 @@ def test_epoch_end_total_steps_and_no_step_saved_twice(tmp_path: Path) -> None:
         assert ck.epoch_end(epoch) == (epoch == 0)  # step 6 was saved by every_steps already
     assert ck.save() is False  # on demand, but step 6 is saved
     ck.close()
-    assert _triggers(tmp_path) == {2: "every_steps", 3: "epoch_end", 4: "every_steps",
-                                   6: "every_steps+final"}
+    assert _triggers(tmp_path) == {2: "every_steps", 3: "epoch_end", 4: "every_steps", 6: "every_steps+final"}
     infos = {i.step: i for i in ckptstore.list_checkpoints(tmp_path)}
     assert infos[3].epoch == 0 and infos[3].meta["epoch_done"] is True
     assert infos[4].epoch == 1 and infos[4].meta["epoch_done"] is False
@@ -313,8 +312,10 @@ def test_fallback_over_several_and_all_damaged_raises(tmp_path: Path) -> None:
     assert any("skipping checkpoint at step 2" in m for c, m in said), said
     assert r is not None and r.info.step == 1 and [d.step for d in r.skipped] == [3, 2]
     _corrupt_object_of(tmp_path, 1)
-    with pytest.raises(ckptstore.IntegrityError, match="no checkpoint .* verifies"), \
-            pytest.warns(ckptstore.CkptstoreWarning, match="skipping checkpoint at step 2"):
+    with (
+        pytest.raises(ckptstore.IntegrityError, match="no checkpoint .* verifies"),
+        pytest.warns(ckptstore.CkptstoreWarning, match="skipping checkpoint at step 2"),
+    ):
         find_resumable(ckptstore.Store(tmp_path))
 
 
@@ -362,5 +363,6 @@ def test_rng_states_from_another_device_kind_are_accounted_for(tmp_path: Path) -
     with pytest.warns(UserWarning, match=r"without cuda \(1 device states saved, 0 devices here\)"):
         assert ck.resume(model=model) == 5
     assert ck.resumed is not None and ck.resumed.rng_skipped == ("cuda (1 device states saved, 0 devices here)",)
-    assert torch.equal(torch.get_rng_state(), torch.frombuffer(
-        bytearray(__import__("base64").b64decode(rng.torch)), dtype=torch.uint8))  # the CPU state was applied
+    assert torch.equal(
+        torch.get_rng_state(), torch.frombuffer(bytearray(__import__("base64").b64decode(rng.torch)), dtype=torch.uint8)
+    )  # the CPU state was applied

@@ -38,8 +38,9 @@ def _run(store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str
 
 def _interrupt(store: Path, out: Path, at: int, sig: int, *extra: str) -> tuple[int, str, str]:
     """Start a run, send ``sig`` once it reports step ``at``; returns (returncode, stdout, stderr)."""
-    p = subprocess.Popen(_cmd(store, out, "--delay", "0.02", *extra), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        _cmd(store, out, "--delay", "0.02", *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lines = []
     assert p.stdout is not None
     for line in p.stdout:
@@ -115,12 +116,12 @@ def _newest_manifest(store: Path) -> tuple[Path, dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["object", "manifest"])
-def test_damaged_newest_checkpoint_falls_back_and_run_completes(tmp_path: Path, reference: dict,
-                                                                damage: str) -> None:
+def test_damaged_newest_checkpoint_falls_back_and_run_completes(tmp_path: Path, reference: dict, damage: str) -> None:
     store = tmp_path / "store"
     crash = 3 * EVERY + 1  # checkpoints at 4, 8, 12, then a crash
-    p = subprocess.run(_cmd(store, tmp_path / "final.pt", "--crash-after", str(crash)), capture_output=True,
-                       text=True, timeout=240)
+    p = subprocess.run(
+        _cmd(store, tmp_path / "final.pt", "--crash-after", str(crash)), capture_output=True, text=True, timeout=240
+    )
     assert p.returncode == 3, p.stderr
     path, newest = _newest_manifest(store)
     assert newest["step"] == 3 * EVERY

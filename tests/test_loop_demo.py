@@ -16,8 +16,9 @@ DEMO = Path(__file__).parent.parent / "examples" / "demo_train.py"
 @pytest.mark.slow
 def test_demo_is_interrupted_then_resumes_and_finishes(tmp_path: Path) -> None:
     store = tmp_path / "demo"
-    p = subprocess.run([sys.executable, str(DEMO), "--store", str(store)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, str(DEMO), "--store", str(store)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     assert "run 1 exited with status 130" in out

@@ -12,11 +12,32 @@ from ckptstore.adapters._drift import classify, config_drift, plain_config
 
 
 def test_classes_of_common_keys() -> None:
-    for k in ("batch_size", "per_device_train_batch_size", "model_name_or_path", "model.name", "seq_len",
-              "max_seq_length", "block_size", "n_layer", "tokenizer", "dataset", "gradient_accumulation_steps"):
+    for k in (
+        "batch_size",
+        "per_device_train_batch_size",
+        "model_name_or_path",
+        "model.name",
+        "seq_len",
+        "max_seq_length",
+        "block_size",
+        "n_layer",
+        "tokenizer",
+        "dataset",
+        "gradient_accumulation_steps",
+    ):
         assert classify(k) == "risky", k
-    for k in ("lr", "learning_rate", "optim.lr", "epochs", "num_train_epochs", "max_steps", "warmup_steps",
-              "weight_decay", "eval_steps", "output_dir"):
+    for k in (
+        "lr",
+        "learning_rate",
+        "optim.lr",
+        "epochs",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_steps",
+        "weight_decay",
+        "eval_steps",
+        "output_dir",
+    ):
         assert classify(k) == "deliberate", k
     for k in ("seed", "note", "name", "project"):
         assert classify(k) == "other", k
@@ -24,8 +45,10 @@ def test_classes_of_common_keys() -> None:
 
 
 def test_drift_nested_added_removed_and_numbers() -> None:
-    d = config_drift({"a": 1, "opt": {"lr": 0.1}, "batch_size": 8, "gone": True, "same": [1, 2], "x": math.nan},
-                     {"a": 1.0, "opt": {"lr": 0.2}, "batch_size": 8, "new": "v", "same": (1, 2), "x": math.nan})
+    d = config_drift(
+        {"a": 1, "opt": {"lr": 0.1}, "batch_size": 8, "gone": True, "same": [1, 2], "x": math.nan},
+        {"a": 1.0, "opt": {"lr": 0.2}, "batch_size": 8, "new": "v", "same": (1, 2), "x": math.nan},
+    )
     assert dict(d.deliberate) == {"opt.lr": (0.1, 0.2)}
     assert dict(d.other) == {"gone": (True, None), "new": (None, "v")}
     assert d.added == ("new",) and d.removed == ("gone",) and not d.risky

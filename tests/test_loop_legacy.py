@@ -31,18 +31,28 @@ def _model() -> torch.nn.Module:
 
 
 NAME_CASES = [
-    ("checkpoint_step_4000.pt", 4000, None), ("ep3_it900.pt", 900, 3), ("laststep5.pt", 5, None),
-    ("final_model.pt", None, None), ("model-epoch=2-step=300.ckpt", 300, 2), ("checkpoint-500.pt", 500, None),
-    ("model_iter12.pth", 12, None), ("ckpt_epoch_3.pt", None, 3), ("run1_epoch2_step300.pt", 300, 2),
-    ("global_step=77.ckpt", 77, None), ("iteration_8.pt", 8, None), ("split3.pt", None, None),
-    ("deep3.pt", None, None), ("ckpt7.pt", 7, None),
+    ("checkpoint_step_4000.pt", 4000, None),
+    ("ep3_it900.pt", 900, 3),
+    ("laststep5.pt", 5, None),
+    ("final_model.pt", None, None),
+    ("model-epoch=2-step=300.ckpt", 300, 2),
+    ("checkpoint-500.pt", 500, None),
+    ("model_iter12.pth", 12, None),
+    ("ckpt_epoch_3.pt", None, 3),
+    ("run1_epoch2_step300.pt", 300, 2),
+    ("global_step=77.ckpt", 77, None),
+    ("iteration_8.pt", 8, None),
+    ("split3.pt", None, None),
+    ("deep3.pt", None, None),
+    ("ckpt7.pt", 7, None),
 ]
 
 
 @pytest.mark.parametrize("entry", ["import_torch_file", "import_checkpoint", "cli", "loop"])
 @pytest.mark.parametrize("name,step,epoch", NAME_CASES)
-def test_step_and_epoch_from_file_names(tmp_path: Path, name: str, step: int | None, epoch: int | None,
-                                        entry: str) -> None:
+def test_step_and_epoch_from_file_names(
+    tmp_path: Path, name: str, step: int | None, epoch: int | None, entry: str
+) -> None:
     """Every entry point gives the same step and epoch for a file that carries them only in its name."""
     path = tmp_path / name
     torch.save({"model": {"w": torch.ones(2)}}, path)
@@ -65,11 +75,15 @@ def test_step_and_epoch_from_file_names(tmp_path: Path, name: str, step: int | N
 @pytest.mark.parametrize("value", [torch.tensor(4000), torch.tensor(4000.0), 4000.0, 4000])
 @pytest.mark.parametrize("key", ["step", "global_step", "iteration"])
 @pytest.mark.parametrize("entry", ["import_torch_file", "import_checkpoint"])
-def test_step_inside_the_file_is_an_int_and_wins_over_the_name(tmp_path: Path, key: str, value: object,
-                                                               entry: str) -> None:
+def test_step_inside_the_file_is_an_int_and_wins_over_the_name(
+    tmp_path: Path, key: str, value: object, entry: str
+) -> None:
     torch.save({"model": _model().state_dict(), key: value, "epoch": torch.tensor(2.0)}, tmp_path / "laststep5.pt")
-    fn = ckptstore.import_torch_file if entry == "import_torch_file" else (
-        lambda *a, **kw: ckptstore.import_checkpoint(*a, **kw)[0])
+    fn = (
+        ckptstore.import_torch_file
+        if entry == "import_torch_file"
+        else (lambda *a, **kw: ckptstore.import_checkpoint(*a, **kw)[0])
+    )
     info = fn(tmp_path / "laststep5.pt", tmp_path / "s")
     assert info.step == 4000 and type(info.step) is int and info.epoch == 2
     assert "step" not in ckptstore.load(tmp_path / "s").get("extra", {})  # the step is the manifest's field
@@ -77,8 +91,9 @@ def test_step_inside_the_file_is_an_int_and_wins_over_the_name(tmp_path: Path, k
 
 
 def test_step_key_order_and_plans_are_not_progress(tmp_path: Path) -> None:
-    torch.save({"model": {"w": torch.ones(1)}, "step": 7, "global_step": 9, "total_steps": 100, "epochs": 4},
-               tmp_path / "a.pt")
+    torch.save(
+        {"model": {"w": torch.ones(1)}, "step": 7, "global_step": 9, "total_steps": 100, "epochs": 4}, tmp_path / "a.pt"
+    )
     info = ckptstore.import_torch_file(tmp_path / "a.pt", tmp_path / "s")
     assert (info.step, info.epoch) == (9, None)  # global_step first; total_steps/epochs are plans
     assert ckptstore.load(tmp_path / "s")["extra"] == {"step": 7, "total_steps": 100, "epochs": 4}
@@ -89,16 +104,28 @@ def test_import_resumes_in_the_checkpointer(tmp_path: Path) -> None:
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
-    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(), "step": 4000,
-                "epoch": 2, "loss_history": [3.0, 2.5], "config": {"lr": 1e-3, "batch_size": 8}},
-               tmp_path / "checkpoint.pt")
+    torch.save(
+        {
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "step": 4000,
+            "epoch": 2,
+            "loss_history": [3.0, 2.5],
+            "config": {"lr": 1e-3, "batch_size": 8},
+        },
+        tmp_path / "checkpoint.pt",
+    )
     torch.save(model.state_dict(), tmp_path / "final_model.pt")
     store = tmp_path / "store"
     a = ckptstore.import_torch_file(tmp_path / "checkpoint.pt", store, tags=["old"])
     assert (a.step, a.epoch, a.tags, a.config) == (4000, 2, ("old",), {"lr": 1e-3, "batch_size": 8})
     assert a.meta["framework"] == "torch" and a.meta["source_keys"] == {
-        "model": "model_state_dict", "optimizer": "optimizer_state_dict", "step": "step", "epoch": "epoch",
-        "config": "config"}
+        "model": "model_state_dict",
+        "optimizer": "optimizer_state_dict",
+        "step": "step",
+        "epoch": "epoch",
+        "config": "config",
+    }
     with pytest.warns(UserWarning, match="records no step") as rec:
         b = ckptstore.import_torch_file(tmp_path / "final_model.pt", store)
     assert rec[0].filename == __file__  # the warning points at the caller's line
@@ -160,8 +187,13 @@ def test_clear_errors_for_missing_and_non_torch_files(tmp_path: Path) -> None:
 
 def test_export_writes_the_original_layout_back(tmp_path: Path) -> None:
     model = _model()
-    src = {"net": model.state_dict(), "iteration": torch.tensor(300), "cfg": {"lr": 0.5}, "val_loss": 0.25,
-           "history": [1, 2]}
+    src = {
+        "net": model.state_dict(),
+        "iteration": torch.tensor(300),
+        "cfg": {"lr": 0.5},
+        "val_loss": 0.25,
+        "history": [1, 2],
+    }
     torch.save(src, tmp_path / "x.pt")
     info = ckptstore.import_torch_file(tmp_path / "x.pt", tmp_path / "s")
     assert info.metrics == {"val_loss": 0.25}

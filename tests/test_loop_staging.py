@@ -20,8 +20,16 @@ def test_snapshot_copies_values_rebuilds_containers_and_keeps_leaves() -> None:
     tied = {"a": w, "b": w.detach()}  # two tensor objects, same memory: tied weights
     arr = np.arange(4)
     tree = collections.OrderedDict(
-        x=tied, t=w.t(), bf=torch.randn(9).to(torch.bfloat16), s=torch.tensor(3.5), e=torch.empty(0, 3),
-        flags=torch.tensor([True, False]), lst=[1, "a", (2.0, None)], arr=arr, step=7)
+        x=tied,
+        t=w.t(),
+        bf=torch.randn(9).to(torch.bfloat16),
+        s=torch.tensor(3.5),
+        e=torch.empty(0, 3),
+        flags=torch.tensor([True, False]),
+        lst=[1, "a", (2.0, None)],
+        arr=arr,
+        step=7,
+    )
     staging = StagingBuffers()
     snap = staging.snapshot(tree)
     snap.wait()
@@ -33,7 +41,8 @@ def test_snapshot_copies_values_rebuilds_containers_and_keeps_leaves() -> None:
     assert out["x"]["a"] is out["x"]["b"]  # aliasing kept
     assert np.array_equal(out["arr"], arr) and out["arr"] is not arr
     ptrs = [out[k].untyped_storage().data_ptr() for k in ("t", "bf", "s", "flags")] + [
-        out["x"]["a"].untyped_storage().data_ptr()]
+        out["x"]["a"].untyped_storage().data_ptr()
+    ]
     assert len(set(ptrs)) == len(ptrs)  # one storage each: the store sees separate tensors
     w.add_(1)
     arr[0] = 99

@@ -16,8 +16,8 @@ import torch
 
 import ckptstore
 from ckptstore import IntegrityError, ObjectMissingError, Store
-from ckptstore.pipeline import _mmap, _reader, _writer
 from ckptstore.format._layout import object_key
+from ckptstore.pipeline import _mmap, _reader, _writer
 from ckptstore.pipeline._buffers import ByteBudget, Staging, copy_many_to_host
 
 SMALL_CHUNK = 64 << 10
@@ -56,9 +56,10 @@ def _assert_same(out: dict[str, Any], state: dict[str, Any]) -> None:
     for k, v in state.items():
         if isinstance(v, torch.Tensor):
             assert out[k].dtype == v.dtype and out[k].shape == v.shape, k
-            assert torch.equal(out[k].view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point()
-                               else out[k], v.view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point()
-                               else v), k
+            assert torch.equal(
+                out[k].view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point() else out[k],
+                v.view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point() else v,
+            ), k
         else:
             assert np.array_equal(out[k], v) and out[k].dtype == v.dtype, k
     assert out["tied"].untyped_storage().data_ptr() == out["w"].untyped_storage().data_ptr()
@@ -97,16 +98,25 @@ def test_memory_backend_round_trip() -> None:
 
 def test_compressed_objects_name_their_codec_per_dtype(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
-    state = {"f32": torch.randn(600_000, generator=g) * 0.02, "bf16": (torch.randn(600_000, generator=g) * 0.02).bfloat16(),
-             "i64": torch.arange(300_000), "mask": torch.zeros(2_000_000, dtype=torch.bool),
-             "noise": torch.randint(0, 256, (9_000_000,), dtype=torch.uint8, generator=g)}  # own objects
+    state = {
+        "f32": torch.randn(600_000, generator=g) * 0.02,
+        "bf16": (torch.randn(600_000, generator=g) * 0.02).bfloat16(),
+        "i64": torch.arange(300_000),
+        "mask": torch.zeros(2_000_000, dtype=torch.bool),
+        "noise": torch.randint(0, 256, (9_000_000,), dtype=torch.uint8, generator=g),
+    }  # own objects
     info = ckptstore.save(state, tmp_path, compression="zstd")
     m = Store(tmp_path).manifest()
     by_tensor = {}
     for name, e in zip(state, m.tensors):
         by_tensor[name] = {m.objects[s.object].codec for s in m.blobs[e.blob].segments}
-    assert by_tensor == {"f32": {"zstd-bg4"}, "bf16": {"zstd-bg2"}, "i64": {"zstd-bg8"}, "mask": {"zstd"},
-                         "noise": {"none"}}  # random bytes do not compress: stored raw
+    assert by_tensor == {
+        "f32": {"zstd-bg4"},
+        "bf16": {"zstd-bg2"},
+        "i64": {"zstd-bg8"},
+        "mask": {"zstd"},
+        "noise": {"none"},
+    }  # random bytes do not compress: stored raw
     assert info.stored_bytes < info.size
     for key, o in m.objects.items():
         if o.codec != "none":
@@ -239,7 +249,9 @@ def test_no_temporary_files_after_save(tmp_path: Path) -> None:
     assert _temp_files(tmp_path) == []
 
 
-def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = Store(tmp_path, chunk_size=SMALL_CHUNK)
     calls = {"n": 0}
     real = _writer.LocalSink.put
@@ -259,8 +271,8 @@ def test_failed_save_leaves_no_temporary_files_and_no_checkpoint(tmp_path: Path,
 
 def test_objects_are_durable_names_only_after_finish(tmp_path: Path) -> None:
     """Until finish(), a sink's objects exist only as temporary files."""
-    from ckptstore.storage._local import LocalBackend
     from ckptstore.pipeline._objwrite import LocalSink
+    from ckptstore.storage._local import LocalBackend
 
     sink = LocalSink(LocalBackend(str(tmp_path)))
     key = object_key("ab" * 32)

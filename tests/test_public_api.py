@@ -71,8 +71,11 @@ def test_all_is_exact():
     assert sorted(ckptstore.__all__) == EXPECTED_ALL
     for name in ckptstore.__all__:
         assert hasattr(ckptstore, name), name
-    public = {n for n, v in vars(ckptstore).items()
-              if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"}
+    public = {
+        n
+        for n, v in vars(ckptstore).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "annotations"
+    }
     assert public == set(ckptstore.__all__) - {"__version__"}, public ^ (set(ckptstore.__all__) - {"__version__"})
 
 
@@ -110,8 +113,10 @@ def test_modules_are_private():
 
 def test_import_is_light():
     """`import ckptstore` pulls in neither a framework nor a cloud client."""
-    code = ("import sys, ckptstore; bad=[m for m in ('transformers','lightning','s3fs','gcsfs','boto3')"
-            " if m in sys.modules]; print(','.join(bad))")
+    code = (
+        "import sys, ckptstore; bad=[m for m in ('transformers','lightning','s3fs','gcsfs','boto3')"
+        " if m in sys.modules]; print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 
@@ -119,4 +124,6 @@ def test_import_is_light():
 def test_schema_in_docs_is_current():
     for name, doc in schema().items():
         with open(os.path.join(ROOT, "docs", "schema", f"{name}.schema.json"), encoding="utf-8") as f:
-            assert json.load(f) == doc, f"docs/schema/{name}.schema.json is stale: run python -m ckptstore.format._manifest docs/schema"
+            assert json.load(f) == doc, (
+                f"docs/schema/{name}.schema.json is stale: run python -m ckptstore.format._manifest docs/schema"
+            )

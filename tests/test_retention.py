@@ -48,99 +48,167 @@ SIX = [
 
 GOLDEN = [
     pytest.param([], Retention(keep_last=3), [], id="no-checkpoints"),
-    pytest.param(SIX, Retention(), [
-        (0, "keep", ["no rule applies"]),
-        (100, "keep", ["tagged pinned"]),
-        (200, "keep", ["no rule applies"]),
-        (300, "keep", ["no rule applies"]),
-        (400, "keep", ["no rule applies"]),
-        (500, "keep", ["newest"]),
-    ], id="empty-policy-keeps-all"),
-    pytest.param(SIX, Retention(keep_last=2, keep_tags=()), [
-        (0, "remove", ["not among the last 2"]),
-        (100, "remove", ["not among the last 2"]),
-        (200, "remove", ["not among the last 2"]),
-        (300, "remove", ["not among the last 2"]),
-        (400, "keep", ["last 2 (#2)"]),
-        (500, "keep", ["newest", "last 2 (#1)"]),
-    ], id="keep-last"),
-    pytest.param(SIX, Retention(keep_last=2), [
-        (0, "remove", ["not among the last 2"]),
-        (100, "keep", ["tagged pinned"]),
-        (200, "remove", ["not among the last 2"]),
-        (300, "remove", ["not among the last 2"]),
-        (400, "keep", ["last 2 (#2)"]),
-        (500, "keep", ["newest", "last 2 (#1)"]),
-    ], id="keep-last-plus-pinned-by-default"),
-    pytest.param(SIX, Retention(keep_best=("loss", "min", 2), keep_tags=()), [
-        (0, "remove", ["not among the best 2 by loss (min): #4, loss=3"]),
-        (100, "keep", ["best 2 by loss (min): #2, loss=1"]),
-        (200, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
-        (300, "keep", ["best 2 by loss (min): #1, loss=0.5"]),
-        (400, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
-        (500, "keep", ["newest"]),
-    ], id="keep-best-min-missing-and-nan-metric-never-removed"),
-    pytest.param(SIX, Retention(keep_best=("loss", "max"), keep_tags=()), [
-        (0, "keep", ["best 1 by loss (max): #1, loss=3"]),
-        (100, "remove", ["not among the best 1 by loss (max): #3, loss=1"]),
-        (200, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
-        (300, "remove", ["not among the best 1 by loss (max): #4, loss=0.5"]),
-        (400, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
-        (500, "keep", ["newest"]),
-    ], id="keep-best-max-newest-always-kept"),
-    pytest.param(SIX, Retention(keep_best=("val_los", "min")), [
-        (0, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
-        (100, "keep", ["tagged pinned"]),
-        (200, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
-        (300, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
-        (400, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
-        (500, "keep", ["newest"]),
-    ], id="misspelt-metric-removes-nothing"),
-    pytest.param(SIX, Retention(keep_last=1, keep_best=("loss", "min"), keep_tags=()), [
-        (0, "remove", ["not among the last 1", "not among the best 1 by loss (min): #4, loss=3"]),
-        (100, "remove", ["not among the last 1", "not among the best 1 by loss (min): #2, loss=1"]),
-        (200, "remove", ["not among the last 1", "no 'loss' metric (keep_best does not judge it)"]),
-        (300, "keep", ["best 1 by loss (min): #1, loss=0.5"]),
-        (400, "remove", ["not among the last 1", "no 'loss' metric (keep_best does not judge it)"]),
-        (500, "keep", ["newest", "last 1 (#1)"]),
-    ], id="last-plus-best-union"),
-    pytest.param(SIX, Retention(keep_every=200, keep_tags=()), [
-        (0, "keep", ["step is a multiple of 200"]),
-        (100, "remove", ["step not a multiple of 200"]),
-        (200, "keep", ["step is a multiple of 200"]),
-        (300, "remove", ["step not a multiple of 200"]),
-        (400, "keep", ["step is a multiple of 200"]),
-        (500, "keep", ["newest"]),
-    ], id="keep-every"),
-    pytest.param(SIX, Retention(keep_within="2h", keep_tags=()), [
-        (0, "remove", ["older than 2h before newest"]),
-        (100, "remove", ["older than 2h before newest"]),
-        (200, "remove", ["older than 2h before newest"]),
-        (300, "keep", ["within 2h of newest"]),
-        (400, "keep", ["within 2h of newest"]),
-        (500, "keep", ["newest", "within 2h of newest"]),
-    ], id="keep-within-relative-to-newest"),
-    pytest.param(SIX, Retention(keep_last=1, keep_every=300, keep_within="1h30m",
-                                keep_best=("acc", "max"), keep_tags=("pinned", "release")), [
-        (0, "keep", ["step is a multiple of 300"]),
-        (100, "keep", ["tagged pinned"]),
-        (200, "remove", ["not among the last 1", "step not a multiple of 300", "older than 1h30m before newest",
-                         "no 'acc' metric (keep_best does not judge it)"]),
-        (300, "keep", ["step is a multiple of 300"]),
-        (400, "keep", ["within 1h30m of newest"]),
-        (500, "keep", ["newest", "last 1 (#1)", "best 1 by acc (max): #1, acc=0.9", "within 1h30m of newest"]),
-    ], id="all-rules"),
-    pytest.param([C(10, 0), C(10, 1, n=1), C(5, 2)], Retention(keep_last=1), [
-        (5, "remove", ["not among the last 1"]),
-        (10, "remove", ["not among the last 1"]),
-        (10, "keep", ["newest", "last 1 (#1)"]),
-    ], id="same-step-twice-newest-wins-order-by-step"),
-    pytest.param([C(1, 0, tags=("release",)), C(2, 1, tags=("pinned",)), C(3, 2)],
-                 Retention(keep_last=1, keep_tags=("release",)), [
-        (1, "keep", ["tagged release"]),
-        (2, "remove", ["not among the last 1"]),
-        (3, "keep", ["newest", "last 1 (#1)"]),
-    ], id="custom-tags-replace-pinned"),
+    pytest.param(
+        SIX,
+        Retention(),
+        [
+            (0, "keep", ["no rule applies"]),
+            (100, "keep", ["tagged pinned"]),
+            (200, "keep", ["no rule applies"]),
+            (300, "keep", ["no rule applies"]),
+            (400, "keep", ["no rule applies"]),
+            (500, "keep", ["newest"]),
+        ],
+        id="empty-policy-keeps-all",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_last=2, keep_tags=()),
+        [
+            (0, "remove", ["not among the last 2"]),
+            (100, "remove", ["not among the last 2"]),
+            (200, "remove", ["not among the last 2"]),
+            (300, "remove", ["not among the last 2"]),
+            (400, "keep", ["last 2 (#2)"]),
+            (500, "keep", ["newest", "last 2 (#1)"]),
+        ],
+        id="keep-last",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_last=2),
+        [
+            (0, "remove", ["not among the last 2"]),
+            (100, "keep", ["tagged pinned"]),
+            (200, "remove", ["not among the last 2"]),
+            (300, "remove", ["not among the last 2"]),
+            (400, "keep", ["last 2 (#2)"]),
+            (500, "keep", ["newest", "last 2 (#1)"]),
+        ],
+        id="keep-last-plus-pinned-by-default",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_best=("loss", "min", 2), keep_tags=()),
+        [
+            (0, "remove", ["not among the best 2 by loss (min): #4, loss=3"]),
+            (100, "keep", ["best 2 by loss (min): #2, loss=1"]),
+            (200, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
+            (300, "keep", ["best 2 by loss (min): #1, loss=0.5"]),
+            (400, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
+            (500, "keep", ["newest"]),
+        ],
+        id="keep-best-min-missing-and-nan-metric-never-removed",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_best=("loss", "max"), keep_tags=()),
+        [
+            (0, "keep", ["best 1 by loss (max): #1, loss=3"]),
+            (100, "remove", ["not among the best 1 by loss (max): #3, loss=1"]),
+            (200, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
+            (300, "remove", ["not among the best 1 by loss (max): #4, loss=0.5"]),
+            (400, "keep", ["no rule applies (no 'loss' metric for keep_best)"]),
+            (500, "keep", ["newest"]),
+        ],
+        id="keep-best-max-newest-always-kept",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_best=("val_los", "min")),
+        [
+            (0, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
+            (100, "keep", ["tagged pinned"]),
+            (200, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
+            (300, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
+            (400, "keep", ["no rule applies (no 'val_los' metric for keep_best)"]),
+            (500, "keep", ["newest"]),
+        ],
+        id="misspelt-metric-removes-nothing",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_last=1, keep_best=("loss", "min"), keep_tags=()),
+        [
+            (0, "remove", ["not among the last 1", "not among the best 1 by loss (min): #4, loss=3"]),
+            (100, "remove", ["not among the last 1", "not among the best 1 by loss (min): #2, loss=1"]),
+            (200, "remove", ["not among the last 1", "no 'loss' metric (keep_best does not judge it)"]),
+            (300, "keep", ["best 1 by loss (min): #1, loss=0.5"]),
+            (400, "remove", ["not among the last 1", "no 'loss' metric (keep_best does not judge it)"]),
+            (500, "keep", ["newest", "last 1 (#1)"]),
+        ],
+        id="last-plus-best-union",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_every=200, keep_tags=()),
+        [
+            (0, "keep", ["step is a multiple of 200"]),
+            (100, "remove", ["step not a multiple of 200"]),
+            (200, "keep", ["step is a multiple of 200"]),
+            (300, "remove", ["step not a multiple of 200"]),
+            (400, "keep", ["step is a multiple of 200"]),
+            (500, "keep", ["newest"]),
+        ],
+        id="keep-every",
+    ),
+    pytest.param(
+        SIX,
+        Retention(keep_within="2h", keep_tags=()),
+        [
+            (0, "remove", ["older than 2h before newest"]),
+            (100, "remove", ["older than 2h before newest"]),
+            (200, "remove", ["older than 2h before newest"]),
+            (300, "keep", ["within 2h of newest"]),
+            (400, "keep", ["within 2h of newest"]),
+            (500, "keep", ["newest", "within 2h of newest"]),
+        ],
+        id="keep-within-relative-to-newest",
+    ),
+    pytest.param(
+        SIX,
+        Retention(
+            keep_last=1, keep_every=300, keep_within="1h30m", keep_best=("acc", "max"), keep_tags=("pinned", "release")
+        ),
+        [
+            (0, "keep", ["step is a multiple of 300"]),
+            (100, "keep", ["tagged pinned"]),
+            (
+                200,
+                "remove",
+                [
+                    "not among the last 1",
+                    "step not a multiple of 300",
+                    "older than 1h30m before newest",
+                    "no 'acc' metric (keep_best does not judge it)",
+                ],
+            ),
+            (300, "keep", ["step is a multiple of 300"]),
+            (400, "keep", ["within 1h30m of newest"]),
+            (500, "keep", ["newest", "last 1 (#1)", "best 1 by acc (max): #1, acc=0.9", "within 1h30m of newest"]),
+        ],
+        id="all-rules",
+    ),
+    pytest.param(
+        [C(10, 0), C(10, 1, n=1), C(5, 2)],
+        Retention(keep_last=1),
+        [
+            (5, "remove", ["not among the last 1"]),
+            (10, "remove", ["not among the last 1"]),
+            (10, "keep", ["newest", "last 1 (#1)"]),
+        ],
+        id="same-step-twice-newest-wins-order-by-step",
+    ),
+    pytest.param(
+        [C(1, 0, tags=("release",)), C(2, 1, tags=("pinned",)), C(3, 2)],
+        Retention(keep_last=1, keep_tags=("release",)),
+        [
+            (1, "keep", ["tagged release"]),
+            (2, "remove", ["not among the last 1"]),
+            (3, "keep", ["newest", "last 1 (#1)"]),
+        ],
+        id="custom-tags-replace-pinned",
+    ),
 ]
 
 
@@ -181,11 +249,21 @@ def test_plan_is_pure_and_order_independent():
 
 
 def test_policy_json_round_trip():
-    p = Retention(keep_last=5, keep_best=("val_loss", "min", 2), keep_every=1000,
-                  keep_within=timedelta(days=1, hours=12), keep_tags=("pinned", "release"))
+    p = Retention(
+        keep_last=5,
+        keep_best=("val_loss", "min", 2),
+        keep_every=1000,
+        keep_within=timedelta(days=1, hours=12),
+        keep_tags=("pinned", "release"),
+    )
     doc = p.to_json()
-    assert doc == {"keep_last": 5, "keep_best": {"metric": "val_loss", "mode": "min", "count": 2},
-                   "keep_every": 1000, "keep_within": "1d12h", "keep_tags": ["pinned", "release"]}
+    assert doc == {
+        "keep_last": 5,
+        "keep_best": {"metric": "val_loss", "mode": "min", "count": 2},
+        "keep_every": 1000,
+        "keep_within": "1d12h",
+        "keep_tags": ["pinned", "release"],
+    }
     assert Retention.from_json(doc) == p
     assert Retention.from_json(Retention().to_json()) == Retention()
     assert Retention(keep_best=("a", "max")).keep_best == ("a", "max", 1)
@@ -199,18 +277,21 @@ def test_unknown_rule_from_newer_version_is_refused():
         Retention.from_json({"keep_last": 2, "keep_hourly": 24})
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"keep_last": 0}, "keep_last"),
-    ({"keep_last": True}, "keep_last"),
-    ({"keep_every": -5}, "keep_every"),
-    ({"keep_best": ("loss",)}, "keep_best"),
-    ({"keep_best": ("loss", "lowest")}, "'min' or 'max'"),
-    ({"keep_best": ("loss", "min", 0)}, "K"),
-    ({"keep_best": "loss"}, "keep_best"),
-    ({"keep_within": "soon"}, "duration"),
-    ({"keep_within": timedelta(0)}, "positive"),
-    ({"keep_tags": ("",)}, "keep_tags"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"keep_last": 0}, "keep_last"),
+        ({"keep_last": True}, "keep_last"),
+        ({"keep_every": -5}, "keep_every"),
+        ({"keep_best": ("loss",)}, "keep_best"),
+        ({"keep_best": ("loss", "lowest")}, "'min' or 'max'"),
+        ({"keep_best": ("loss", "min", 0)}, "K"),
+        ({"keep_best": "loss"}, "keep_best"),
+        ({"keep_within": "soon"}, "duration"),
+        ({"keep_within": timedelta(0)}, "positive"),
+        ({"keep_tags": ("",)}, "keep_tags"),
+    ],
+)
 def test_invalid_policies(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Retention(**kwargs)
@@ -233,8 +314,10 @@ def test_durations():
 def test_describe():
     assert Retention().describe() == "keep tags pinned"
     assert Retention(keep_tags=()).describe() == "keep everything (no rule)"
-    assert (Retention(keep_last=3, keep_best=("loss", "min"), keep_within="7d").describe()
-            == "keep last 3; best 1 by loss (min); within 7d of newest; tags pinned")
+    assert (
+        Retention(keep_last=3, keep_best=("loss", "min"), keep_within="7d").describe()
+        == "keep last 3; best 1 by loss (min); within 7d of newest; tags pinned"
+    )
     assert Retention().is_empty() and not Retention(keep_every=2).is_empty()
 
 

@@ -25,8 +25,14 @@ def _tensor_of(dtype: torch.dtype, shape=(3, 5)) -> torch.Tensor:
 
 def test_model_optimizer_scheduler_round_trip(store_uri):
     model, opt, sched = train_tiny(steps=4)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "step": 4, "loss_history": [1.5, 1.2, 0.9], "config": {"lr": 1e-2, "layers": (16, 32, 8)}}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": 4,
+        "loss_history": [1.5, 1.2, 0.9],
+        "config": {"lr": 1e-2, "layers": (16, 32, 8)},
+    }
     ckptstore.save(state, store_uri, step=4)
     back = ckptstore.load(store_uri)
     assert_same(state, back)
@@ -59,8 +65,8 @@ def test_odd_shapes_and_views(store_uri):
         "scalar": torch.tensor(3.5),
         "empty": torch.empty(0),
         "empty2": torch.zeros(3, 0, 2),
-        "transposed": other.transpose(0, 2),          # non-contiguous, only tensor on its storage
-        "expanded": torch.ones(1, 4).expand(3, 4),    # stride 0
+        "transposed": other.transpose(0, 2),  # non-contiguous, only tensor on its storage
+        "expanded": torch.ones(1, 4).expand(3, 4),  # stride 0
         "conj": torch.randn(3, dtype=torch.complex64).conj(),
         "big_view": base[1:5, ::3],
     }
@@ -116,7 +122,7 @@ def test_python_values_keep_their_types(store_uri):
         "big_int": 2**100,
         "bools": [True, False],
         "none": None,
-        "str": "héllo \x00 wörld \U0001F600",
+        "str": "héllo \x00 wörld \U0001f600",
         "bytes": b"\x00\xff" * 10,
         "bytearray": bytearray(b"abc"),
         "set": {1, 2, 3},
@@ -173,8 +179,9 @@ def test_uri_kinds(tmp_path, uri_kind):
     import uuid
 
     p = tmp_path / "store"
-    uri = {"path": str(p), "file": f"file://{p}", "memory": f"memory://ckpt-{uuid.uuid4().hex}/run",
-           "pathlike": p}[uri_kind]
+    uri = {"path": str(p), "file": f"file://{p}", "memory": f"memory://ckpt-{uuid.uuid4().hex}/run", "pathlike": p}[
+        uri_kind
+    ]
     state = {"w": torch.randn(10, 10), "step": 1}
     ckptstore.save(state, uri, step=1)
     ckptstore.save(state, uri, step=2)
@@ -184,9 +191,16 @@ def test_uri_kinds(tmp_path, uri_kind):
 
 def test_steps_metadata_and_listing(store_uri):
     a = ckptstore.save({"x": torch.zeros(2)}, store_uri)
-    b = ckptstore.save({"x": torch.ones(2)}, store_uri, step=500, epoch=2, config={"lr": 0.1, "bs": 32},
-                       metrics={"loss": torch.tensor(1.9), "acc": np.float32(0.5)}, tags=["best"],
-                       meta={"total_steps": 1000})
+    b = ckptstore.save(
+        {"x": torch.ones(2)},
+        store_uri,
+        step=500,
+        epoch=2,
+        config={"lr": 0.1, "bs": 32},
+        metrics={"loss": torch.tensor(1.9), "acc": np.float32(0.5)},
+        tags=["best"],
+        meta={"total_steps": 1000},
+    )
     c = ckptstore.save({"x": torch.full((2,), 2.0)}, store_uri)
     assert (a.step, b.step, c.step) == (0, 500, 501)  # no step: next after the newest
     infos = ckptstore.list_checkpoints(store_uri)

@@ -15,10 +15,10 @@ import ckptstore
 from ckptstore import InsufficientSpaceError, Retention, Store
 from ckptstore.format._layout import parse_object_key
 from ckptstore.format._manifest import ObjectInfo
-from ckptstore.store._space import compression_ratio, new_raw_bytes, parse_size, upper_bound
 from ckptstore.format._tensors import plan_tensors
 from ckptstore.format._tree import Encoder
 from ckptstore.pipeline._writer import DedupIndex
+from ckptstore.store._space import compression_ratio, new_raw_bytes, parse_size, upper_bound
 
 MiB = 1 << 20
 
@@ -145,7 +145,8 @@ def test_quota_for_stores_without_free_space(monkeypatch):
         # make_room never removes the newest existing checkpoint, so keep_last=1 frees nothing
         with pytest.raises(InsufficientSpaceError, match="Making room removed nothing"):
             Store(uri, quota="1MiB", retention=Retention(keep_last=1), on_low_space="make_room").save(
-                {"w": rand(150_000, 1)}, step=1)
+                {"w": rand(150_000, 1)}, step=1
+            )
         roomy = Store(uri, quota="1300KiB", retention=Retention(keep_last=2), on_low_space="make_room")
         for i in (1, 2, 3):
             roomy.save({"w": rand(150_000, i)}, step=i)
@@ -183,8 +184,7 @@ def small_fs(tmp_path):
         img = tmp_path / "small.img"
         with open(img, "wb") as f:
             f.truncate(24 * MiB)
-        mounted = (_run("mkfs.ext4", "-q", "-m", "0", str(img))
-                   and _run("mount", "-o", "loop", str(img), str(mnt)))
+        mounted = _run("mkfs.ext4", "-q", "-m", "0", str(img)) and _run("mount", "-o", "loop", str(img), str(mnt))
     if not mounted:
         pytest.skip("cannot mount a small filesystem here (needs root: mount -t tmpfs, or a loop device)")
     try:

@@ -13,8 +13,13 @@ from ..store._store import Store
 def add_store_arg(sp: argparse.ArgumentParser) -> None:
     """The positional store URI and ``-o KEY=VALUE`` storage options."""
     sp.add_argument("uri", help="store location: a path, file://, memory://, s3://, gs://, ...")
-    sp.add_argument("-o", "--storage-option", action="append", metavar="KEY=VALUE",
-                    help="fsspec storage option (value parsed as JSON when it can be); repeatable")
+    sp.add_argument(
+        "-o",
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fsspec storage option (value parsed as JSON when it can be); repeatable",
+    )
 
 
 def storage_options(items: list[str] | None) -> dict[str, Any]:

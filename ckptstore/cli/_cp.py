@@ -16,23 +16,41 @@ def cmd_cp(args: argparse.Namespace) -> int:
     """``ckptstore cp SRC DST``: copy checkpoints, deduplicated and verified, manifests last."""
     shared = storage_options(args.storage_option)
     result = copy_checkpoints(
-        args.src, args.dst, steps=args.step, ids=args.id, all=args.all, latest=args.latest,
+        args.src,
+        args.dst,
+        steps=args.step,
+        ids=args.id,
+        all=args.all,
+        latest=args.latest,
         src_options={**shared, **storage_options(args.src_option)},
         dst_options={**shared, **storage_options(args.dst_option)},
-        retries=args.retries, workers=args.workers, readback=args.readback,
-        progress=False if args.quiet else (True if sys.stderr.isatty() else None))
+        retries=args.retries,
+        workers=args.workers,
+        readback=args.readback,
+        progress=False if args.quiet else (True if sys.stderr.isatty() else None),
+    )
     if args.json:
-        print(json.dumps({
-            "copied": [{"id": i.id, "step": i.step} for i in result.copied],
-            "present": [{"id": i.id, "step": i.step} for i in result.present],
-            "objects_copied": result.objects_copied, "bytes_copied": result.bytes_copied,
-            "objects_present": result.objects_present, "bytes_present": result.bytes_present}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "copied": [{"id": i.id, "step": i.step} for i in result.copied],
+                    "present": [{"id": i.id, "step": i.step} for i in result.present],
+                    "objects_copied": result.objects_copied,
+                    "bytes_copied": result.bytes_copied,
+                    "objects_present": result.objects_present,
+                    "bytes_present": result.bytes_present,
+                },
+                indent=2,
+            )
+        )
         return 0
     if result.copied:
         steps = ", ".join(str(i.step) for i in result.copied)
-        print(f"copied {len(result.copied)} checkpoint(s) (step {steps}) to {args.dst}: "
-              f"{result.objects_copied} objects, {fmt_bytes(result.bytes_copied)} sent; "
-              f"{result.objects_present} objects ({fmt_bytes(result.bytes_present)}) were already there")
+        print(
+            f"copied {len(result.copied)} checkpoint(s) (step {steps}) to {args.dst}: "
+            f"{result.objects_copied} objects, {fmt_bytes(result.bytes_copied)} sent; "
+            f"{result.objects_present} objects ({fmt_bytes(result.bytes_present)}) were already there"
+        )
     if result.present:
         steps = ", ".join(str(i.step) for i in result.present)
         print(f"already in {args.dst}: step {steps}")
@@ -46,19 +64,27 @@ def add_parsers(sub: Any) -> None:
             raise argparse.ArgumentTypeError("must be at least 1")
         return n
 
-    cp = sub.add_parser("cp", help="copy checkpoints to another store (deduplicated, verified)",
-                        description="Copy checkpoints from SRC to DST (any two URIs). Only objects DST lacks "
-                                    "travel, each verified against its hash; manifests go last, so an "
-                                    "interrupted copy leaves DST consistent and a rerun resumes. Without "
-                                    "--step/--id/--all/--latest, the newest checkpoint is copied.")
+    cp = sub.add_parser(
+        "cp",
+        help="copy checkpoints to another store (deduplicated, verified)",
+        description="Copy checkpoints from SRC to DST (any two URIs). Only objects DST lacks "
+        "travel, each verified against its hash; manifests go last, so an "
+        "interrupted copy leaves DST consistent and a rerun resumes. Without "
+        "--step/--id/--all/--latest, the newest checkpoint is copied.",
+    )
     cp.add_argument("src", help="source store URI")
     cp.add_argument("dst", help="destination store URI (created if missing)")
     cp.add_argument("--step", type=int, nargs="+", action="extend", metavar="N", help="step(s) to copy")
     cp.add_argument("--id", nargs="+", action="extend", metavar="ID", help="checkpoint id(s) or unique prefixes")
     cp.add_argument("--all", action="store_true", help="copy every checkpoint")
     cp.add_argument("--latest", type=positive, metavar="K", help="copy the newest K checkpoints")
-    cp.add_argument("-o", "--storage-option", action="append", metavar="KEY=VALUE",
-                    help="fsspec storage option for both stores (JSON value when it parses); repeatable")
+    cp.add_argument(
+        "-o",
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fsspec storage option for both stores (JSON value when it parses); repeatable",
+    )
     cp.add_argument("--src-option", action="append", metavar="KEY=VALUE", help="storage option for SRC only")
     cp.add_argument("--dst-option", action="append", metavar="KEY=VALUE", help="storage option for DST only")
     cp.add_argument("--retries", type=int, metavar="N", help="retries per storage request (default 3)")

@@ -15,26 +15,51 @@ from ._common import add_store_arg, open_store, positive_int, table, when
 
 
 def add_parsers(sub: Any) -> None:
-    gc = sub.add_parser("gc", help="apply a retention policy and delete unreferenced data",
-                        description="Forget the checkpoints the policy does not keep, then delete objects no "
-                                    "checkpoint references. Without rules, applies the policy stored in the store "
-                                    "(or only prunes). The newest checkpoint is always kept.")
+    gc = sub.add_parser(
+        "gc",
+        help="apply a retention policy and delete unreferenced data",
+        description="Forget the checkpoints the policy does not keep, then delete objects no "
+        "checkpoint references. Without rules, applies the policy stored in the store "
+        "(or only prunes). The newest checkpoint is always kept.",
+    )
     add_store_arg(gc)
     gc.add_argument("--keep-last", type=positive_int, metavar="N", help="keep the N newest checkpoints")
-    gc.add_argument("--keep-best", type=parse_keep_best, metavar="METRIC:min|max[:K]",
-                    help="keep the K (default 1) best checkpoints by METRIC")
-    gc.add_argument("--keep-every", type=positive_int, metavar="K",
-                    help="keep checkpoints whose step is a multiple of K")
-    gc.add_argument("--keep-within", type=duration_arg, metavar="DURATION",
-                    help="keep checkpoints created within DURATION (7d, 12h, 1d12h) of the newest")
-    gc.add_argument("--keep-tag", action="append", metavar="TAG",
-                    help="keep checkpoints with this tag (repeatable; 'pinned' is always kept)")
+    gc.add_argument(
+        "--keep-best",
+        type=parse_keep_best,
+        metavar="METRIC:min|max[:K]",
+        help="keep the K (default 1) best checkpoints by METRIC",
+    )
+    gc.add_argument(
+        "--keep-every", type=positive_int, metavar="K", help="keep checkpoints whose step is a multiple of K"
+    )
+    gc.add_argument(
+        "--keep-within",
+        type=duration_arg,
+        metavar="DURATION",
+        help="keep checkpoints created within DURATION (7d, 12h, 1d12h) of the newest",
+    )
+    gc.add_argument(
+        "--keep-tag",
+        action="append",
+        metavar="TAG",
+        help="keep checkpoints with this tag (repeatable; 'pinned' is always kept)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     gc.add_argument("--set-policy", action="store_true", help="also store these rules as the store's policy")
-    gc.add_argument("--grace", type=duration_arg, metavar="DURATION",
-                    help="delete unreferenced objects of aborted saves only when older than this (default 1h)")
-    gc.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                    help="wait this long for saves in progress before deleting objects (default 60)")
+    gc.add_argument(
+        "--grace",
+        type=duration_arg,
+        metavar="DURATION",
+        help="delete unreferenced objects of aborted saves only when older than this (default 1h)",
+    )
+    gc.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for saves in progress before deleting objects (default 60)",
+    )
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.set_defaults(func=cmd_gc)
 
@@ -66,8 +91,13 @@ def policy_from_args(args: argparse.Namespace) -> Retention | None:
     if all(v is None for v in given) and not args.keep_tag:
         return None
     tags = tuple(dict.fromkeys(["pinned", *(args.keep_tag or [])]))
-    return Retention(keep_last=args.keep_last, keep_best=args.keep_best, keep_every=args.keep_every,
-                     keep_within=args.keep_within, keep_tags=tags)
+    return Retention(
+        keep_last=args.keep_last,
+        keep_best=args.keep_best,
+        keep_every=args.keep_every,
+        keep_within=args.keep_within,
+        keep_tags=tags,
+    )
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -82,37 +112,65 @@ def cmd_gc(args: argparse.Namespace) -> int:
         elif args.set_policy and not args.dry_run:
             store.set_retention(policy)
             source = "command line, now stored in the store"
-        report = store.gc(policy, dry_run=args.dry_run, grace=grace, wait=args.wait) if policy is not None \
+        report = (
+            store.gc(policy, dry_run=args.dry_run, grace=grace, wait=args.wait)
+            if policy is not None
             else store.prune(dry_run=args.dry_run, grace=grace, wait=args.wait)
+        )
     if args.json:
-        print(json.dumps({
-            "dry_run": report.dry_run, "policy": None if policy is None else policy.to_json(),
-            "decisions": [] if report.plan is None else [
-                {"id": d.checkpoint.id, "step": d.checkpoint.step, "action": d.action, "reasons": list(d.reasons)}
-                for d in report.plan.decisions],
-            "removed": [i.id for i in report.removed], "deleted_objects": report.deleted_objects,
-            "freed_bytes": report.freed_bytes, "deleted_temp": report.deleted_temp,
-            "young_objects": report.young_objects, "young_bytes": report.young_bytes,
-            "deferred": report.deferred, "problems": report.problems}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "dry_run": report.dry_run,
+                    "policy": None if policy is None else policy.to_json(),
+                    "decisions": []
+                    if report.plan is None
+                    else [
+                        {
+                            "id": d.checkpoint.id,
+                            "step": d.checkpoint.step,
+                            "action": d.action,
+                            "reasons": list(d.reasons),
+                        }
+                        for d in report.plan.decisions
+                    ],
+                    "removed": [i.id for i in report.removed],
+                    "deleted_objects": report.deleted_objects,
+                    "freed_bytes": report.freed_bytes,
+                    "deleted_temp": report.deleted_temp,
+                    "young_objects": report.young_objects,
+                    "young_bytes": report.young_bytes,
+                    "deferred": report.deferred,
+                    "problems": report.problems,
+                },
+                indent=2,
+            )
+        )
         return 0 if report.ok else 1
     if policy is None:
         print("no retention policy given or stored: no checkpoint is removed; pruning unreferenced data only")
     else:
         print(f"policy ({source}): {policy.describe()}")
     if report.plan is not None and report.plan.decisions:
-        rows = [[d.action, str(d.checkpoint.step), when(d.checkpoint), d.checkpoint.short_id,
-                 "; ".join(d.reasons)] for d in reversed(report.plan.decisions)]
+        rows = [
+            [d.action, str(d.checkpoint.step), when(d.checkpoint), d.checkpoint.short_id, "; ".join(d.reasons)]
+            for d in reversed(report.plan.decisions)
+        ]
         table(["action", "step", "created (UTC)", "id", "reasons"], rows)
     verb = "would free" if report.dry_run else "freed"
     rm = "would remove" if report.dry_run else "removed"
-    print(f"{'dry run: ' if report.dry_run else ''}{rm} {len(report.removed)} checkpoint(s); {verb} "
-          f"{fmt_bytes(report.freed_bytes)} ({report.freed_bytes} bytes) in {report.deleted_objects} object(s)")
+    print(
+        f"{'dry run: ' if report.dry_run else ''}{rm} {len(report.removed)} checkpoint(s); {verb} "
+        f"{fmt_bytes(report.freed_bytes)} ({report.freed_bytes} bytes) in {report.deleted_objects} object(s)"
+    )
     if report.deleted_temp:
         print(f"{'would delete' if report.dry_run else 'deleted'} {report.deleted_temp} stale temporary file(s)")
     if report.young_objects:
         g = format_duration(timedelta(seconds=grace if grace is not None else GRACE))
-        print(f"kept {report.young_objects} unreferenced object(s) ({fmt_bytes(report.young_bytes)}) younger than "
-              f"the grace period ({g}): a save may still be writing them")
+        print(
+            f"kept {report.young_objects} unreferenced object(s) ({fmt_bytes(report.young_bytes)}) younger than "
+            f"the grace period ({g}): a save may still be writing them"
+        )
     if report.deferred:
         print(f"note: {report.deferred}", file=sys.stderr)
     for p in report.problems:

@@ -47,19 +47,39 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         infos = store.list()
     if args.json:
-        rows = [{"id": i.id, "step": i.step, "epoch": i.epoch, "created_at": i.created_at.isoformat(),
-                 "size": i.size, "new_bytes": i.new_bytes, "metrics": dict(i.metrics), "tags": list(i.tags),
-                 "progress": progress_text(i.meta, i.step) or None}
-                for i in infos]
+        rows = [
+            {
+                "id": i.id,
+                "step": i.step,
+                "epoch": i.epoch,
+                "created_at": i.created_at.isoformat(),
+                "size": i.size,
+                "new_bytes": i.new_bytes,
+                "metrics": dict(i.metrics),
+                "tags": list(i.tags),
+                "progress": progress_text(i.meta, i.step) or None,
+            }
+            for i in infos
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     if not infos:
         print(f"no checkpoints in {args.uri}")
         return 0
     head = ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags", "id"]
-    body = [[str(i.step), "" if i.epoch is None else str(i.epoch), i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-             fmt_bytes(i.size), fmt_bytes(i.new_bytes), " ".join(f"{k}={v:.4g}" for k, v in i.metrics.items()),
-             ",".join(i.tags), i.short_id] for i in infos]
+    body = [
+        [
+            str(i.step),
+            "" if i.epoch is None else str(i.epoch),
+            i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            fmt_bytes(i.size),
+            fmt_bytes(i.new_bytes),
+            " ".join(f"{k}={v:.4g}" for k, v in i.metrics.items()),
+            ",".join(i.tags),
+            i.short_id,
+        ]
+        for i in infos
+    ]
     progress = [progress_text(i.meta, i.step) for i in infos]
     if any(progress):
         head.insert(-1, "progress")
@@ -96,8 +116,11 @@ def _groups(tree: Any, m: Manifest | None = None) -> list[tuple[str, set[int]]]:
     if isinstance(node, dict) and not any(k.startswith("$") for k in node):
         pairs = [(str(k), v) for k, v in node.items()]
     elif isinstance(node, dict) and set(node) == {"$dict"} and isinstance(node["$dict"], list):
-        pairs = [(json.dumps(p[0]) if not isinstance(p[0], str) else p[0], p[1])
-                 for p in node["$dict"] if isinstance(p, list) and len(p) == 2]
+        pairs = [
+            (json.dumps(p[0]) if not isinstance(p[0], str) else p[0], p[1])
+            for p in node["$dict"]
+            if isinstance(p, list) and len(p) == 2
+        ]
     else:
         pairs = [("state", node)]
     out = []
@@ -141,10 +164,16 @@ def _sharding(m: Manifest) -> dict[str, Any] | None:
         j = index.get(id(node))
         if j is not None:
             st = d.sharded[j]
-            rows.append({"name": name, "shape": list(st.shape), "dtype": st.dtype, "chunks": len(st.chunks),
-                         "split": _split(st)})
-    return {"world_size": d.world_size, "dcp_version": d.dcp_version, "names": len(d.names),
-            "sharded": rows}
+            rows.append(
+                {
+                    "name": name,
+                    "shape": list(st.shape),
+                    "dtype": st.dtype,
+                    "chunks": len(st.chunks),
+                    "split": _split(st),
+                }
+            )
+    return {"world_size": d.world_size, "dcp_version": d.dcp_version, "names": len(d.names), "sharded": rows}
 
 
 def _itemsize(kind: str, dtype: str) -> int:
@@ -184,18 +213,37 @@ def show_summary(store: Store, info: CheckpointInfo) -> dict[str, Any]:
     codecs: dict[str, int] = {}
     for oi in m.objects.values():
         codecs[oi.codec] = codecs.get(oi.codec, 0) + 1
-    groups = [{"key": name, "tensors": len(ids), "bytes": sum(_tensor_bytes(m, j) for j in ids)}
-              for name, ids in _groups(m.tree, m) if ids]
+    groups = [
+        {"key": name, "tensors": len(ids), "bytes": sum(_tensor_bytes(m, j) for j in ids)}
+        for name, ids in _groups(m.tree, m)
+        if ids
+    ]
     return {
-        "id": info.id, "step": info.step, "epoch": info.epoch, "created_at": info.created_at.isoformat(),
-        "producer": dict(m.producer), "parent": m.parent, "tags": list(m.tags), "metrics": dict(m.metrics),
-        "progress": progress_text(info.meta, info.step) or None, "meta": dict(info.meta),
-        "config": info.config, "rng": rng,
-        "tensors": {"count": len(m.tensors), "logical_bytes": m.stats.logical_bytes,
-                    "dtypes": {k: {"count": v[0], "bytes": v[1]} for k, v in sorted(dtypes.items())},
-                    "groups": groups},
-        "storage": {"objects": len(m.objects), "stored_bytes": m.stats.stored_bytes, "new_bytes": m.stats.new_bytes,
-                    "new_objects": m.stats.new_objects, "codecs": codecs},
+        "id": info.id,
+        "step": info.step,
+        "epoch": info.epoch,
+        "created_at": info.created_at.isoformat(),
+        "producer": dict(m.producer),
+        "parent": m.parent,
+        "tags": list(m.tags),
+        "metrics": dict(m.metrics),
+        "progress": progress_text(info.meta, info.step) or None,
+        "meta": dict(info.meta),
+        "config": info.config,
+        "rng": rng,
+        "tensors": {
+            "count": len(m.tensors),
+            "logical_bytes": m.stats.logical_bytes,
+            "dtypes": {k: {"count": v[0], "bytes": v[1]} for k, v in sorted(dtypes.items())},
+            "groups": groups,
+        },
+        "storage": {
+            "objects": len(m.objects),
+            "stored_bytes": m.stats.stored_bytes,
+            "new_bytes": m.stats.new_bytes,
+            "new_objects": m.stats.new_objects,
+            "codecs": codecs,
+        },
         "distributed": _sharding(m),
     }
 
@@ -208,10 +256,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     epoch = "" if s["epoch"] is None else f", epoch {s['epoch']}"
     print(f"checkpoint {s['id'][:12]}  (step {s['step']}{epoch})")
-    rows = [("id", s["id"]), ("created", s["created_at"]),
-            ("producer", ", ".join(f"{k} {v}" for k, v in s["producer"].items())),
-            ("parent", s["parent"] or "-"), ("tags", ", ".join(s["tags"]) or "-"),
-            ("metrics", "  ".join(f"{k}={v:.6g}" for k, v in s["metrics"].items()) or "-")]
+    rows = [
+        ("id", s["id"]),
+        ("created", s["created_at"]),
+        ("producer", ", ".join(f"{k} {v}" for k, v in s["producer"].items())),
+        ("parent", s["parent"] or "-"),
+        ("tags", ", ".join(s["tags"]) or "-"),
+        ("metrics", "  ".join(f"{k}={v:.6g}" for k, v in s["metrics"].items()) or "-"),
+    ]
     if s["progress"]:
         rows.append(("progress", s["progress"]))
     rows.append(("rng", ", ".join(s["rng"]) or "not captured"))
@@ -222,13 +274,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows.append(("tensors", f"{t['count']} tensors, {fmt_bytes(t['logical_bytes'])}" + (f": {dt}" if dt else "")))
     st = s["storage"]
     codecs = ", ".join(f"{k} x{v}" for k, v in sorted(st["codecs"].items()))
-    rows.append(("storage", f"{st['objects']} objects, {fmt_bytes(st['stored_bytes'])} stored ({codecs}); "
-                            f"this save wrote {fmt_bytes(st['new_bytes'])} in {st['new_objects']} objects"))
+    rows.append(
+        (
+            "storage",
+            f"{st['objects']} objects, {fmt_bytes(st['stored_bytes'])} stored ({codecs}); "
+            f"this save wrote {fmt_bytes(st['new_bytes'])} in {st['new_objects']} objects",
+        )
+    )
     dist = s["distributed"]
     if dist is not None:
-        rows.append(("distributed", f"written by {dist['world_size']} processes (torch.distributed.checkpoint "
-                                    f"{dist['dcp_version'] or '?'}); {len(dist['sharded'])} of {dist['names']} "
-                                    "values sharded"))
+        rows.append(
+            (
+                "distributed",
+                f"written by {dist['world_size']} processes (torch.distributed.checkpoint "
+                f"{dist['dcp_version'] or '?'}); {len(dist['sharded'])} of {dist['names']} "
+                "values sharded",
+            )
+        )
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(w)}  {v}")
@@ -268,8 +330,17 @@ def cmd_du(args: argparse.Namespace) -> int:
             if mi is None:
                 continue
             unique = sum(oi.size for k, oi in mi.objects.items() if users.get(k) == 1)
-            rows.append({"step": i.step, "id": i.id, "created_at": i.created_at.isoformat(), "logical": i.size,
-                         "stored": i.stored_bytes, "unique": unique, "new": i.new_bytes})
+            rows.append(
+                {
+                    "step": i.step,
+                    "id": i.id,
+                    "created_at": i.created_at.isoformat(),
+                    "logical": i.size,
+                    "stored": i.stored_bytes,
+                    "unique": unique,
+                    "new": i.new_bytes,
+                }
+            )
         garbage = garbage_bytes = 0
         on_storage = 0
         for key in store.backend.list(OBJECTS_DIR):
@@ -286,23 +357,44 @@ def cmd_du(args: argparse.Namespace) -> int:
                     pass
     logical = sum(r["logical"] for r in rows)
     stored = on_storage
-    out = {"checkpoints": rows, "logical_bytes": logical, "stored_bytes": stored,
-           "referenced_objects": len(referenced), "unreferenced_objects": garbage,
-           "unreferenced_bytes": garbage_bytes, "problems": problems}
+    out = {
+        "checkpoints": rows,
+        "logical_bytes": logical,
+        "stored_bytes": stored,
+        "referenced_objects": len(referenced),
+        "unreferenced_objects": garbage,
+        "unreferenced_bytes": garbage_bytes,
+        "problems": problems,
+    }
     if args.json:
         print(json.dumps(out, indent=2))
         return 1 if problems else 0
     f = fmt_bytes
-    table(["step", "created (UTC)", "logical", "referenced", "only here", "written", "id"],
-           [[str(r["step"]), r["created_at"][:19].replace("T", " "), f(r["logical"]), f(r["stored"]), f(r["unique"]),
-             f(r["new"]), r["id"][:12]] for r in rows])
+    table(
+        ["step", "created (UTC)", "logical", "referenced", "only here", "written", "id"],
+        [
+            [
+                str(r["step"]),
+                r["created_at"][:19].replace("T", " "),
+                f(r["logical"]),
+                f(r["stored"]),
+                f(r["unique"]),
+                f(r["new"]),
+                r["id"][:12],
+            ]
+            for r in rows
+        ],
+    )
     ratio = f"{logical / stored:.2f}x" if stored else "-"
-    print(f"total: {f(logical)} of tensors in {len(rows)} checkpoint(s) stored in {f(stored)} "
-          f"({len(referenced)} objects); dedup and compression: {ratio}")
+    print(
+        f"total: {f(logical)} of tensors in {len(rows)} checkpoint(s) stored in {f(stored)} "
+        f"({len(referenced)} objects); dedup and compression: {ratio}"
+    )
     if garbage:
-        print(f"unreferenced: {f(garbage_bytes)} in {garbage} object(s) (`ckptstore gc` removes them once "
-              "they are older than the grace period)")
+        print(
+            f"unreferenced: {f(garbage_bytes)} in {garbage} object(s) (`ckptstore gc` removes them once "
+            "they are older than the grace period)"
+        )
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     return 1 if problems else 0
-

@@ -88,6 +88,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         total = sum(m.objects[k].size for k, m in owner.items()) if args.read_data else len(owner)
         bad: dict[str, str] = {}
         with byte_bar(total, "verifying", sys.stderr.isatty()) as bar:
+
             def one(k: str) -> tuple[str, str | None]:
                 r = _check_object(store, k, owner[k], args.read_data)
                 if bar:
@@ -111,12 +112,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     what = "structure and every byte" if args.read_data else "structure and object presence"
     for r in results:
-        status = "ok" if r["ok"] else "DAMAGED: " + "; ".join(r["problems"][:3]) + (
-            f" (+{len(r['problems']) - 3} more)" if len(r["problems"]) > 3 else "")
+        status = (
+            "ok"
+            if r["ok"]
+            else "DAMAGED: "
+            + "; ".join(r["problems"][:3])
+            + (f" (+{len(r['problems']) - 3} more)" if len(r["problems"]) > 3 else "")
+        )
         print(f"step {r['step']:<10} {r['id'][:12]}  {status}")
     n_bad = sum(1 for r in results if not r["ok"])
-    print(f"checked {len(results)} checkpoint(s) ({what}): "
-          + ("all ok" if not n_bad else f"{n_bad} damaged"))
+    print(f"checked {len(results)} checkpoint(s) ({what}): " + ("all ok" if not n_bad else f"{n_bad} damaged"))
     if not results and args.step is None:
         print("the store has no checkpoints")
     return 1 if problems else 0

@@ -42,8 +42,20 @@ class CheckpointInfo:
     @classmethod
     def from_manifest(cls, m: Manifest, *, id: str, key: str, uri: str, config: Any) -> CheckpointInfo:
         return cls(
-            id=id, step=m.step, epoch=m.epoch, created_at=m.created_at, metrics=dict(m.metrics),
-            tags=tuple(m.tags), size=m.stats.logical_bytes, stored_bytes=m.stats.stored_bytes,
-            new_bytes=m.stats.new_bytes, num_tensors=len(m.tensors), key=key, uri=uri, config=config,
-            meta=dict(m.meta), rng=m.rng, producer=dict(m.producer),
+            id=id,
+            step=m.step,
+            epoch=m.epoch,
+            created_at=m.created_at,
+            metrics=dict(m.metrics),
+            tags=tuple(m.tags),
+            size=m.stats.logical_bytes,
+            stored_bytes=m.stats.stored_bytes,
+            new_bytes=m.stats.new_bytes,
+            num_tensors=len(m.tensors),
+            key=key,
+            uri=uri,
+            config=config,
+            meta=dict(m.meta),
+            rng=m.rng,
+            producer=dict(m.producer),
         )

@@ -148,7 +148,8 @@ class Distributed(_Model):
     world_size: int = Field(ge=1, description="processes that wrote the checkpoint")
     dcp_version: Optional[str] = Field(None, max_length=64, description="torch.distributed.checkpoint metadata version")
     names: dict[str, list[PathItem]] = Field(
-        description="flat name (DCP fully qualified name) -> path of its value in `tree`")
+        description="flat name (DCP fully qualified name) -> path of its value in `tree`"
+    )
     sharded: list[ShardedTensor] = Field(default_factory=list)
 
 
@@ -170,15 +171,18 @@ class Manifest(_Model):
     blobs: list[Blob]
     objects: dict[Hash, ObjectInfo]
     stats: Stats
-    distributed: Optional[Distributed] = Field(None, exclude_if=lambda v: v is None,
-                                               description="only in version 2 manifests (§21)")
+    distributed: Optional[Distributed] = Field(
+        None, exclude_if=lambda v: v is None, description="only in version 2 manifests (§21)"
+    )
 
     @model_validator(mode="after")
     def _version_matches(self) -> Manifest:
         want = FORMAT_VERSION if self.distributed is None else DISTRIBUTED_VERSION
         if self.version != want:
-            raise ValueError(f"a manifest {'with' if self.distributed else 'without'} a distributed section "
-                             f"must be version {want}, not {self.version}")
+            raise ValueError(
+                f"a manifest {'with' if self.distributed else 'without'} a distributed section "
+                f"must be version {want}, not {self.version}"
+            )
         return self
 
     @field_validator("created_at")

@@ -22,7 +22,8 @@ from .._errors import IntegrityError, UnsupportedFormatError, UnsupportedValueEr
 _DTYPES: dict[str, torch.dtype] = {
     name: v
     for name in dir(torch)
-    if isinstance(v := getattr(torch, name), torch.dtype) and not name.startswith(("q", "_"))
+    if isinstance(v := getattr(torch, name), torch.dtype)
+    and not name.startswith(("q", "_"))
     and str(v) == f"torch.{name}"
 }
 
@@ -91,10 +92,13 @@ def check_tensor(t: Any, path: str) -> None:
     if type(t) not in (torch.Tensor, torch.nn.Parameter):
         raise UnsupportedValueError(
             f"{path} is a tensor subclass ({type(t).__module__}.{type(t).__qualname__}); convert it to a "
-            "plain tensor (e.g. .to_local() for a DTensor) before saving", path)
+            "plain tensor (e.g. .to_local() for a DTensor) before saving",
+            path,
+        )
     if t.layout != torch.strided:
         raise UnsupportedValueError(
-            f"{path} has layout {t.layout}; store it dense (.to_dense()) or as its index/value tensors", path)
+            f"{path} has layout {t.layout}; store it dense (.to_dense()) or as its index/value tensors", path
+        )
     if t.is_quantized:
         raise UnsupportedValueError(f"{path} is a quantized tensor; store its int_repr() and scales", path)
     if t.is_meta:
@@ -145,24 +149,27 @@ def plan_tensors(tensors: list[Any]) -> Plan:
             a = np.ascontiguousarray(t)
             raw = a.reshape(-1).view(np.uint8)
             plan.blobs.append(PlannedBlob(raw, raw.nbytes, "cpu"))
-            plan.entries.append(PlannedEntry("numpy", a.dtype.str, list(a.shape), None,
-                                             len(plan.blobs) - 1, 0, "cpu", False, False))
+            plan.entries.append(
+                PlannedEntry("numpy", a.dtype.str, list(a.shape), None, len(plan.blobs) - 1, 0, "cpu", False, False)
+            )
             continue
         rg = bool(t.requires_grad)
         param = isinstance(tensors[i], torch.nn.Parameter)
         dev = str(t.device)
         if i in shared_of:
             b, off = shared_of[i]
-            plan.entries.append(PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), list(t.stride()),
-                                             b, off, dev, rg, param))
+            plan.entries.append(
+                PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), list(t.stride()), b, off, dev, rg, param)
+            )
             continue
         c = t.detach()
         if not c.is_contiguous():
             c = c.contiguous()
         raw = c.reshape(-1).view(torch.uint8)
         plan.blobs.append(PlannedBlob(raw, raw.numel(), dev))
-        plan.entries.append(PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), None,
-                                         len(plan.blobs) - 1, 0, dev, rg, param))
+        plan.entries.append(
+            PlannedEntry("torch", dtype_name(t.dtype), list(t.shape), None, len(plan.blobs) - 1, 0, dev, rg, param)
+        )
     return plan
 
 

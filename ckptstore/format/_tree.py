@@ -53,9 +53,27 @@ class TensorRef:
     def __hash__(self) -> int:
         return hash(("TensorRef", self.index))
 
-_TAGS = frozenset({"$tensor", "$tuple", "$set", "$frozenset", "$dict", "$odict", "$float",
-                   "$complex", "$bytes", "$bytearray", "$dtype", "$device", "$size", "$np", "$pickle",
-                   "$sharded"})
+
+_TAGS = frozenset(
+    {
+        "$tensor",
+        "$tuple",
+        "$set",
+        "$frozenset",
+        "$dict",
+        "$odict",
+        "$float",
+        "$complex",
+        "$bytes",
+        "$bytearray",
+        "$dtype",
+        "$device",
+        "$size",
+        "$np",
+        "$pickle",
+        "$sharded",
+    }
+)
 _MAX_DEPTH = 200
 
 
@@ -173,7 +191,9 @@ class Encoder:
         raise UnsupportedValueError(
             f"{path} is {_describe(v)}, which ckptstore cannot store without pickle. Store plain data "
             "instead (e.g. its name or its state_dict()), or pass allow_pickle=True to both save and load "
-            "if you trust every reader of this store.", path)
+            "if you trust every reader of this store.",
+            path,
+        )
 
     def _container(self, v: Any, t: type, path: str, depth: int) -> Any:
         d = depth + 1
@@ -221,7 +241,7 @@ class Decoder:
         if not isinstance(n, dict):
             raise IntegrityError(f"{where}: unexpected node {type(n).__name__}")
         if len(n) == 1:
-            (k, a), = n.items()
+            ((k, a),) = n.items()
             if k in _TAGS:
                 return self._tagged(k, a, where)
         if any(k.startswith("$") for k in n):
@@ -273,6 +293,7 @@ class Decoder:
             return bytearray(_unb64(a, where))
         if tag == "$dtype":
             from ._tensors import dtype_from_name
+
             return dtype_from_name(str(a))
         if tag == "$device":
             try:
@@ -295,7 +316,8 @@ class Decoder:
             if not self.allow_pickle:
                 raise PickleNotAllowedError(
                     f"{where} was saved with allow_pickle=True; loading it runs pickle, which can execute "
-                    "code. Pass allow_pickle=True to load only if you trust this store.")
+                    "code. Pass allow_pickle=True to load only if you trust this store."
+                )
             return pickle.loads(_unb64(a, where))  # noqa: S301 - explicit opt-in
         raise IntegrityError(f"{where}: unknown tag {tag}")  # pragma: no cover
 

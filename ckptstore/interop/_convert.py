@@ -38,15 +38,25 @@ _ATTRDICT_NAMES = (
 
 # Classes torch.load(weights_only=True) may construct when a checkpoint needs them. Each one builds
 # plain data from plain data; none runs user code.
-_SAFE_GLOBAL_NAMES = frozenset({
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-    "numpy.ndarray", "numpy.dtype",
-    "argparse.Namespace", "types.SimpleNamespace",
-    "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath",
-    "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
-    "torch.torch_version.TorchVersion",
-})
+_SAFE_GLOBAL_NAMES = frozenset(
+    {
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "argparse.Namespace",
+        "types.SimpleNamespace",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "torch.torch_version.TorchVersion",
+    }
+)
 
 
 def _is_safe_global(name: str) -> bool:
@@ -80,6 +90,7 @@ def safe_torch_load(source: str | os.PathLike[str] | bytes, *, allow_pickle: boo
     holds anything beyond tensors, plain containers and the allowlisted classes; with
     ``allow_pickle=True`` the file is fully unpickled, which can execute code.
     """
+
     def opened() -> Any:
         return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
 
@@ -110,7 +121,8 @@ def why_refused(source: str | os.PathLike[str] | bytes, error: BaseException) ->
     """A short reason why :func:`safe_torch_load` refused a file: the classes it needs."""
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(
-            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        )
     except Exception:  # noqa: BLE001 - not a zip checkpoint
         needed = []
     unsafe = [n for n in needed if not _is_safe_global(n)]
@@ -124,6 +136,7 @@ def why_refused(source: str | os.PathLike[str] | bytes, error: BaseException) ->
 
 
 # -- plain types ---------------------------------------------------------------------------------
+
 
 def _type_name(v: Any) -> str:
     t = type(v)
@@ -224,8 +237,10 @@ def from_plain(value: Any, fixes: Iterable[Any]) -> Any:
     """Undo :func:`to_plain`: put the recorded types back (deepest first). Unknown type names
     and paths that no longer exist are skipped: the plain value is kept."""
     rebuild = _rebuilders()
-    todo = sorted((f for f in fixes if isinstance(f, (list, tuple)) and len(f) == 2 and isinstance(f[0], list)),
-                  key=lambda f: -len(f[0]))
+    todo = sorted(
+        (f for f in fixes if isinstance(f, (list, tuple)) and len(f) == 2 and isinstance(f[0], list)),
+        key=lambda f: -len(f[0]),
+    )
     root = [value]
     for path, name in todo:
         fn = rebuild.get(name)

@@ -33,9 +33,13 @@ _WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "model_stat
 
 def find_weights(state: Any) -> dict[str, torch.Tensor] | None:
     """A flat {name: tensor} model state dict in ``state``, if there is one."""
+
     def flat(v: Any) -> bool:
-        return isinstance(v, dict) and bool(v) and all(
-            isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+        return (
+            isinstance(v, dict)
+            and bool(v)
+            and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+        )
 
     if flat(state):
         return dict(state)
@@ -47,9 +51,16 @@ def find_weights(state: Any) -> dict[str, torch.Tensor] | None:
 
 
 def _info_json(info: CheckpointInfo, files: list[str]) -> bytes:
-    doc = {"store": info.uri, "id": info.id, "step": info.step, "epoch": info.epoch,
-           "created_at": info.created_at.isoformat(), "metrics": dict(info.metrics), "files": files,
-           "meta": {k: v for k, v in info.meta.items() if k != "plain_fixes"}}
+    doc = {
+        "store": info.uri,
+        "id": info.id,
+        "step": info.step,
+        "epoch": info.epoch,
+        "created_at": info.created_at.isoformat(),
+        "metrics": dict(info.metrics),
+        "files": files,
+        "meta": {k: v for k, v in info.meta.items() if k != "plain_fixes"},
+    }
     return (json.dumps(doc, indent=2, default=str) + "\n").encode()
 
 
@@ -77,10 +88,16 @@ def _write(state: Any, info: CheckpointInfo, tmp: str, allow_pickle: bool) -> li
     return [*files, "checkpoint_info.json"]
 
 
-def export_checkpoint(uri: Store | str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                      step: int | None = None, id: str | None = None, allow_pickle: bool = False,
-                      overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
-                      ) -> tuple[CheckpointInfo, list[str]]:
+def export_checkpoint(
+    uri: Store | str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    id: str | None = None,
+    allow_pickle: bool = False,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[CheckpointInfo, list[str]]:
     """Write one checkpoint (the newest unless ``step``/``id``) to the folder ``dst``.
 
     Returns the checkpoint's record and the files written (relative to ``dst``). ``dst`` must

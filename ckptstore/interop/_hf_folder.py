@@ -91,14 +91,17 @@ def read_entry(path: str, rel: str, *, allow_pickle: bool = False) -> tuple[dict
         except Exception as e:  # noqa: BLE001 - any refusal means "not plain data"
             if allow_pickle:
                 return {"kind": "pickle", "data": _bytes_tensor(data)}, None
-            return None, (f"{rel} was left out: it is a pickle that holds more than tensors and plain data "
-                          f"({why_refused(data, e)}). Pass allow_pickle=True (--allow-pickle) to keep it "
-                          "byte for byte.")
+            return None, (
+                f"{rel} was left out: it is a pickle that holds more than tensors and plain data "
+                f"({why_refused(data, e)}). Pass allow_pickle=True (--allow-pickle) to keep it "
+                "byte for byte."
+            )
     return {"kind": "bytes", "data": _bytes_tensor(data)}, None
 
 
-def read_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False,
-                leave_out: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
+def read_folder(
+    folder: str | os.PathLike[str], *, allow_pickle: bool = False, leave_out: Iterable[str] = ()
+) -> tuple[dict[str, Any], list[str]]:
     """The state of a checkpoint folder and the reasons for files left out.
 
     ``leave_out`` names relative paths left out silently, e.g. ``training_args.bin`` when the
@@ -132,8 +135,9 @@ def _own_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     for name, t in tensors.items():
         t = t.detach().to("cpu")
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and (ptr in seen or t.storage_offset() or t.untyped_storage().nbytes() != t.nbytes
-                                or not t.is_contiguous()):
+        if ptr is not None and (
+            ptr in seen or t.storage_offset() or t.untyped_storage().nbytes() != t.nbytes or not t.is_contiguous()
+        ):
             t = t.contiguous().clone()
             ptr = t.untyped_storage().data_ptr()
         if ptr is not None:
@@ -159,8 +163,11 @@ def _as_bytes(t: Any) -> bytes:
 
 
 def _is_weights(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 _BIN_SHARD_RE = re.compile(r"^(pytorch_model|adapter_model)(-\d+-of-\d+)?\.bin$")
@@ -174,8 +181,13 @@ def _safetensors_name(rel: str) -> str:
     return f"{head}/{new}" if head else new
 
 
-def write_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allow_pickle: bool = False,
-                 weights_as_safetensors: bool = True) -> list[str]:
+def write_folder(
+    state: Mapping[str, Any],
+    dest: str | os.PathLike[str],
+    *,
+    allow_pickle: bool = False,
+    weights_as_safetensors: bool = True,
+) -> list[str]:
     """Write a checkpoint folder's files into ``dest`` (which must exist). Returns the relative
     paths written. ``weights_as_safetensors`` writes ``pytorch_model*.bin`` weights as
     ``model*.safetensors`` (and rewrites the shard index to match)."""
@@ -212,8 +224,10 @@ def write_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allo
                 f.write(_as_bytes(e["data"]))
         elif kind == "pickle":
             if not allow_pickle:
-                warn(f"{rel} was stored as a raw pickle; it is written only with allow_pickle=True "
-                     "(the framework would unpickle it)")
+                warn(
+                    f"{rel} was stored as a raw pickle; it is written only with allow_pickle=True "
+                    "(the framework would unpickle it)"
+                )
                 continue
             with open(path, "wb") as f:
                 f.write(_as_bytes(e["data"]))
@@ -225,8 +239,9 @@ def write_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allo
 
 def _rename_index(rel: str, value: Any, renamed: Mapping[str, str]) -> tuple[str, Any]:
     head, _, name = rel.rpartition("/")
-    new_name = name.replace("pytorch_model.bin", "model.safetensors").replace("adapter_model.bin",
-                                                                              "adapter_model.safetensors")
+    new_name = name.replace("pytorch_model.bin", "model.safetensors").replace(
+        "adapter_model.bin", "adapter_model.safetensors"
+    )
     by_name = {k.rsplit("/", 1)[-1]: v.rsplit("/", 1)[-1] for k, v in renamed.items()}
     if isinstance(value, dict) and isinstance(value.get("weight_map"), dict):
         value = dict(value)
@@ -254,11 +269,19 @@ def progress_of(state: Mapping[str, Any], folder_name: str | None = None) -> dic
     for rec in ts.get("log_history") or []:
         if isinstance(rec, dict) and rec.get("step") == step:
             for k, v in rec.items():
-                if (k not in ("step", "epoch", "total_flos") and not k.endswith(("_runtime", "_per_second"))
-                        and isinstance(v, (int, float)) and not isinstance(v, bool)):
+                if (
+                    k not in ("step", "epoch", "total_flos")
+                    and not k.endswith(("_runtime", "_per_second"))
+                    and isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                ):
                     metrics[k] = float(v)
-    return {"step": step if isinstance(step, int) else None, "epoch": epoch,
-            "epoch_float": epoch_f if isinstance(epoch_f, (int, float)) else None, "metrics": metrics}
+    return {
+        "step": step if isinstance(step, int) else None,
+        "epoch": epoch,
+        "epoch_float": epoch_f if isinstance(epoch_f, (int, float)) else None,
+        "metrics": metrics,
+    }
 
 
 def replace_dir(tmp: str, final: str) -> None:
@@ -285,8 +308,9 @@ class HfFolder(NamedTuple):
     metrics: dict[str, float]
 
 
-def read_hf_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False,
-                   leave_out: Iterable[str] = ()) -> HfFolder:
+def read_hf_folder(
+    folder: str | os.PathLike[str], *, allow_pickle: bool = False, leave_out: Iterable[str] = ()
+) -> HfFolder:
     """Read a Hugging Face ``checkpoint-N`` (or ``save_pretrained``) folder into a state a store
     holds without pickle (docs/format.md §20), with its step, epoch and the metrics logged at that step.
 
@@ -299,8 +323,7 @@ def read_hf_folder(folder: str | os.PathLike[str], *, allow_pickle: bool = False
     return HfFolder(state, skipped, prog["step"], prog["epoch"], prog["epoch_float"], prog["metrics"])
 
 
-def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allow_pickle: bool = False
-                    ) -> list[str]:
+def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allow_pickle: bool = False) -> list[str]:
     """Write a state read by :func:`read_hf_folder` (and loaded back from a store) as the folder
     ``dest``, complete or not at all: it is written under a temporary name next to ``dest`` and
     renamed into place, replacing an older ``dest``. ``pytorch_model*.bin`` weights are written
@@ -309,7 +332,8 @@ def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, a
     if not is_hf_state(state):
         raise UnsupportedFormatError(
             "this checkpoint is not a Hugging Face checkpoint folder (it was not written by the transformers "
-            "adapter or by `ckptstore import` of a Trainer folder); load it with ckptstore.load instead")
+            "adapter or by `ckptstore import` of a Trainer folder); load it with ckptstore.load instead"
+        )
     final = os.path.abspath(os.fspath(dest))
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)

@@ -50,22 +50,40 @@ def sources(src: str) -> list[tuple[str, str]]:
     return [("file", os.path.join(src, n)) for n in sorted(files, key=_file_order)]
 
 
-def _import_hf(store: Store, path: str, *, step: int | None, epoch: int | None, tags: list[str],
-               allow_pickle: bool) -> CheckpointInfo:
+def _import_hf(
+    store: Store, path: str, *, step: int | None, epoch: int | None, tags: list[str], allow_pickle: bool
+) -> CheckpointInfo:
     folder = read_hf_folder(path, allow_pickle=allow_pickle)
     for reason in folder.skipped:
         warn(reason)
-    meta = {"framework": "transformers", "folder": os.path.basename(os.path.normpath(path)),
-            "epoch_float": folder.epoch_float, "imported_from": os.path.abspath(path), "skipped": folder.skipped}
-    return store.save(folder.state, step=step if step is not None else folder.step,
-                      epoch=epoch if epoch is not None else folder.epoch, metrics=folder.metrics, tags=tags,
-                      meta=meta, rng=False)
+    meta = {
+        "framework": "transformers",
+        "folder": os.path.basename(os.path.normpath(path)),
+        "epoch_float": folder.epoch_float,
+        "imported_from": os.path.abspath(path),
+        "skipped": folder.skipped,
+    }
+    return store.save(
+        folder.state,
+        step=step if step is not None else folder.step,
+        epoch=epoch if epoch is not None else folder.epoch,
+        metrics=folder.metrics,
+        tags=tags,
+        meta=meta,
+        rng=False,
+    )
 
 
-def import_checkpoint(src: str | os.PathLike[str], dst: Store | str | os.PathLike[str], *,
-                      step: int | None = None, epoch: int | None = None, tags: Iterable[str] = (),
-                      allow_pickle: bool = False, storage_options: Mapping[str, Any] | None = None
-                      ) -> list[CheckpointInfo]:
+def import_checkpoint(
+    src: str | os.PathLike[str],
+    dst: Store | str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    tags: Iterable[str] = (),
+    allow_pickle: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[CheckpointInfo]:
     """Import checkpoint files at ``src`` into the store ``dst`` (a :class:`Store` or a location,
     created if needed); returns the new checkpoints in the order they were saved.
 

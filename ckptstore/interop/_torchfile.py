@@ -41,11 +41,26 @@ from ._names import EPOCH_KEYS, STEP_KEYS, first_key, progress_from_name
 from ._warn import warn
 
 ALIASES = {
-    "model": ("model", "model_state_dict", "model_state", "state_dict", "net", "network", "weights", "model_dict",
-              "module"),
+    "model": (
+        "model",
+        "model_state_dict",
+        "model_state",
+        "state_dict",
+        "net",
+        "network",
+        "weights",
+        "model_dict",
+        "module",
+    ),
     "optimizer": ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt", "optim_state_dict"),
-    "scheduler": ("scheduler", "scheduler_state_dict", "lr_scheduler", "lr_scheduler_state_dict", "sched",
-                  "scheduler_state"),
+    "scheduler": (
+        "scheduler",
+        "scheduler_state_dict",
+        "lr_scheduler",
+        "lr_scheduler_state_dict",
+        "sched",
+        "scheduler_state",
+    ),
     "scaler": ("scaler", "grad_scaler", "scaler_state_dict", "amp", "amp_scaler"),
 }
 CONFIG_KEYS = ("config", "cfg", "args", "hparams", "hyper_parameters", "training_config", "train_config")
@@ -72,20 +87,26 @@ def read_torch_file(path: str, *, allow_pickle: bool = False) -> Any:
         raise PickleNotAllowedError(
             f"{path} holds more than tensors and plain data ({why_refused(path, error)}). Importing it means "
             "unpickling it, which can run code from the file: pass allow_pickle=True (--allow-pickle) only if "
-            "you trust it.") from None
+            "you trust it."
+        ) from None
     what = "a damaged torch.save file" if head in _TORCH_MAGIC else "not a torch.save file"
     first = " ".join(str(error).split())[:200] or type(error).__name__
     raise UnsupportedFormatError(f"cannot import {path}: it is {what} ({first})") from None
 
 
 def is_lightning(obj: Any) -> bool:
-    return isinstance(obj, dict) and ("pytorch-lightning_version" in obj or (
-        "state_dict" in obj and "global_step" in obj and ("loops" in obj or "callbacks" in obj)))
+    return isinstance(obj, dict) and (
+        "pytorch-lightning_version" in obj
+        or ("state_dict" in obj and "global_step" in obj and ("loops" in obj or "callbacks" in obj))
+    )
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _is_json(v: Any, depth: int = 0) -> bool:
@@ -121,7 +142,8 @@ def checkpointer_layout(obj: Any) -> tuple[dict[str, Any], int | None, int | Non
     if not isinstance(obj, Mapping):
         raise UnsupportedValueError(
             f"the file holds a {type(obj).__name__}, not a dict of states or a state_dict; load it with torch.load "
-            "and save what you need with ckptstore.save()")
+            "and save what you need with ckptstore.save()"
+        )
     rest = dict(obj)
     state: dict[str, Any] = {}
     source: dict[str, Any] = {}
@@ -172,14 +194,24 @@ def source_layout(state: Any, info: CheckpointInfo) -> Any:
     return out
 
 
-def save_torch_file(store: Store, path: str, *, step: int | None = None, epoch: int | None = None,
-                    tags: Iterable[str] = (), allow_pickle: bool = False) -> CheckpointInfo:
+def save_torch_file(
+    store: Store,
+    path: str,
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    tags: Iterable[str] = (),
+    allow_pickle: bool = False,
+) -> CheckpointInfo:
     """Import the ``torch.save`` file at ``path`` into ``store`` as one new checkpoint."""
     obj = read_torch_file(path, allow_pickle=allow_pickle)
     name = os.path.basename(path)
     name_step, name_epoch = progress_from_name(name)
-    meta: dict[str, Any] = {"imported_from": os.path.abspath(path), "imported_bytes": os.path.getsize(path),
-                            "name": name}
+    meta: dict[str, Any] = {
+        "imported_from": os.path.abspath(path),
+        "imported_bytes": os.path.getsize(path),
+        "name": name,
+    }
     config = None
     if is_lightning(obj):
         state: Any = obj
@@ -202,16 +234,33 @@ def save_torch_file(store: Store, path: str, *, step: int | None = None, epoch: 
     use_step = next((s for s in (step, in_step, name_step) if s is not None), None)
     use_epoch = next((e for e in (epoch, in_epoch, name_epoch) if e is not None), None)
     if use_step is None:
-        warn(f"ckptstore: {name} records no step (in its contents or its name); it is numbered after the newest "
-             "checkpoint in the store (pass step= or --step to choose)")
-    return store.save(plain, step=use_step, epoch=use_epoch, config=config, metrics=metrics, tags=tags, meta=meta,
-                      rng=False, allow_pickle=allow_pickle)
+        warn(
+            f"ckptstore: {name} records no step (in its contents or its name); it is numbered after the newest "
+            "checkpoint in the store (pass step= or --step to choose)"
+        )
+    return store.save(
+        plain,
+        step=use_step,
+        epoch=use_epoch,
+        config=config,
+        metrics=metrics,
+        tags=tags,
+        meta=meta,
+        rng=False,
+        allow_pickle=allow_pickle,
+    )
 
 
-def import_torch_file(path: str | os.PathLike[str], uri: Store | str | os.PathLike[str], *,
-                      step: int | None = None, epoch: int | None = None, tags: Iterable[str] = (),
-                      allow_pickle: bool = False, storage_options: Mapping[str, Any] | None = None
-                      ) -> CheckpointInfo:
+def import_torch_file(
+    path: str | os.PathLike[str],
+    uri: Store | str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    tags: Iterable[str] = (),
+    allow_pickle: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
     """Import one ``torch.save`` file (``checkpoint_step_4000.pt``, ``final_model.pt``, a Lightning
     ``.ckpt``) into the store at ``uri`` (a :class:`Store` or a location, created if needed).
 

@@ -80,8 +80,7 @@ def _plane_compressor() -> _zstd.ZstdCompressor:
     planes are nearly all literals; short matches only break up their Huffman coding (measured
     on trained weights and Adam moments: the same size or smaller, and faster)."""
     if _tls.p is None:
-        params = _zstd.ZstdCompressionParameters.from_level(LEVEL, hash_log=12, min_match=7,
-                                                            write_content_size=True)
+        params = _zstd.ZstdCompressionParameters.from_level(LEVEL, hash_log=12, min_match=7, write_content_size=True)
         _tls.p = _zstd.ZstdCompressor(compression_params=params)
     return _tls.p
 
@@ -198,8 +197,9 @@ class _ByteGrouped:
         n = raw_size // g
         tail = raw_size - n * g
         if hsize + sum(lengths) + tail != stored.nbytes:
-            raise IntegrityError(f"{self.name} object has {stored.nbytes} bytes, its header accounts for "
-                                 f"{hsize + sum(lengths) + tail}")
+            raise IntegrityError(
+                f"{self.name} object has {stored.nbytes} bytes, its header accounts for {hsize + sum(lengths) + tail}"
+            )
         out, pos = [], hsize
         for m, length in zip(methods, lengths):
             if m == _METHOD_RAW and length != n:
@@ -242,9 +242,7 @@ def get_codec(name: str) -> Codec:
     try:
         return _CODECS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown codec {name!r}: this ckptstore knows {', '.join(sorted(_CODECS))}"
-        ) from None
+        raise ValueError(f"unknown codec {name!r}: this ckptstore knows {', '.join(sorted(_CODECS))}") from None
 
 
 def resolve_compression(compression: str | bool | None) -> str:
@@ -262,9 +260,19 @@ def resolve_compression(compression: str | bool | None) -> str:
 
 
 _TORCH_GROUPS = {
-    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
-    "complex32": 2, "complex64": 4, "complex128": 8,
-    "int16": 2, "int32": 4, "int64": 8, "uint16": 2, "uint32": 4, "uint64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex32": 2,
+    "complex64": 4,
+    "complex128": 8,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
 }
 
 

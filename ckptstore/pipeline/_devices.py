@@ -73,7 +73,8 @@ def _require(dev: torch.device, acc: Accelerators, what: str) -> torch.device:
         have = ["cpu"] + [f"cuda:{i}" for i in range(acc.cuda_count)] + (["mps"] if acc.mps else [])
         raise DeviceUnavailableError(
             f"{what} asks for {dev}, which this machine does not have (it has: {', '.join(have)}). "
-            "Use map_location='auto' to pick the best available device, or 'cpu'.")
+            "Use map_location='auto' to pick the best available device, or 'cpu'."
+        )
     return dev
 
 
@@ -102,7 +103,8 @@ class Placement:
         else:
             raise TypeError(
                 "map_location must be None, 'auto', a device string, a torch.device, a dict or a callable, "
-                f"not {type(ml).__name__}")
+                f"not {type(ml).__name__}"
+            )
 
     def move(self, t: torch.Tensor, recorded: str) -> torch.Tensor:
         """A callable ``map_location`` applied to a loaded CPU tensor (None from it keeps the tensor)."""

@@ -28,8 +28,24 @@ from ..storage._mounts import find_mount
 
 PAGE = mmap.PAGESIZE
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
-_LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay",
-                       "bcachefs", "jfs", "reiserfs", "apfs", "hfs"})
+_LOCAL_FS = frozenset(
+    {
+        "ext2",
+        "ext3",
+        "ext4",
+        "xfs",
+        "btrfs",
+        "tmpfs",
+        "f2fs",
+        "zfs",
+        "overlay",
+        "bcachefs",
+        "jfs",
+        "reiserfs",
+        "apfs",
+        "hfs",
+    }
+)
 _fs_cache: dict[int, bool] = {}
 _fs_lock = threading.Lock()
 
@@ -37,8 +53,7 @@ _fs_lock = threading.Lock()
 def _libc() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int64]
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
     return libc
 
 
@@ -101,8 +116,7 @@ def map_files(parts: list[tuple[str, int, str]]) -> torch.Tensor:
     if _LIBC is None:
         _LIBC = _libc()
     total = sum(n for _, n, _ in parts)
-    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     anchor = ctypes.c_char.from_buffer(region)
     base = ctypes.addressof(anchor)
     del anchor  # the region stays mapped; only the export is dropped
@@ -111,8 +125,7 @@ def map_files(parts: list[tuple[str, int, str]]) -> torch.Tensor:
         for path, n, key in parts:
             fd = _open_checked(path, n, key)
             try:
-                got = _LIBC.mmap(base + off, n, mmap.PROT_READ | mmap.PROT_WRITE,
-                                 mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
+                got = _LIBC.mmap(base + off, n, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
             finally:
                 os.close(fd)
             if got is None or got != base + off:
@@ -124,5 +137,3 @@ def map_files(parts: list[tuple[str, int, str]]) -> torch.Tensor:
         raise
     # the tensor keeps ``region`` alive; closing it (when the tensor is freed) unmaps every part
     return torch.frombuffer(region, dtype=torch.uint8)
-
-

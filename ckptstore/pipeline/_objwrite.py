@@ -145,7 +145,6 @@ class LocalSink:
         with self._lock:
             self._dirs.add(os.path.dirname(path))
 
-
     def finish(self) -> None:
         """Make every object written so far durable under its name."""
         with self._lock:

@@ -41,6 +41,8 @@ def _on_host(t: torch.Tensor | torch.device) -> bool:
     """Whether a buffer (or device) is ordinary host memory; anything else is filled through
     staging buffers."""
     return (t.type if isinstance(t, torch.device) else t.device.type) == "cpu"
+
+
 _Use = tuple[int, int, int, int]  # blob, offset in the decoded object, length, offset in the blob
 
 
@@ -52,15 +54,18 @@ def check_manifest(m: Manifest, where: str) -> None:
         try:
             get_codec(info.codec)
         except ValueError:
-            raise IntegrityError(f"{where}: object {key[:12]} has unknown codec {info.codec!r}; it may have "
-                                 "been written by a newer ckptstore (pip install -U ckptstore)") from None
+            raise IntegrityError(
+                f"{where}: object {key[:12]} has unknown codec {info.codec!r}; it may have "
+                "been written by a newer ckptstore (pip install -U ckptstore)"
+            ) from None
     for i, b in enumerate(m.blobs):
         total = 0
         for seg in b.segments:
             seg_info = m.objects.get(seg.object)
             if seg_info is None:
                 raise IntegrityError(
-                    f"{where}: blob {i} references object {seg.object[:12]} missing from the object table")
+                    f"{where}: blob {i} references object {seg.object[:12]} missing from the object table"
+                )
             if seg.offset + seg.length > seg_info.raw_size:
                 raise IntegrityError(f"{where}: blob {i} reads past the end of object {seg.object[:12]}")
             total += seg.length
@@ -94,9 +99,16 @@ def select_tensors(m: Manifest, indices: list[int]) -> Manifest:
             for seg in b.segments:
                 objects[seg.object] = m.objects[seg.object]
         tensors.append(e.model_copy(update={"blob": blob_map[e.blob]}))
-    return m.model_copy(update={"tree": [{"$tensor": k} for k in range(len(tensors))], "tensors": tensors,
-                                "blobs": blobs, "objects": objects, "distributed": None,
-                                "version": 1})
+    return m.model_copy(
+        update={
+            "tree": [{"$tensor": k} for k in range(len(tensors))],
+            "tensors": tensors,
+            "blobs": blobs,
+            "objects": objects,
+            "distributed": None,
+            "version": 1,
+        }
+    )
 
 
 def blob_devices(m: Manifest, placement: Any) -> list[torch.device]:
@@ -131,12 +143,21 @@ def blob_devices(m: Manifest, placement: Any) -> list[torch.device]:
 def _missing(where: str, key: str, backend: Backend) -> ObjectMissingError:
     return ObjectMissingError(
         f"{where}: object {key} is missing from the store ({backend.describe(object_key(key))}); "
-        "the checkpoint is damaged. Load an earlier one, or restore the object from a backup.", key)
+        "the checkpoint is damaged. Load an earlier one, or restore the object from a backup.",
+        key,
+    )
 
 
 class _Loader:
-    def __init__(self, backend: Backend, m: Manifest, where: str, verify: bool,
-                 bufs: list[torch.Tensor | None], staging: Staging | None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        m: Manifest,
+        where: str,
+        verify: bool,
+        bufs: list[torch.Tensor | None],
+        staging: Staging | None,
+    ) -> None:
         self.backend = backend
         self.m = m
         self.where = where
@@ -159,7 +180,8 @@ class _Loader:
                 raise _missing(self.where, key, self.backend) from None
             if len(data) != size:
                 raise IntegrityError(
-                    f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)", key)
+                    f"{self.where}: object {key} has {len(data)} bytes, expected {size} (truncated?)", key
+                )
             arr = np.frombuffer(data, dtype=np.uint8)
             if into is not None:
                 into[:] = arr
@@ -172,8 +194,9 @@ class _Loader:
             raise _missing(self.where, key, self.backend) from None
         try:
             if os.fstat(fd).st_size != size:
-                raise IntegrityError(f"{self.where}: object {key} has {os.fstat(fd).st_size} bytes, expected {size} "
-                                     "(truncated?)", key)
+                raise IntegrityError(
+                    f"{self.where}: object {key} has {os.fstat(fd).st_size} bytes, expected {size} (truncated?)", key
+                )
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             view, got = memoryview(out), 0
@@ -253,8 +276,9 @@ class _Loader:
         self.place(src, uses)
 
 
-def _map_blob(backend: Backend, m: Manifest, bi: int, mapped_obj: dict[str, torch.Tensor],
-              where: str) -> torch.Tensor | None:
+def _map_blob(
+    backend: Backend, m: Manifest, bi: int, mapped_obj: dict[str, torch.Tensor], where: str
+) -> torch.Tensor | None:
     """Blob ``bi`` as a mapping of its object files, or None when its layout does not allow it
     (compressed, or chunks that are not whole pages) or mapping fails."""
     segs = m.blobs[bi].segments
@@ -300,8 +324,9 @@ def _hosted_packs(m: Manifest, devices: list[torch.device], bufs: list[torch.Ten
             refs.setdefault(seg.object, set()).add(bi)
     out = {}
     for key, bis in refs.items():
-        if len(bis) < 2 or any(bufs[bi] is not None or not _on_host(devices[bi])
-                               or len(m.blobs[bi].segments) != 1 for bi in bis):
+        if len(bis) < 2 or any(
+            bufs[bi] is not None or not _on_host(devices[bi]) or len(m.blobs[bi].segments) != 1 for bi in bis
+        ):
             continue
         if 2 * sum(m.blobs[bi].nbytes for bi in bis) >= m.objects[key].raw_size:
             out[key] = sorted(bis)
@@ -426,8 +451,10 @@ def _own_storages(bufs: list[torch.Tensor]) -> list[torch.Tensor]:
             users[k] = users.get(k, 0) + 1
     out = []
     for b in bufs:
-        if b.numel() and (users[(str(b.device), b.untyped_storage().data_ptr())] > 1
-                          or (b.untyped_storage().nbytes() > b.numel() and b.numel() < _OWN_COPY_MAX)):
+        if b.numel() and (
+            users[(str(b.device), b.untyped_storage().data_ptr())] > 1
+            or (b.untyped_storage().nbytes() > b.numel() and b.numel() < _OWN_COPY_MAX)
+        ):
             # numpy's copy is several times cheaper per call than Tensor.clone for small buffers
             b = torch.from_numpy(b.numpy().copy()) if b.device.type == "cpu" else b.clone()
         out.append(b)

@@ -31,8 +31,13 @@ def capture_rng_state() -> RngState:
         import numpy as np
 
         name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        np_state = NumpyRng(bit_generator=str(name), state=[int(k) for k in keys], pos=int(pos),
-                            has_gauss=int(has_gauss), cached_gaussian=float(cached))
+        np_state = NumpyRng(
+            bit_generator=str(name),
+            state=[int(k) for k in keys],
+            pos=int(pos),
+            has_gauss=int(has_gauss),
+            cached_gaussian=float(cached),
+        )
     except ImportError:  # pragma: no cover - numpy is a dependency of torch in practice
         pass
     cuda = None
@@ -55,8 +60,9 @@ def restore_rng_state(rng: Any) -> list[str]:
     if hasattr(rng, "rng") and not isinstance(rng, RngState):
         rng = rng.rng
     if rng is None:
-        warnings.warn("this checkpoint has no RNG states (saved with rng=False); nothing restored", CkptstoreWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "this checkpoint has no RNG states (saved with rng=False); nothing restored", CkptstoreWarning, stacklevel=2
+        )
         return ["all (none recorded)"]
     if isinstance(rng, dict):
         rng = RngState.model_validate(rng)
@@ -67,8 +73,15 @@ def restore_rng_state(rng: Any) -> list[str]:
         try:
             import numpy as np
 
-            np.random.set_state((rng.numpy.bit_generator, np.array(rng.numpy.state, dtype=np.uint32),
-                                 rng.numpy.pos, rng.numpy.has_gauss, rng.numpy.cached_gaussian))
+            np.random.set_state(
+                (
+                    rng.numpy.bit_generator,
+                    np.array(rng.numpy.state, dtype=np.uint32),
+                    rng.numpy.pos,
+                    rng.numpy.has_gauss,
+                    rng.numpy.cached_gaussian,
+                )
+            )
         except ImportError:  # pragma: no cover
             skipped.append("numpy (not installed)")
     if rng.torch is not None:

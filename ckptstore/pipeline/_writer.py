@@ -61,7 +61,6 @@ class DedupIndex:
                     self.blobs[b.hash] = (b.segments, {s.object: m.objects[s.object] for s in b.segments})
 
 
-
 @dataclass
 class WriteResult:
     blobs: list[Blob]
@@ -371,9 +370,9 @@ def write_blobs(
     for bi, h, pid, off, length in small:
         _, key, _info = pack_futures[pid].result()
         blobs[bi] = Blob(hash=h, nbytes=length, segments=[Segment(object=key, offset=off, length=length)])
-    assert all(b is not None for b in blobs)
-    return WriteResult(blobs=blobs, objects=s.objects, new_bytes=s.new_bytes,  # type: ignore[arg-type]
-                       new_objects=s.new_objects)
+    done = [b for b in blobs if b is not None]
+    assert len(done) == len(blobs)
+    return WriteResult(blobs=done, objects=s.objects, new_bytes=s.new_bytes, new_objects=s.new_objects)
 
 
 def blob_groups(entries: list[Any], nblobs: int) -> list[int]:

@@ -19,7 +19,6 @@ from .._errors import InsufficientSpaceError, StorageError
 from ._mounts import dead_mount_message, is_dead_mount_error
 
 
-
 class Backend(ABC):
     """The storage interface the store is written against.
 
@@ -85,7 +84,7 @@ class Backend(ABC):
     def mtime(self, key: str) -> float | None:
         """Modification time (POSIX seconds) or None when the backend cannot tell."""
 
-    def sync(self) -> None:
+    def sync(self) -> None:  # noqa: B027 - optional: object stores have nothing to do
         """Make the names of completed writes durable (local: fsync the folders)."""
 
     def free_bytes(self) -> int | None:

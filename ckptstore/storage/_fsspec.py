@@ -24,14 +24,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 
-from ..format import _hashing
-from ._backend import Backend, Buffer
 from .._errors import CkptstoreError, StorageError
+from ..format import _hashing
 from ..format._layout import parse_manifest_key, parse_object_key
+from ._backend import Backend, Buffer
 
 log = logging.getLogger("ckptstore")
 
@@ -56,8 +57,9 @@ def _self_hash(key: str) -> str | None:
 class FsspecBackend(Backend):
     """Any fsspec filesystem (``memory://``, ``s3://``, ``gs://``, ...)."""
 
-    def __init__(self, fs: Any, root: str, uri: str, *, retries: int | None = None,
-                 part_size: int | None = None) -> None:
+    def __init__(
+        self, fs: Any, root: str, uri: str, *, retries: int | None = None, part_size: int | None = None
+    ) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.uri = uri
@@ -87,13 +89,17 @@ class FsspecBackend(Backend):
         except (FileNotFoundError, FileExistsError, CkptstoreError):
             raise
         except PermissionError as e:
-            raise StorageError(f"{what}: permission denied ({e}). Check the credentials and the "
-                               "bucket's access rights (storage_options / environment).") from e
+            raise StorageError(
+                f"{what}: permission denied ({e}). Check the credentials and the "
+                "bucket's access rights (storage_options / environment)."
+            ) from e
         except Exception as e:  # network stacks raise many unrelated types
             detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise StorageError(f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
-                               "credentials and the network, then try again; raise retries= for a flaky "
-                               "link.") from e
+            raise StorageError(
+                f"{what}: {detail} (after {self.retries} retries). Check the endpoint, the "
+                "credentials and the network, then try again; raise retries= for a flaky "
+                "link."
+            ) from e
 
     # -- reads ------------------------------------------------------------------------------
     def root_state(self) -> str:
@@ -165,9 +171,10 @@ class FsspecBackend(Backend):
             except FileNotFoundError:
                 if self.object_store:
                     bucket = self.fs._strip_protocol(self.root).split("/", 1)[0]
-                    raise StorageError(f"cannot write {self.describe(key)}: the bucket {bucket!r} does not "
-                                       "exist (or is not visible with these credentials). Create it first."
-                                       ) from None
+                    raise StorageError(
+                        f"cannot write {self.describe(key)}: the bucket {bucket!r} does not "
+                        "exist (or is not visible with these credentials). Create it first."
+                    ) from None
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.pipe_file(path, payload, **kw)
 
@@ -223,6 +230,7 @@ def _accepts(fn: Any, name: str) -> bool:
 
 # -- S3 and GCS ---------------------------------------------------------------------------------
 
+
 def s3_options(options: dict[str, Any], retries: int) -> dict[str, Any]:
     """s3fs options with bounded retries and listings cache off, unless the caller set them."""
     opts = dict(options)
@@ -257,7 +265,7 @@ def _bounded_gcs_class() -> Any:
     if _GCS_CLASS is not None:
         return _GCS_CLASS
     import gcsfs
-    from gcsfs.retry import HttpError, RETRIABLE_EXCEPTIONS, is_retriable
+    from gcsfs.retry import RETRIABLE_EXCEPTIONS, HttpError, is_retriable
 
     inner = getattr(gcsfs.GCSFileSystem._request, "__wrapped__", None)
 
@@ -267,7 +275,8 @@ def _bounded_gcs_class() -> Any:
             self.ckptstore_retries = ckptstore_retries
 
         if inner is not None:
-            async def _request(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
+
+            async def _request(self, *args: Any, **kwargs: Any) -> Any:
                 attempts = self.ckptstore_retries + 1
                 for attempt in range(attempts):
                     try:
@@ -275,12 +284,13 @@ def _bounded_gcs_class() -> Any:
                     except (FileNotFoundError, FileExistsError, ValueError, PermissionError):
                         raise
                     except Exception as e:
-                        transient = ((isinstance(e, HttpError) and is_retriable(e))
-                                     or isinstance(e, RETRIABLE_EXCEPTIONS) or isinstance(e, asyncio.TimeoutError))
+                        transient = (isinstance(e, HttpError) and is_retriable(e)) or isinstance(
+                            e, (*RETRIABLE_EXCEPTIONS, asyncio.TimeoutError)
+                        )
                         if not transient or attempt == attempts - 1:
                             raise
                         log.debug("GCS request failed (%s), retry %d of %d", e, attempt + 1, attempts - 1)
-                        await asyncio.sleep(min(0.5 * 2**attempt, 10.0) * (0.5 + random.random()))
+                        await asyncio.sleep(min(0.5 * 2**attempt, 10.0) * (0.5 + random.random()))  # noqa: S311 - jitter
 
     _GCS_CLASS = BoundedGCSFileSystem
     return _GCS_CLASS

@@ -13,12 +13,9 @@ import secrets
 import shutil
 import stat
 import threading
-from abc import ABC, abstractmethod
-from typing import Any
 
-from .._errors import InsufficientSpaceError, StorageError
 from ._backend import Backend, Buffer, storage_error
-from ._mounts import DRIVE_TRASH_NOTE, Mount, dead_mount_message, find_mount, is_dead_mount_error
+from ._mounts import DRIVE_TRASH_NOTE, Mount, find_mount
 
 
 def fsync_dir(d: str) -> None:
@@ -35,6 +32,7 @@ def fsync_dir(d: str) -> None:
             raise storage_error(e, f"cannot fsync folder {d}", d) from e
     finally:
         os.close(fd)
+
 
 def ensure_dir(d: str, made: set[str], dirty: set[str], lock: threading.Lock) -> None:
     """Create folder ``d`` and its missing parents. Each new folder's parent goes into ``dirty``
@@ -56,6 +54,7 @@ def ensure_dir(d: str, made: set[str], dirty: set[str], lock: threading.Lock) ->
     with lock:
         made.add(d)
 
+
 class LocalBackend(Backend):
     """A folder on a local (or FUSE-mounted) filesystem, written durably."""
 
@@ -70,7 +69,7 @@ class LocalBackend(Backend):
         self._dirty: set[str] = set()
         self._made: set[str] = set()
         self._lock = threading.Lock()
-        self._mount: Mount | None | bool = False
+        self._mount: Mount | bool | None = False
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))

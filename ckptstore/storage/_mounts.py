@@ -45,8 +45,7 @@ class Mount:
 
 def _unescape(field: str) -> str:
     # /proc/mounts writes space, tab, newline and backslash as octal escapes
-    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            .replace("\\134", "\\"))
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
 def find_mount(path: str, table: str = "/proc/self/mounts") -> Mount | None:
@@ -77,7 +76,12 @@ def is_dead_mount_error(e: BaseException) -> bool:
 def dead_mount_message(what: str, path: str, e: OSError) -> str:
     m = find_mount(path)
     where = f"the mount at {m.point} ({m.fstype})" if m is not None else "the mount that holds it"
-    advice = ("remount it (in Colab: drive.mount('/content/drive', force_remount=True)) and try again"
-              if m is None or m.is_drive or path.startswith("/content/drive") else "remount it and try again")
-    return (f"{what}: {where} is disconnected ({e.strerror or e}). Nothing new was committed; "
-            f"checkpoints written before the drop may not have reached the cloud yet. To continue, {advice}.")
+    advice = (
+        "remount it (in Colab: drive.mount('/content/drive', force_remount=True)) and try again"
+        if m is None or m.is_drive or path.startswith("/content/drive")
+        else "remount it and try again"
+    )
+    return (
+        f"{what}: {where} is disconnected ({e.strerror or e}). Nothing new was committed; "
+        f"checkpoints written before the drop may not have reached the cloud yet. To continue, {advice}."
+    )

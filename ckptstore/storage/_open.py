@@ -15,8 +15,9 @@ from ._local import LocalBackend
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
-def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *,
-                 retries: int | None = None) -> Backend:
+def open_backend(
+    uri: str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *, retries: int | None = None
+) -> Backend:
     """The backend for a URI: a local path or ``file://`` gives ``LocalBackend``, anything else
     an ``FsspecBackend`` (``memory://``, ``s3://``, ``gs://``, ...). ``retries`` bounds how often
     one storage request is retried on a transient error (S3 and GCS; default 3)."""

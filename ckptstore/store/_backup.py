@@ -68,13 +68,12 @@ class Backup:
             object.__setattr__(self, "uri", os.fspath(self.uri))
         if not isinstance(self.uri, str) or not self.uri:
             raise TypeError(f"Backup needs a URI, not {self.uri!r}")
-        if self.keep_last is not None and (isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int)
-                                           or self.keep_last < 1):
+        if self.keep_last is not None and (
+            isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 1
+        ):
             raise ValueError(f"keep_last must be a positive int or None, not {self.keep_last!r}")
         if self.retry_interval < 0:
             raise ValueError("retry_interval must be >= 0")
-
-
 
 
 def as_backup(backup: Any) -> Backup | None:
@@ -141,8 +140,9 @@ class Mirror:
             if self._closing or self._thread is None or not self._thread.is_alive():
                 self._closing = False
                 self._gen += 1
-                self._thread = threading.Thread(target=self._run, args=(self._gen,), name="ckptstore-backup",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._gen,), name="ckptstore-backup", daemon=True
+                )
                 self._thread.start()
                 _LIVE.add(self)
             self._cond.notify_all()
@@ -177,9 +177,11 @@ class Mirror:
             pending = list(self._pending.values())
         if not ok and pending:
             steps = ", ".join(str(i.step) for i in pending)
-            msg = (f"backup to {self.backup.uri} is incomplete: step(s) {steps} were not copied "
-                   f"({self._last_error or 'still in progress'}). Copy them later with "
-                   f"`ckptstore cp {self.primary_uri} {self.backup.uri} --all`.")
+            msg = (
+                f"backup to {self.backup.uri} is incomplete: step(s) {steps} were not copied "
+                f"({self._last_error or 'still in progress'}). Copy them later with "
+                f"`ckptstore cp {self.primary_uri} {self.backup.uri} --all`."
+            )
             log.warning(msg)
             warnings.warn(msg, BackupWarning, stacklevel=2)
         _LIVE.discard(self)
@@ -187,16 +189,23 @@ class Mirror:
     @property
     def status(self) -> MirrorStatus:
         with self._cond:
-            return MirrorStatus(pending=tuple(i.id for i in self._pending.values()), copied=self._copied,
-                                last_error=self._last_error, last_success=self._last_success,
-                                failures=self._failures)
+            return MirrorStatus(
+                pending=tuple(i.id for i in self._pending.values()),
+                copied=self._copied,
+                last_error=self._last_error,
+                last_success=self._last_success,
+                failures=self._failures,
+            )
 
     # -- the mirror thread -------------------------------------------------------------------
     def _run(self, gen: int) -> None:
         while True:
             with self._cond:
-                while gen == self._gen and not self._closing and (
-                        not self._pending or time.monotonic() < self._next_attempt):
+                while (
+                    gen == self._gen
+                    and not self._closing
+                    and (not self._pending or time.monotonic() < self._next_attempt)
+                ):
                     wait = None if not self._pending else max(0.0, self._next_attempt - time.monotonic())
                     self._cond.wait(wait)
                 if self._closing or gen != self._gen:
@@ -232,8 +241,10 @@ class Mirror:
                 self._cond.notify_all()
 
     def _report(self, err: BaseException, first: bool) -> None:
-        msg = (f"backup to {self.backup.uri} failed ({type(err).__name__}: {err}); training goes on, "
-               f"the copy is retried in {self.backup.retry_interval:g} s or after the next save")
+        msg = (
+            f"backup to {self.backup.uri} failed ({type(err).__name__}: {err}); training goes on, "
+            f"the copy is retried in {self.backup.retry_interval:g} s or after the next save"
+        )
         log.warning(msg)
         if first:  # once per failure streak
             warnings.warn(msg, BackupWarning, stacklevel=2)
@@ -241,8 +252,9 @@ class Mirror:
     def _mirror_store(self) -> Store:
         if self._store is None:
             b = self.backup
-            self._store = type(self.primary)(b.uri, storage_options=b.storage_options, retries=b.retries,
-                                             workers=b.workers)
+            self._store = type(self.primary)(
+                b.uri, storage_options=b.storage_options, retries=b.retries, workers=b.workers
+            )
         return self._store
 
     def _attempt(self, batch: list[CheckpointInfo]) -> int:
@@ -250,13 +262,20 @@ class Mirror:
         live = {i.id for i in primary.list()}
         todo = [i for i in batch if i.id in live]  # forgotten by the primary's retention: skip
         if self.backup.keep_last is not None:
-            todo = sorted(todo, key=lambda i: (i.step, i.created_at, i.id))[-self.backup.keep_last:]
+            todo = sorted(todo, key=lambda i: (i.step, i.created_at, i.id))[-self.backup.keep_last :]
         mirror = self._mirror_store()
         try:
             copied = 0
             if todo:
-                copied = len(primary.copy_to(mirror, checkpoints=todo, readback=self.backup.readback,
-                                             workers=self.backup.workers, progress=False).copied)
+                copied = len(
+                    primary.copy_to(
+                        mirror,
+                        checkpoints=todo,
+                        readback=self.backup.readback,
+                        workers=self.backup.workers,
+                        progress=False,
+                    ).copied
+                )
             dropped = apply_retention(mirror, self.backup)
         except BaseException:
             self._store = None  # reopen next time (credentials, mounts)
@@ -287,8 +306,10 @@ class Mirror:
         restored = list(result.copied) + list(result.present)
         if restored:
             steps = ", ".join(str(i.step) for i in restored)
-            msg = (f"the store {primary.uri} had no checkpoints; restored step(s) {steps} from the backup "
-                   f"{self.backup.uri}")
+            msg = (
+                f"the store {primary.uri} had no checkpoints; restored step(s) {steps} from the backup "
+                f"{self.backup.uri}"
+            )
             log.warning(msg)
             warnings.warn(msg, BackupWarning, stacklevel=4)
         return restored

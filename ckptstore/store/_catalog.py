@@ -74,11 +74,15 @@ class Catalog:
         where = self.backend.describe()
         state = self.backend.root_state()
         if state == "missing":
-            msg = (f"no checkpoint store at {where}: the path does not exist. Check the path, or save a "
-                   "checkpoint there first.")
+            msg = (
+                f"no checkpoint store at {where}: the path does not exist. Check the path, or save a "
+                "checkpoint there first."
+            )
         elif state == "file":
-            msg = (f"{where} is a file, not a checkpoint store. To bring a torch.save file into a store, "
-                   "use `ckptstore import`.")
+            msg = (
+                f"{where} is a file, not a checkpoint store. To bring a torch.save file into a store, "
+                "use `ckptstore import`."
+            )
         else:
             msg = f"{where} exists but is not a checkpoint store (it has no {CONFIG_KEY})."
         return StoreNotFoundError(msg, path=where)
@@ -318,4 +322,3 @@ class Catalog:
                     self._index.add_manifest(self.manifest(parent.key))
             self._index_keys = present
             return self._index
-

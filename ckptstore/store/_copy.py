@@ -44,8 +44,14 @@ class CopyResult:
     bytes_present: int
 
 
-def select_checkpoints(src: Store, *, steps: Iterable[int] | None = None, ids: Iterable[str] | None = None,
-                       all: bool = False, latest: int | None = None) -> list[CheckpointInfo]:
+def select_checkpoints(
+    src: Store,
+    *,
+    steps: Iterable[int] | None = None,
+    ids: Iterable[str] | None = None,
+    all: bool = False,
+    latest: int | None = None,
+) -> list[CheckpointInfo]:
     """The checkpoints a copy takes from ``src``: the union of ``steps`` (the newest at each),
     ``ids`` (unique prefixes), ``all`` and the ``latest`` K; the newest one when nothing is given."""
     if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int) or latest < 1):
@@ -72,8 +78,15 @@ def select_checkpoints(src: Store, *, steps: Iterable[int] | None = None, ids: I
     return sorted(chosen.values(), key=lambda i: (i.step, i.created_at, i.id))
 
 
-def copy_between(src: Store, dst: Store, chosen: list[CheckpointInfo], *, workers: int, readback: bool = False,
-                 progress: bool | None = None) -> CopyResult:
+def copy_between(
+    src: Store,
+    dst: Store,
+    chosen: list[CheckpointInfo],
+    *,
+    workers: int,
+    readback: bool = False,
+    progress: bool | None = None,
+) -> CopyResult:
     """Copy ``chosen`` checkpoints of ``src`` to ``dst`` (created when missing): only objects the
     destination lacks travel, verified on arrival; each manifest goes last. The public entry points
     are ``ckptstore.copy_checkpoints`` and ``Store.copy_to``."""
@@ -94,8 +107,9 @@ class _Copier:
         try:
             raw = self.src.backend.read(info.key)
         except FileNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint {info.short_id} (step {info.step}) was removed from "
-                                          f"{self.src.uri} during the copy") from None
+            raise CheckpointNotFoundError(
+                f"checkpoint {info.short_id} (step {info.step}) was removed from {self.src.uri} during the copy"
+            ) from None
         if _hashing.digest(raw) != info.id:
             raise IntegrityError(f"manifest {where} does not match its hash; not copying a damaged checkpoint")
         return raw, parse_manifest(raw, where)
@@ -105,11 +119,16 @@ class _Copier:
         try:
             data = self.src.backend.read(okey)
         except FileNotFoundError:
-            raise ObjectMissingError(f"object {key} is missing from the source {self.src.backend.describe(okey)}; "
-                                     "the source checkpoint is damaged (see `ckptstore verify`)", key) from None
+            raise ObjectMissingError(
+                f"object {key} is missing from the source {self.src.backend.describe(okey)}; "
+                "the source checkpoint is damaged (see `ckptstore verify`)",
+                key,
+            ) from None
         if len(data) != size or _hashing.digest(data) != key:
-            raise IntegrityError(f"object {key} read from {self.src.uri} does not match its hash; not copying it "
-                                 "(the source is damaged, or the transfer was corrupted: retry)")
+            raise IntegrityError(
+                f"object {key} read from {self.src.uri} does not match its hash; not copying it "
+                "(the source is damaged, or the transfer was corrupted: retry)"
+            )
         self.dst.backend.write(okey, data, if_absent=True)
         if self.readback:
             back = self.dst.backend.read(okey)
@@ -151,15 +170,21 @@ class _Copier:
         copied, present = [], []
         threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-copy")
         with byte_bar(total, f"copying to {self.dst.uri}", progress) as bar, threads as pool:
-                for info, raw, m, need in plans:
-                    # list() consumes the iterator: the first failure propagates, nothing is committed
-                    list(pool.map(lambda hs: self._copy_object(hs[0], hs[1], bar), need))
-                    if info.key in have_manifests:
-                        present.append(dataclasses.replace(info, uri=self.dst.uri))
-                        continue
-                    self.dst.backend.sync()  # objects durable before the manifest names them
-                    copied.append(session.publish(raw, m))
+            for info, raw, m, need in plans:
+                # list() consumes the iterator: the first failure propagates, nothing is committed
+                list(pool.map(lambda hs: self._copy_object(hs[0], hs[1], bar), need))
+                if info.key in have_manifests:
+                    present.append(dataclasses.replace(info, uri=self.dst.uri))
+                    continue
+                self.dst.backend.sync()  # objects durable before the manifest names them
+                copied.append(session.publish(raw, m))
         copied.sort(key=lambda i: (i.step, i.created_at, i.id))
         present.sort(key=lambda i: (i.step, i.created_at, i.id))
-        return CopyResult(copied=tuple(copied), present=tuple(present), objects_copied=self.objects,
-                          bytes_copied=self.bytes, objects_present=present_objects, bytes_present=present_bytes)
+        return CopyResult(
+            copied=tuple(copied),
+            present=tuple(present),
+            objects_copied=self.objects,
+            bytes_copied=self.bytes,
+            objects_present=present_objects,
+            bytes_present=present_bytes,
+        )

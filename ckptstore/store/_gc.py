@@ -72,8 +72,9 @@ class GcReport:
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         rm = "would remove" if self.dry_run else "removed"
-        out = (f"{rm} {len(self.removed)} checkpoint(s), {self.deleted_objects} object(s); "
-               f"{verb} {self.freed_bytes} bytes")
+        out = (
+            f"{rm} {len(self.removed)} checkpoint(s), {self.deleted_objects} object(s); {verb} {self.freed_bytes} bytes"
+        )
         if self.young_objects:
             out += f"; left {self.young_objects} unreferenced object(s) younger than the grace period"
         if self.deferred:
@@ -122,9 +123,17 @@ def _age(store: Store, key: str, now: float) -> float | None:
     return None if mt is None else now - mt
 
 
-def sweep(store: Store, report: GcReport, *, known: dict[str, int], grace: float, wait: float,
-          exclude: Iterable[str] = (), dry_run: bool = False,
-          progress: Callable[[int], None] | None = None) -> None:
+def sweep(
+    store: Store,
+    report: GcReport,
+    *,
+    known: dict[str, int],
+    grace: float,
+    wait: float,
+    exclude: Iterable[str] = (),
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Steps 2-4 of the module docstring, adding to ``report``. ``known``: objects (key -> size)
     of manifests this run forgot; they skip the grace period."""
     backend = store.backend
@@ -132,8 +141,11 @@ def sweep(store: Store, report: GcReport, *, known: dict[str, int], grace: float
     if not dry_run:
         lease, busy = acquire_gc(backend, wait=wait, exclude=exclude)
         if lease is None:
-            report.deferred = ("a save is in progress (" + "; ".join(b.describe() for b in busy[:3]) +
-                               "); run gc again later to free the space")
+            report.deferred = (
+                "a save is in progress ("
+                + "; ".join(b.describe() for b in busy[:3])
+                + "); run gc again later to free the space"
+            )
             return
     try:
         referenced, problems, manifests = mark(store)
@@ -207,10 +219,19 @@ def sweep(store: Store, report: GcReport, *, known: dict[str, int], grace: float
             lease.release()
 
 
-def run_gc(store: Store, policy: Retention | None, *, dry_run: bool = False, grace: float | None = None,
-           wait: float = 0.0, exclude: Iterable[str] = (), protect: Iterable[str] = (),
-           incoming: CheckpointInfo | None = None, sweep_objects: bool = True,
-           infos: list[CheckpointInfo] | None = None) -> GcReport:
+def run_gc(
+    store: Store,
+    policy: Retention | None,
+    *,
+    dry_run: bool = False,
+    grace: float | None = None,
+    wait: float = 0.0,
+    exclude: Iterable[str] = (),
+    protect: Iterable[str] = (),
+    incoming: CheckpointInfo | None = None,
+    sweep_objects: bool = True,
+    infos: list[CheckpointInfo] | None = None,
+) -> GcReport:
     """Plan with ``policy`` (None: forget nothing), forget, then sweep.
 
     ``incoming``: a checkpoint about to be saved, planned as if present (the disk-space guard's

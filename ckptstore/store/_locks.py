@@ -107,8 +107,14 @@ def read_locks(backend: Backend, kind: str | None = None) -> list[LockInfo]:
     return out
 
 
-def live_locks(backend: Backend, kind: str, *, exclude: Iterable[str] = (),
-               stale_after: float | None = None, remove_stale: bool = True) -> list[LockInfo]:
+def live_locks(
+    backend: Backend,
+    kind: str,
+    *,
+    exclude: Iterable[str] = (),
+    stale_after: float | None = None,
+    remove_stale: bool = True,
+) -> list[LockInfo]:
     """Live leases of ``kind``, not counting ``exclude`` (keys); stale ones are removed."""
     stale_after = STALE_AFTER if stale_after is None else stale_after
     skip = set(exclude)
@@ -129,8 +135,9 @@ def live_locks(backend: Backend, kind: str, *, exclude: Iterable[str] = (),
 class Lease:
     """One lease file, refreshed in the background while held. A context manager."""
 
-    def __init__(self, backend: Backend, kind: str, *, refresh_every: float | None = None,
-                 stale_after: float | None = None) -> None:
+    def __init__(
+        self, backend: Backend, kind: str, *, refresh_every: float | None = None, stale_after: float | None = None
+    ) -> None:
         if kind not in ("save", "gc"):
             raise ValueError(kind)
         self.backend = backend
@@ -144,8 +151,9 @@ class Lease:
         self.lost = False
 
     def _doc(self) -> bytes:
-        return json.dumps({"format": "ckptstore.lock", "kind": self.kind, "host": _HOST, "pid": os.getpid(),
-                           "refreshed": time.time()}).encode()
+        return json.dumps(
+            {"format": "ckptstore.lock", "kind": self.kind, "host": _HOST, "pid": os.getpid(), "refreshed": time.time()}
+        ).encode()
 
     def write(self) -> None:
         # visibility to other processes is what matters, not durability: after a crash the
@@ -217,12 +225,14 @@ def acquire_save(backend: Backend, *, timeout: float | None = None) -> Lease:
         if time.monotonic() - start > limit:
             raise StorageError(
                 f"cannot save to {backend.describe()}: {blockers[0].describe()} has held the store for over "
-                f"{limit:.0f} s. Wait for it to finish; if that process is gone, delete {blockers[0].key}.")
+                f"{limit:.0f} s. Wait for it to finish; if that process is gone, delete {blockers[0].key}."
+            )
         time.sleep(POLL)
 
 
-def acquire_gc(backend: Backend, *, wait: float = 0.0, exclude: Iterable[str] = ()
-               ) -> tuple[Lease | None, list[LockInfo]]:
+def acquire_gc(
+    backend: Backend, *, wait: float = 0.0, exclude: Iterable[str] = ()
+) -> tuple[Lease | None, list[LockInfo]]:
     """A ``gc`` lease once no live ``save`` lease (other than ``exclude``) exists, waiting up to
     ``wait`` seconds. Returns (lease, []) or (None, the saves still in progress)."""
     lease = Lease(backend, "gc")

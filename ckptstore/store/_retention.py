@@ -164,7 +164,8 @@ class Retention:
             # A rule from a newer ckptstore could keep checkpoints this one would delete.
             raise UnsupportedFormatError(
                 f"the stored retention policy has rules this ckptstore does not know ({', '.join(unknown)}); "
-                "upgrade ckptstore (pip install -U ckptstore) before applying it")
+                "upgrade ckptstore (pip install -U ckptstore) before applying it"
+            )
         best = data.get("keep_best")
         if best is not None:
             if not isinstance(best, Mapping):
@@ -176,8 +177,13 @@ class Retention:
         tags = data.get("keep_tags", ["pinned"])
         if not isinstance(tags, list):
             raise ValueError(f"keep_tags must be a list of strings, not {tags!r}")
-        return cls(keep_last=data.get("keep_last"), keep_best=best, keep_every=data.get("keep_every"),
-                   keep_within=data.get("keep_within"), keep_tags=tuple(tags))
+        return cls(
+            keep_last=data.get("keep_last"),
+            keep_best=best,
+            keep_every=data.get("keep_every"),
+            keep_within=data.get("keep_within"),
+            keep_tags=tuple(tags),
+        )
 
 
 class CheckpointLike(Protocol):
@@ -243,8 +249,7 @@ def _metric(c: CheckpointLike, name: str) -> float | None:
     return None if math.isnan(v) else v
 
 
-def plan(checkpoints: Sequence[CheckpointLike], policy: Retention, *,
-         protect: Sequence[str] = ()) -> RetentionPlan:
+def plan(checkpoints: Sequence[CheckpointLike], policy: Retention, *, protect: Sequence[str] = ()) -> RetentionPlan:
     """Decide keep or remove for every checkpoint. Pure: the same input gives the same plan.
 
     ``protect``: ids that are kept whatever the rules say (reason "protected"); used by the

@@ -90,9 +90,15 @@ class Staged(BaseModel):
             tensors.extend(t.model_copy(update={"blob": t.blob + len(blobs)}) for t in p.tensors)
             blobs.extend(p.blobs)
             objects.update(p.objects)
-        return cls(tree=trees if tree is None else tree, tensors=tensors, blobs=blobs, objects=objects,
-                   logical_bytes=sum(p.logical_bytes for p in parts), new_bytes=sum(p.new_bytes for p in parts),
-                   new_objects=sum(p.new_objects for p in parts))
+        return cls(
+            tree=trees if tree is None else tree,
+            tensors=tensors,
+            blobs=blobs,
+            objects=objects,
+            logical_bytes=sum(p.logical_bytes for p in parts),
+            new_bytes=sum(p.new_bytes for p in parts),
+            new_objects=sum(p.new_objects for p in parts),
+        )
 
 
 def check_step(step: Any) -> int | None:
@@ -101,8 +107,9 @@ def check_step(step: Any) -> int | None:
     return step
 
 
-def check_details(*, step: Any = None, epoch: Any = None, metrics: Mapping[str, Any] | None = None,
-                  tags: Iterable[str] | str = ()) -> tuple[int | None, dict[str, float], list[str]]:
+def check_details(
+    *, step: Any = None, epoch: Any = None, metrics: Mapping[str, Any] | None = None, tags: Iterable[str] | str = ()
+) -> tuple[int | None, dict[str, float], list[str]]:
     """Validate a checkpoint's step, epoch, metrics and tags before anything is written."""
     check_step(step)
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
@@ -126,7 +133,8 @@ def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
             out[k] = float(v)
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(
-                f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}") from None
+                f"metric {k!r} must be a number (or a one-element tensor), not {type(v).__name__}"
+            ) from None
     return out
 
 
@@ -161,7 +169,9 @@ class SaveSession:
                 tail = f" The {fmt_bytes(freed)} this save had written were removed again." if freed else ""
                 raise InsufficientSpaceError(
                     f"the disk at {self.backend.describe()} filled up during the save: {inner}.{tail}",
-                    needed=None, free=self.backend.free_bytes()) from exc
+                    needed=None,
+                    free=self.backend.free_bytes(),
+                ) from exc
         finally:
             self.close()
 
@@ -196,9 +206,17 @@ class SaveSession:
         return self.lease, self.index, self._space
 
     # -- stage -----------------------------------------------------------------------------
-    def stage(self, state: Any, *, compression: str | bool | None = None, allow_pickle: bool = False,
-              progress: bool | None = None, step: int | None = None, metrics: Mapping[str, float] | None = None,
-              tags: Iterable[str] = ()) -> Staged:
+    def stage(
+        self,
+        state: Any,
+        *,
+        compression: str | bool | None = None,
+        allow_pickle: bool = False,
+        progress: bool | None = None,
+        step: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Iterable[str] = (),
+    ) -> Staged:
         """Write the tensors of ``state`` as objects (deduplicated against the store, durable when
         this returns) and encode the rest as a JSON tree. ``step``, ``metrics`` and ``tags`` only
         label messages and the disk-space guard's plan (``on_low_space="make_room"``)."""
@@ -213,30 +231,81 @@ class SaveSession:
         total = sum(b.nbytes for b in plan.blobs)
         suspect = _suspect.bad(self.backend.describe())
         chunk, pack_threshold, pack_size = effective_chunking(
-            codec, store.chunk_size, min(DEFAULT_PACK_THRESHOLD, store.chunk_size // 2),
-            min(DEFAULT_PACK_SIZE, store.chunk_size))
-        index = space.check(plan.blobs, codec, index, step=label, metrics=dict(metrics or {}), tags=list(tags),
-                            parent=self.parent, chunk_size=chunk, pack_threshold=pack_threshold)
+            codec,
+            store.chunk_size,
+            min(DEFAULT_PACK_THRESHOLD, store.chunk_size // 2),
+            min(DEFAULT_PACK_SIZE, store.chunk_size),
+        )
+        index = space.check(
+            plan.blobs,
+            codec,
+            index,
+            step=label,
+            metrics=dict(metrics or {}),
+            tags=list(tags),
+            parent=self.parent,
+            chunk_size=chunk,
+            pack_threshold=pack_threshold,
+        )
         self.index = index
         self._writing = True  # from here, a full disk removes what this save wrote
         with byte_bar(total, f"saving step {label}", progress) as bar:
-            res = write_blobs(self.backend, plan.blobs, codec=codec, index=index, chunk_size=store.chunk_size,
-                              pack_threshold=pack_threshold, pack_size=pack_size, workers=store.workers,
-                              groups=blob_groups(plan.entries, len(plan.blobs)), progress=bar, suspect=suspect)
+            res = write_blobs(
+                self.backend,
+                plan.blobs,
+                codec=codec,
+                index=index,
+                chunk_size=store.chunk_size,
+                pack_threshold=pack_threshold,
+                pack_size=pack_size,
+                workers=store.workers,
+                groups=blob_groups(plan.entries, len(plan.blobs)),
+                progress=bar,
+                suspect=suspect,
+            )
         self.backend.sync()  # objects' names are durable before any manifest names them
         self._suspect |= suspect & set(res.objects)
-        tensors = [TensorEntry(kind="numpy" if e.kind == "numpy" else "torch", dtype=e.dtype, shape=e.shape,
-                               stride=e.stride, blob=e.blob, offset=e.offset, device=e.device,
-                               requires_grad=e.requires_grad, parameter=e.parameter) for e in plan.entries]
-        return Staged(tree=tree, tensors=tensors, blobs=res.blobs, objects=dict(res.objects), logical_bytes=total,
-                      new_bytes=res.new_bytes, new_objects=res.new_objects)
+        tensors = [
+            TensorEntry(
+                kind="numpy" if e.kind == "numpy" else "torch",
+                dtype=e.dtype,
+                shape=e.shape,
+                stride=e.stride,
+                blob=e.blob,
+                offset=e.offset,
+                device=e.device,
+                requires_grad=e.requires_grad,
+                parameter=e.parameter,
+            )
+            for e in plan.entries
+        ]
+        return Staged(
+            tree=tree,
+            tensors=tensors,
+            blobs=res.blobs,
+            objects=dict(res.objects),
+            logical_bytes=total,
+            new_bytes=res.new_bytes,
+            new_objects=res.new_objects,
+        )
 
     # -- commit ----------------------------------------------------------------------------
-    def commit(self, staged: Staged | Sequence[Staged], *, tree: Any = None, step: int | None = None,
-               epoch: int | None = None, config: Any = None, metrics: Mapping[str, Any] | None = None,
-               tags: Iterable[str] | str = (), meta: Mapping[str, Any] | None = None,
-               rng: bool | RngState | None = True, allow_pickle: bool = False, state: Any = None,
-               distributed: Distributed | None = None) -> CheckpointInfo:
+    def commit(
+        self,
+        staged: Staged | Sequence[Staged],
+        *,
+        tree: Any = None,
+        step: int | None = None,
+        epoch: int | None = None,
+        config: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | str = (),
+        meta: Mapping[str, Any] | None = None,
+        rng: bool | RngState | None = True,
+        allow_pickle: bool = False,
+        state: Any = None,
+        distributed: Distributed | None = None,
+    ) -> CheckpointInfo:
         """Write the manifest of ``staged`` (one part, or the parts of every rank, merged with
         ``Staged.merge``): the commit point. ``step`` defaults to the parent's + 1.
 
@@ -265,19 +334,38 @@ class SaveSession:
         parent = self.parent
         if step is None:
             step = parent.step + 1 if parent is not None else 0
-        stats = Stats(logical_bytes=s.logical_bytes, stored_bytes=sum(i.size for i in s.objects.values()),
-                      new_bytes=s.new_bytes, new_objects=s.new_objects)
-        m = Manifest(step=step, epoch=epoch, created_at=datetime.now(timezone.utc), config=config_tree,
-                     metrics=metric_vals, tags=tag_list, meta=meta_tree, rng=rng_state,
-                     producer={"ckptstore": __version__, "torch": torch.__version__,
-                               "python": platform.python_version()},
-                     parent=parent.id if parent is not None else None, tree=s.tree, tensors=s.tensors,
-                     blobs=s.blobs, objects=dict(sorted(s.objects.items())), stats=stats,
-                     version=FORMAT_VERSION if distributed is None else DISTRIBUTED_VERSION, distributed=distributed)
+        stats = Stats(
+            logical_bytes=s.logical_bytes,
+            stored_bytes=sum(i.size for i in s.objects.values()),
+            new_bytes=s.new_bytes,
+            new_objects=s.new_objects,
+        )
+        m = Manifest(
+            step=step,
+            epoch=epoch,
+            created_at=datetime.now(timezone.utc),
+            config=config_tree,
+            metrics=metric_vals,
+            tags=tag_list,
+            meta=meta_tree,
+            rng=rng_state,
+            producer={"ckptstore": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            parent=parent.id if parent is not None else None,
+            tree=s.tree,
+            tensors=s.tensors,
+            blobs=s.blobs,
+            objects=dict(sorted(s.objects.items())),
+            stats=stats,
+            version=FORMAT_VERSION if distributed is None else DISTRIBUTED_VERSION,
+            distributed=distributed,
+        )
         if distributed is not None or state is not None:  # assembled here: check it as a reader will
             check_manifest(m, "the new checkpoint")
-            Decoder([TensorRef(i) for i in range(len(m.tensors))], allow_pickle=True,
-                    sharded=m.distributed.sharded if m.distributed is not None else None).decode(m.tree)
+            Decoder(
+                [TensorRef(i) for i in range(len(m.tensors))],
+                allow_pickle=True,
+                sharded=m.distributed.sharded if m.distributed is not None else None,
+            ).decode(m.tree)
         info = self.publish(dump(m), m)
         if self._suspect:
             _suspect.clear(self.backend.describe(), self._suspect)  # rewritten whole
@@ -312,7 +400,8 @@ class SaveSession:
             self.catalog.invalidate()
             raise StorageError(
                 f"this save to {self.backend.describe()} was paused longer than the lock timeout and a gc removed "
-                f"{len(missing)} object(s) it needed (e.g. {missing[0]}). Nothing was committed; save again.")
+                f"{len(missing)} object(s) it needed (e.g. {missing[0]}). Nothing was committed; save again."
+            )
 
 
 __all__ = ["SaveSession", "Staged", "check_details", "metric_values"]

@@ -55,8 +55,9 @@ class SpaceGuard:
     quota: int | None = None
 
     @classmethod
-    def make(cls, on_low_space: str = "fail", reserve: int | str | None = 0,
-             quota: int | str | None = None) -> SpaceGuard:
+    def make(
+        cls, on_low_space: str = "fail", reserve: int | str | None = 0, quota: int | str | None = None
+    ) -> SpaceGuard:
         if on_low_space not in MODES:
             raise ValueError(f"on_low_space must be one of {', '.join(MODES)}, not {on_low_space!r}")
         return cls(on_low_space, parse_size(reserve), None if quota is None else parse_size(quota))
@@ -130,9 +131,20 @@ def available(store: Store, guard: SpaceGuard) -> int | None:
 
 
 def _incoming(step: int, metrics: Mapping[str, float], tags: Iterable[str]) -> CheckpointInfo:
-    return CheckpointInfo(id="~incoming", step=step, epoch=None, created_at=datetime.now(timezone.utc),
-                          metrics=dict(metrics), tags=tuple(tags), size=0, stored_bytes=0, new_bytes=0,
-                          num_tensors=0, key="", uri="")
+    return CheckpointInfo(
+        id="~incoming",
+        step=step,
+        epoch=None,
+        created_at=datetime.now(timezone.utc),
+        metrics=dict(metrics),
+        tags=tuple(tags),
+        size=0,
+        stored_bytes=0,
+        new_bytes=0,
+        num_tensors=0,
+        key="",
+        uri="",
+    )
 
 
 class SpaceCheck:
@@ -145,9 +157,19 @@ class SpaceCheck:
         self.made_room: Any = None
 
     # -- before writing ---------------------------------------------------------------------
-    def check(self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, *, step: int,
-              metrics: Mapping[str, float], tags: Iterable[str], parent: CheckpointInfo | None,
-              chunk_size: int, pack_threshold: int) -> DedupIndex:
+    def check(
+        self,
+        blobs: list[PlannedBlob],
+        codec: str,
+        index: DedupIndex,
+        *,
+        step: int,
+        metrics: Mapping[str, float],
+        tags: Iterable[str],
+        parent: CheckpointInfo | None,
+        chunk_size: int,
+        pack_threshold: int,
+    ) -> DedupIndex:
         """Raise ``InsufficientSpaceError`` (or make room) before anything is written; returns
         the dedup index to write with (a fresh one after making room)."""
         store = self.store
@@ -168,13 +190,15 @@ class SpaceCheck:
                 return index
         raise self._error(step, need, free, guard)
 
-    def _estimate(self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, chunk_size: int,
-                  pack_threshold: int) -> int:
+    def _estimate(
+        self, blobs: list[PlannedBlob], codec: str, index: DedupIndex, chunk_size: int, pack_threshold: int
+    ) -> int:
         raw = new_raw_bytes(blobs, index, chunk_size=chunk_size, pack_threshold=pack_threshold)
         return math.ceil(raw * compression_ratio(index, codec)) + overhead(blobs)
 
-    def _make_room(self, step: int, metrics: Mapping[str, float], tags: Iterable[str],
-                   parent: CheckpointInfo | None) -> DedupIndex:
+    def _make_room(
+        self, step: int, metrics: Mapping[str, float], tags: Iterable[str], parent: CheckpointInfo | None
+    ) -> DedupIndex:
         from ._gc import resolve_policy, run_gc
 
         store = self.store
@@ -183,29 +207,46 @@ class SpaceCheck:
             raise InsufficientSpaceError(
                 f"not enough space at {store.backend.describe()} and on_low_space='make_room' has no retention "
                 "policy to apply: pass retention=Retention(...) to Store, keep=... to save, or store one with "
-                "set_retention().", needed=None, free=store.backend.free_bytes())
-        self.made_room = run_gc(store, policy, incoming=_incoming(step, metrics, tags),
-                                protect=[parent.id] if parent is not None else [], exclude=[self.lease_key])
+                "set_retention().",
+                needed=None,
+                free=store.backend.free_bytes(),
+            )
+        self.made_room = run_gc(
+            store,
+            policy,
+            incoming=_incoming(step, metrics, tags),
+            protect=[parent.id] if parent is not None else [],
+            exclude=[self.lease_key],
+        )
         keys = store.catalog.manifest_keys()
         return store.catalog.dedup_index(keys, store.catalog.newest(keys))
 
     def _error(self, step: int, need: int, free: int, guard: SpaceGuard) -> InsufficientSpaceError:
         where = self.store.backend.describe()
         what = "a quota of " + fmt_bytes(guard.quota) + " leaves" if guard.quota is not None else "there are"
-        msg = (f"not enough space to save step {step} at {where}: it needs about {fmt_bytes(need)} "
-               f"({need} bytes) of new data")
+        msg = (
+            f"not enough space to save step {step} at {where}: it needs about {fmt_bytes(need)} "
+            f"({need} bytes) of new data"
+        )
         if guard.reserve:
             msg += f" plus a reserve of {fmt_bytes(guard.reserve)}"
         msg += f", but {what} only {fmt_bytes(max(free, 0))} ({free} bytes) free."
         r = self.made_room
         if r is not None and not r.removed:
-            msg += (" Making room removed nothing: the retention policy keeps every existing checkpoint "
-                    "(the newest is always kept while a new one is written).")
+            msg += (
+                " Making room removed nothing: the retention policy keeps every existing checkpoint "
+                "(the newest is always kept while a new one is written)."
+            )
         elif r is not None:
-            msg += (f" Making room removed {len(r.removed)} checkpoint(s) and freed {fmt_bytes(r.freed_bytes)}"
-                    + (f" ({r.deferred})" if r.deferred else "") + ".")
-        msg += (" Nothing was written; earlier checkpoints are intact. Free space, apply a retention policy "
-                "(`ckptstore gc`, or Store(..., retention=..., on_low_space='make_room')), or save elsewhere.")
+            msg += (
+                f" Making room removed {len(r.removed)} checkpoint(s) and freed {fmt_bytes(r.freed_bytes)}"
+                + (f" ({r.deferred})" if r.deferred else "")
+                + "."
+            )
+        msg += (
+            " Nothing was written; earlier checkpoints are intact. Free space, apply a retention policy "
+            "(`ckptstore gc`, or Store(..., retention=..., on_low_space='make_room')), or save elsewhere."
+        )
         return InsufficientSpaceError(msg, needed=need + guard.reserve, free=free)
 
     # -- after a failed write ---------------------------------------------------------------

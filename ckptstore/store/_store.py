@@ -129,18 +129,31 @@ class Store:
         """The backup mirror (``.flush()``, ``.status``), or None."""
         return self._mirror
 
-    def copy_to(self, dst: Store | str | os.PathLike[str], *, steps: Iterable[int] | None = None,
-                ids: Iterable[str] | None = None, all: bool = False, latest: int | None = None,
-                checkpoints: Iterable[CheckpointInfo] | None = None, workers: int | None = None,
-                readback: bool = False, progress: bool | None = None) -> CopyResult:
+    def copy_to(
+        self,
+        dst: Store | str | os.PathLike[str],
+        *,
+        steps: Iterable[int] | None = None,
+        ids: Iterable[str] | None = None,
+        all: bool = False,
+        latest: int | None = None,
+        checkpoints: Iterable[CheckpointInfo] | None = None,
+        workers: int | None = None,
+        readback: bool = False,
+        progress: bool | None = None,
+    ) -> CopyResult:
         """Copy checkpoints to another store (a Store or a URI; created when missing). Selection
         as in ``ckptstore.copy_checkpoints``."""
         target = dst if isinstance(dst, Store) else Store(dst)
         try:
-            chosen = (sorted(checkpoints, key=lambda i: (i.step, i.created_at, i.id)) if checkpoints is not None
-                      else select_checkpoints(self, steps=steps, ids=ids, all=all, latest=latest))
-            return copy_between(self, target, chosen, workers=workers or target.workers, readback=readback,
-                                progress=progress)
+            chosen = (
+                sorted(checkpoints, key=lambda i: (i.step, i.created_at, i.id))
+                if checkpoints is not None
+                else select_checkpoints(self, steps=steps, ids=ids, all=all, latest=latest)
+            )
+            return copy_between(
+                self, target, chosen, workers=workers or target.workers, readback=readback, progress=progress
+            )
         finally:
             if target is not dst:
                 target.close()
@@ -206,10 +219,26 @@ class Store:
         records one captured earlier (a background save of a state staged at an earlier step)."""
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         with self.session(keep=keep) as s:
-            staged = s.stage(state, compression=compression, allow_pickle=allow_pickle, progress=progress,
-                             step=step, metrics=metric_vals, tags=tag_list)
-            info = s.commit(staged, step=step, epoch=epoch, config=config, metrics=metric_vals, tags=tag_list,
-                            meta=meta, rng=rng, allow_pickle=allow_pickle)
+            staged = s.stage(
+                state,
+                compression=compression,
+                allow_pickle=allow_pickle,
+                progress=progress,
+                step=step,
+                metrics=metric_vals,
+                tags=tag_list,
+            )
+            info = s.commit(
+                staged,
+                step=step,
+                epoch=epoch,
+                config=config,
+                metrics=metric_vals,
+                tags=tag_list,
+                meta=meta,
+                rng=rng,
+                allow_pickle=allow_pickle,
+            )
         self._apply_retention(keep)
         if self._mirror is not None:
             self._mirror.submit(info)  # copied in the background; never blocks or fails the save
@@ -243,7 +272,8 @@ class Store:
         if contains_pickle(m.tree) and not allow_pickle:
             raise PickleNotAllowedError(
                 f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
-                "execute code. Pass allow_pickle=True only if you trust this store.")
+                "execute code. Pass allow_pickle=True only if you trust this store."
+            )
         check_manifest(m, where)
         tensors = self._read_tensors(info, m, where, placement=placement, verify=verify, progress=progress, mmap=mmap)
         sharded = [assemble(st, tensors) for st in m.distributed.sharded] if m.distributed is not None else []
@@ -252,9 +282,16 @@ class Store:
             restore_rng_state(m.rng)
         return state
 
-    def load_tensors(self, indices: Iterable[int], step: int | None = None, *, id: str | None = None,
-                     map_location: MapLocation = None, verify: bool = True, mmap: bool | None = None
-                     ) -> builtins.list[Any]:
+    def load_tensors(
+        self,
+        indices: Iterable[int],
+        step: int | None = None,
+        *,
+        id: str | None = None,
+        map_location: MapLocation = None,
+        verify: bool = True,
+        mmap: bool | None = None,
+    ) -> builtins.list[Any]:
         """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
         reading and verifying only the objects they use: a process that needs a few chunks of a
         large checkpoint (a rank of a distributed load) reads only those."""
@@ -262,11 +299,27 @@ class Store:
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
         check_manifest(m, where)
-        return self._read_tensors(info, select_tensors(m, list(indices)), where, placement=Placement(map_location),
-                                  verify=verify, progress=False, mmap=mmap)
+        return self._read_tensors(
+            info,
+            select_tensors(m, list(indices)),
+            where,
+            placement=Placement(map_location),
+            verify=verify,
+            progress=False,
+            mmap=mmap,
+        )
 
-    def _read_tensors(self, info: CheckpointInfo, m: Manifest, where: str, *, placement: Placement,
-                      verify: bool, progress: bool | None, mmap: bool | None) -> builtins.list[Any]:
+    def _read_tensors(
+        self,
+        info: CheckpointInfo,
+        m: Manifest,
+        where: str,
+        *,
+        placement: Placement,
+        verify: bool,
+        progress: bool | None,
+        mmap: bool | None,
+    ) -> builtins.list[Any]:
         """The tensors of ``m``'s tensor table, read and placed."""
         devices = blob_devices(m, placement)
         if mmap is None:
@@ -274,13 +327,21 @@ class Store:
             mmap = root is not None and mmap_default(root)
         with byte_bar(m.stats.logical_bytes, f"loading step {info.step}", progress) as bar:
             try:
-                bufs = read_blobs(self._backend, m, where=where, workers=self.workers, verify=verify, progress=bar,
-                                  devices=devices, mmap=bool(mmap))
+                bufs = read_blobs(
+                    self._backend,
+                    m,
+                    where=where,
+                    workers=self.workers,
+                    verify=verify,
+                    progress=bar,
+                    devices=devices,
+                    mmap=bool(mmap),
+                )
             except ObjectMissingError as e:
                 if not self._backend.exists(info.key):
                     raise CheckpointNotFoundError(
-                        f"{where} was removed (by retention or gc) while it was being loaded; "
-                        "load another checkpoint") from e
+                        f"{where} was removed (by retention or gc) while it was being loaded; load another checkpoint"
+                    ) from e
                 self._suspect(e)
                 raise
             except IntegrityError as e:
@@ -290,7 +351,10 @@ class Store:
         if placement.kept_on_cpu:
             warnings.warn(
                 f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
-                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.", CkptstoreWarning, stacklevel=3)
+                "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.",
+                CkptstoreWarning,
+                stacklevel=3,
+            )
         return tensors
 
     # -- maintenance ----------------------------------------------------------------------
@@ -340,8 +404,9 @@ class Store:
         """What ``policy`` (default: ``get_retention()``) keeps and removes, and why. Changes nothing."""
         return plan(self.list(), resolve_policy(self, policy) or Retention())
 
-    def gc(self, policy: Retention | None = None, *, dry_run: bool = False, grace: float | None = None,
-           wait: float = 60.0) -> GcReport:
+    def gc(
+        self, policy: Retention | None = None, *, dry_run: bool = False, grace: float | None = None, wait: float = 60.0
+    ) -> GcReport:
         """Forget the checkpoints ``policy`` (default: ``get_retention()``; none: forget nothing)
         removes, then delete objects no checkpoint references. Waits up to ``wait`` seconds for
         saves in other processes to finish before deleting objects (else defers that part)."""
@@ -359,8 +424,11 @@ class Store:
         try:
             apply_after_save(self, keep)
         except Exception as e:  # noqa: BLE001 - the checkpoint is committed; report, do not raise
-            warnings.warn(f"the checkpoint was saved, but applying the retention policy failed: {e}",
-                          CkptstoreWarning, stacklevel=3)
+            warnings.warn(
+                f"the checkpoint was saved, but applying the retention policy failed: {e}",
+                CkptstoreWarning,
+                stacklevel=3,
+            )
 
 
 def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any]:
