@@ -88,7 +88,10 @@ class Checkpointer:
     :attr:`stop_requested`. With ``async_save`` a save copies the state into reusable host
     buffers and returns; the store writes it on a background thread (one save at a time; its
     errors are raised by the next call). Retention (``keep_last``, ``keep_best`` or a
-    ``ckptstore.Retention``) is applied by the store after each checkpoint commits.
+    ``ckptstore.Retention``) is applied by the store after each checkpoint commits. Under
+    torchrun (a process group of several ranks) every rank calls it and the ranks save, stop and
+    resume as one (``distributed=None`` detects it; ``False`` saves from this process alone);
+    see docs/distributed.md.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Checkpointer:
         allow_pickle: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        distributed: bool | None = None,
     ) -> None:
         self.every_steps = positive("every_steps", every_steps)
         self.every_seconds = positive("every_seconds", every_seconds, float)
@@ -144,7 +148,10 @@ class Checkpointer:
         self.stop_requested = False
         if retention is None:
             retention = build_retention(self.keep_last, self.keep_best)
-        self._dist = _loop_dist.DistSync() if _loop_dist.active() else None  # under torchrun: one save for all
+        # under torchrun every rank calls the Checkpointer and they save as one (None: when a process
+        # group of several ranks is initialized); False: this process saves alone (e.g. rank 0 only)
+        use_dist = _loop_dist.active() if distributed is None else bool(distributed)
+        self._dist = _loop_dist.DistSync() if use_dist else None
         if self._dist is not None and self.async_save:
             warn("ckptstore: async_save is not supported under torch.distributed yet; saving synchronously")
             self.async_save = self.overlap_copy = False
