@@ -85,9 +85,15 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
 
     os.environ.update(MASTER_ADDR=HOST, MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=600))
-    mesh = init_device_mesh("cpu", (world,))
-    model = _model(cfg["mb"], cfg["width"])
+    device = cfg.get("device", "cpu")
+    if device == "cuda":  # NCCL for the model, gloo for DCP's CPU-side collectives
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        backend = "cpu:gloo,cuda:nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=600))
+    mesh = init_device_mesh(device, (world,))
+    model = _model(cfg["mb"], cfg["width"]).to(device)
     for layer in model:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -197,7 +203,7 @@ def _ddp_bytes(rank: int, world: int, cfg: dict[str, Any], dcp: Any, writer: Any
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    model = DDP(_model(max(4, cfg["mb"] // 4), cfg["width"]))
+    model = DDP(_model(max(4, cfg["mb"] // 4), cfg["width"]).to(cfg.get("device", "cpu")))
     opt = _trained(model)
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
@@ -257,6 +263,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4], help="FileSystemWriter thread counts")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--s3", action="store_true", help="also on a moto S3 server on 127.0.0.1")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the model lives; cuda: one GPU per rank, NCCL (not yet run: no GPU was lent)",
+    )
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     args = ap.parse_args()
@@ -267,6 +279,7 @@ def main() -> None:
         "repeats": args.repeats,
         "threads": args.threads,
         "root": root,
+        "device": args.device,
     }
     server = None
     try:
@@ -290,7 +303,7 @@ def main() -> None:
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
-            "gpu": None,
+            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
         },
         "args": vars(args),
         "results": results,

@@ -432,3 +432,26 @@ def test_compression_and_cached_plans(tmp_path: Any) -> None:
     for step, steps in ((1, 1), (2, 2)):
         check_full(load_plain(uri, step), steps=steps)
         check_full(ckptstore.load(uri, step=step), steps=steps)
+
+
+def test_async_save_with_a_reused_stager(tmp_path: Any) -> None:
+    """dcp.async_save in thread mode with one DefaultStager kept across saves (its host buffers
+    are reused): each save commits its own state."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    uri = str(tmp_path / "s")
+    stager = DefaultStager(StagingOptions(False, False, False, False))
+    try:
+        for step in (1, 2):
+            fut = dcp.async_save(
+                one_process_state(steps=step),
+                storage_writer=CkptstoreWriter(uri, step=step),
+                planner=CkptstoreSavePlanner(),
+                async_stager=stager,
+                no_dist=True,
+            )
+            fut.result(timeout=60)
+    finally:
+        stager.close()
+    for step in (1, 2):
+        check_full(ckptstore.load(uri, step=step), steps=step)
