@@ -181,7 +181,9 @@ class CkptstoreWriter(StorageWriter):
         if self._session is not None:  # the coordinator: its session spans the whole save
             staged = self._session.stage(tensors, compression=self.compression, progress=False, step=self.step)
         else:
-            with self._open_store().session() as session:  # this rank's lease, until its objects are durable
+            # under the coordinator's lease (taken before the plan reached this rank, held until
+            # the commit): one lease per save, however many ranks
+            with self._open_store().session(lease=False) as session:
                 staged = session.stage(tensors, compression=self.compression, progress=False, step=self.step)
         part = staged.model_dump(mode="json")
         for k, (item, t) in enumerate(zip(tensor_items, tensors)):

@@ -256,7 +256,9 @@ def test_gc_never_collects_a_multi_rank_save_in_flight(tmp_path: Any) -> None:
     uri = str(tmp_path / "s")
     ckptstore.save({"old": torch.arange(1000.0)}, uri, step=0, rng=False)
     writers, plans, (planners, metadata) = _simulated_ranks(uri)
-    results = [writers[1].write_data(plans[1], planners[1]).value()]  # rank 1 done; its lease released
+    results = [writers[1].write_data(plans[1], planners[1]).value()]  # rank 1 done
+    leases = [n for n in os.listdir(os.path.join(uri, "locks")) if n.startswith("save-")]
+    assert len(leases) == 1  # the coordinator's: it covers every rank
     store = Store(uri)
     report = store.gc(ckptstore.Retention(keep_last=1), grace=0, wait=0.0)  # the coordinator's lease is live
     assert report.deferred
@@ -455,3 +457,17 @@ def test_async_save_with_a_reused_stager(tmp_path: Any) -> None:
         stager.close()
     for step in (1, 2):
         check_full(ckptstore.load(uri, step=step), steps=step)
+
+
+def test_a_session_without_its_own_lease_stages_but_cannot_commit(tmp_path: Any) -> None:
+    store = Store(str(tmp_path / "s"))
+    with store.session(lease=False) as s:
+        part = s.stage([torch.ones(3)])
+        assert (
+            not os.listdir(os.path.join(str(tmp_path / "s"), "locks"))
+            if os.path.isdir(os.path.join(str(tmp_path / "s"), "locks"))
+            else True
+        )
+        with pytest.raises(RuntimeError, match="lease=False"):
+            s.commit(part, rng=False)
+    assert store.list() == []

@@ -142,12 +142,15 @@ class SaveSession:
     """One save (or copy) into ``store``; see the module docstring. Use as a context manager, or
     call ``open`` and then ``close`` (``abort`` is ``close`` without a commit)."""
 
-    def __init__(self, store: Store, *, keep: Retention | None = None) -> None:
+    def __init__(self, store: Store, *, keep: Retention | None = None, lease: bool = True) -> None:
         self.store = store
         self.catalog: Catalog = store.catalog
         self.backend = store.backend
         self.keep = None if keep is None else check_policy(keep)
+        self.own_lease = lease
+        """False: stage only, under a lease another process holds (docs/format.md §21)."""
         self.lease: Lease | None = None
+        self._open = False
         self.parent: CheckpointInfo | None = None
         """The newest checkpoint when the session opened (the new one's parent), or None."""
         self.index: DedupIndex | None = None
@@ -177,10 +180,11 @@ class SaveSession:
 
     def open(self) -> SaveSession:
         """Create the store if needed, take the save lease, find the parent, build the dedup index."""
-        if self.lease is not None:
+        if self._open:
             return self
         self.catalog.ensure()
-        self.lease = acquire_save(self.backend)
+        if self.own_lease:
+            self.lease = acquire_save(self.backend)
         self.started = time.time()
         try:
             keys = self.catalog.manifest_keys()  # one listing: the parent and the index's check reuse it
@@ -189,19 +193,21 @@ class SaveSession:
         except BaseException:
             self.close()
             raise
-        self._space = SpaceCheck(self.store, self.lease.key, self.keep)
+        self._space = SpaceCheck(self.store, self.lease.key if self.lease is not None else "", self.keep)
+        self._open = True
         return self
 
     def close(self) -> None:
         """Release the lease. Objects staged but never committed stay until a gc's grace period ends."""
+        self._open = False
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release()
 
     abort = close
 
-    def _require_open(self) -> tuple[Lease, DedupIndex, SpaceCheck]:
-        if self.lease is None or self.index is None or self._space is None:
+    def _require_open(self) -> tuple[Lease | None, DedupIndex, SpaceCheck]:
+        if not self._open or self.index is None or self._space is None:
             raise RuntimeError("the save session is not open: use `with store.session() as s:`")
         return self.lease, self.index, self._space
 
@@ -376,6 +382,8 @@ class SaveSession:
         """Write manifest bytes ``data`` (of model ``m``) whose objects are durable: the commit
         point. A copy publishes a source manifest's exact bytes, so the checkpoint keeps its id."""
         lease, _index, _space = self._require_open()
+        if lease is None:
+            raise RuntimeError("a session opened with lease=False only stages; the process holding the lease commits")
         self._confirm(lease, m.objects)
         digest = _hashing.digest(data)
         key = manifest_key(m.step, digest)

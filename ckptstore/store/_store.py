@@ -189,10 +189,14 @@ class Store:
         return self._catalog.manifest(self.info(step, id=id).key)
 
     # -- save -------------------------------------------------------------------------------
-    def session(self, *, keep: Retention | None = None) -> SaveSession:
+    def session(self, *, keep: Retention | None = None, lease: bool = True) -> SaveSession:
         """A save as two steps, ``stage`` then ``commit`` (see ``SaveSession``): for writers that
-        stage in several processes and commit once. ``with store.session() as s: ...``"""
-        return SaveSession(self, keep=keep)
+        stage in several processes and commit once. ``with store.session() as s: ...``
+
+        ``lease=False``: a session that only stages, under the save lease of the process that
+        will commit (which must hold it from before this session opens until its commit, as the
+        coordinator of a distributed save does): N ranks then write one lease, not N."""
+        return SaveSession(self, keep=keep, lease=lease)
 
     def save(
         self,
