@@ -41,8 +41,9 @@ def build_retention(keep_last: int | None, keep_best: tuple[Any, ...] | None) ->
 class Saver:
     """See the module docstring. ``retention`` is the policy passed as ``keep=`` with every save."""
 
-    def __init__(self, store: Store, *, async_save: bool, retention: Any = None) -> None:
+    def __init__(self, store: Store, *, async_save: bool, retention: Any = None, dist: Any = None) -> None:
         self.store = store
+        self.dist = dist  # a _loop_dist.DistSync under torch.distributed: saves go through DCP
         self.async_save = async_save
         self._retention = retention
         self.job = BackgroundJob()
@@ -83,7 +84,7 @@ class Saver:
         kw.setdefault("progress", False)
         if self.staging is None:
             try:
-                info = self.store.save(state, **kw)
+                info = self.store.save(state, **kw) if self.dist is None else self.dist.save(self.store, state, **kw)
             except BaseException:
                 on_fail()
                 raise

@@ -30,6 +30,7 @@ import torch
 import ckptstore
 from ckptstore import CheckpointInfo, Store, import_torch_file
 
+from . import _loop_dist
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
 from ._options import keep_best_option, metric_values, positive
 from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, find_resumable, restore_into
@@ -87,7 +88,10 @@ class Checkpointer:
     :attr:`stop_requested`. With ``async_save`` a save copies the state into reusable host
     buffers and returns; the store writes it on a background thread (one save at a time; its
     errors are raised by the next call). Retention (``keep_last``, ``keep_best`` or a
-    ``ckptstore.Retention``) is applied by the store after each checkpoint commits.
+    ``ckptstore.Retention``) is applied by the store after each checkpoint commits. Under
+    torchrun (a process group of several ranks) every rank calls it and the ranks save, stop and
+    resume as one (``distributed=None`` detects it; ``False`` saves from this process alone);
+    see docs/distributed.md.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class Checkpointer:
         allow_pickle: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        distributed: bool | None = None,
     ) -> None:
         self.every_steps = positive("every_steps", every_steps)
         self.every_seconds = positive("every_seconds", every_seconds, float)
@@ -143,7 +148,14 @@ class Checkpointer:
         self.stop_requested = False
         if retention is None:
             retention = build_retention(self.keep_last, self.keep_best)
-        self._saver = Saver(self.store, async_save=self.async_save, retention=retention)
+        # under torchrun every rank calls the Checkpointer and they save as one (None: when a process
+        # group of several ranks is initialized); False: this process saves alone (e.g. rank 0 only)
+        use_dist = _loop_dist.active() if distributed is None else bool(distributed)
+        self._dist = _loop_dist.DistSync() if use_dist else None
+        if self._dist is not None and self.async_save:
+            warn("ckptstore: async_save is not supported under torch.distributed yet; saving synchronously")
+            self.async_save = self.overlap_copy = False
+        self._saver = Saver(self.store, async_save=self.async_save, retention=retention, dist=self._dist)
         self._saver.aborted = lambda: self._signals.aborted
         self._hooks: dict[int, Any] = {}
         self._objects: dict[str, Any] = {}
@@ -286,15 +298,18 @@ class Checkpointer:
         Details are in :attr:`resumed`."""
         self._check()
         self._track(objects, extra)
-        found = find_resumable(
-            self.store, step=step, id=id, map_location=self._location(), allow_pickle=self.allow_pickle
-        )
+        if self._dist is not None:
+            found = self._dist.resume(self.store, self._objects, self._extra, step=step, id=id)
+        else:
+            found = find_resumable(
+                self.store, step=step, id=id, map_location=self._location(), allow_pickle=self.allow_pickle
+            )
         if found is None:
             log.info("ckptstore: nothing to resume in %s; starting at step 0", self.uri)
             return 0
         info, state = found.info, found.state
         restored, missing, rng_skipped = restore_into(
-            found, self._objects, self._extra, rng=self.restore_rng, uri=self.uri
+            found, self._objects, self._extra, rng=self.restore_rng and self._dist is None, uri=self.uri
         )
         saved_extra = state.get("extra")
         drift = self._check_drift(info)
@@ -392,6 +407,8 @@ class Checkpointer:
         sig = self._signals.received if not self._signal_handled else None
         if sig is not None:
             triggers.append(f"signal:{sig.name}")
+        if self._dist is not None:  # every rank saves at the same steps, and stops on any rank's signal
+            triggers, sig = self._dist.agree(triggers, None if self._signal_handled else sig)
         saved = False
         if triggers and done not in self._requested and (self._objects or self._extra is not None):
             self._save(done, triggers, metrics if values is None else values)
@@ -425,6 +442,8 @@ class Checkpointer:
             and self._better(values[self.keep_best[0]])
         ):
             triggers.append("best")
+        if self._dist is not None:
+            triggers, _ = self._dist.agree(triggers, None)
         if triggers and self._completed not in self._requested:
             self._save(self._completed, triggers, values)
             return True

@@ -83,6 +83,15 @@ def resume_from_store(
             s.close()
 
 
+def _world() -> tuple[Any, int] | None:
+    """(torch.distributed, this rank) when the Trainer runs in several processes, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist, dist.get_rank()
+    return None
+
+
 def _drop_stale_best_path(state: Any) -> Any:
     """The best checkpoint's staging folder is gone (it lives in the store): say so in the state
     the Trainer reads, instead of letting it warn about a missing folder."""
@@ -189,7 +198,27 @@ class CkptstoreCallback(TrainerCallback):
             if self._args is None:
                 raise RuntimeError("create the Trainer with this callback first (or pass dest=)")
             dest = os.path.join(self._args.output_dir, RESUME_DIR)
-        path = resume_from_store(self.store, dest, step=step, id=id, allow_pickle=self.allow_pickle)
+        group = _world()
+        if group is not None:  # several processes (DDP): all resume from the checkpoint rank 0 chose
+            dist, rank = group
+            if step is None and id is None:
+                box: list[Any] = [None]
+                if rank == 0:
+                    found = find_resumable(self.store, map_location="cpu")
+                    box[0] = None if found is None else found.info.id
+                dist.broadcast_object_list(box, src=0)
+                if box[0] is None:
+                    return None
+                id = box[0]
+            # one writer per machine: the other processes of the node wait and share its folder
+            path = None
+            if int(os.environ.get("LOCAL_RANK", rank)) == 0:
+                path = resume_from_store(self.store, dest, step=step, id=id, allow_pickle=self.allow_pickle)
+            dist.barrier()
+            if path is None:
+                path = os.path.join(os.fspath(dest), f"checkpoint-{self.store.info(step, id=id).step}")
+        else:
+            path = resume_from_store(self.store, dest, step=step, id=id, allow_pickle=self.allow_pickle)
         if path is not None:
             self._resume_dir = os.fspath(dest)
         return path
@@ -232,6 +261,9 @@ class CkptstoreCallback(TrainerCallback):
                 )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        group = _world()
+        if group is not None:  # every process has written its files (rng_state_<rank>.pth) before rank 0 reads
+            group[0].barrier()
         if not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

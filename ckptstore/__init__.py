@@ -27,7 +27,8 @@ from ._errors import (
 )
 from ._version import __version__
 from .format._info import CheckpointInfo
-from .format._manifest import Manifest, RngState
+from .format._manifest import Distributed, Manifest, RngState, ShardChunk, ShardedTensor
+from .format._tree import TensorRef, decode_tree, decode_value, encode_value
 from .interop import export_checkpoint, import_checkpoint, import_torch_file
 from .pipeline._devices import Accelerators, auto_device
 from .pipeline._rng import capture_rng_state, restore_rng_state
@@ -53,6 +54,7 @@ __all__ = [
     "CkptstoreWarning",
     "CopyResult",
     "DeviceUnavailableError",
+    "Distributed",
     "GcReport",
     "InsufficientSpaceError",
     "IntegrityError",
@@ -63,10 +65,13 @@ __all__ = [
     "RetentionPlan",
     "RngState",
     "SaveSession",
+    "ShardChunk",
+    "ShardedTensor",
     "Staged",
     "StorageError",
     "Store",
     "StoreNotFoundError",
+    "TensorRef",
     "UnsupportedFormatError",
     "UnsupportedValueError",
     "__version__",
@@ -74,7 +79,10 @@ __all__ = [
     "capture_rng_state",
     "copy_checkpoints",
     "dashboard",
+    "decode_tree",
+    "decode_value",
     "diff_checkpoints",
+    "encode_value",
     "export_checkpoint",
     "import_checkpoint",
     "import_torch_file",

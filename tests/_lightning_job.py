@@ -104,7 +104,8 @@ def _run(job: dict) -> dict:
         enable_model_summary=False,
         deterministic=True,
         accelerator="cpu",
-        devices=1,
+        devices=job.get("devices", 1),  # 2 under torchrun: DDP on gloo
+        **({"strategy": job["strategy"]} if job.get("strategy") else {}),
         default_root_dir=job["dir"],
     )
     trainer.fit(model, train, val, ckpt_path=job.get("ckpt_path"))

@@ -9,15 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import UnsupportedFormatError
+from .._errors import CkptstoreError, UnsupportedFormatError
 from .._units import fmt_bytes
 from ..format._info import CheckpointInfo
 from ..format._layout import OBJECTS_DIR, parse_object_key
 from ..format._manifest import Manifest
 from ..format._tensors import dtype_from_name
+from ..format._tree import decode_tree
 from ..store._gc import mark
 from ..store._store import Store
 from ._common import add_store_arg, open_store, progress_text, table
+
+SHOW_SHARDED = 20  # sharded tensors listed by `show` (all with --json)
 
 
 def add_parsers(sub: Any) -> None:
@@ -87,19 +90,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 # -- show -------------------------------------------------------------------------------------
-def _tensor_ids(node: Any, out: set[int]) -> None:
+def _tensor_ids(node: Any, out: set[int], m: Manifest | None = None) -> None:
     if isinstance(node, dict):
         if len(node) == 1 and "$tensor" in node and type(node["$tensor"]) is int:
             out.add(node["$tensor"])
             return
+        if len(node) == 1 and "$sharded" in node and m is not None and m.distributed is not None:
+            j = node["$sharded"]
+            if type(j) is int and 0 <= j < len(m.distributed.sharded):
+                out.update(c.tensor for c in m.distributed.sharded[j].chunks)
+            return
         for v in node.values():
-            _tensor_ids(v, out)
+            _tensor_ids(v, out, m)
     elif isinstance(node, list):
         for v in node:
-            _tensor_ids(v, out)
+            _tensor_ids(v, out, m)
 
 
-def _groups(tree: Any) -> list[tuple[str, set[int]]]:
+def _groups(tree: Any, m: Manifest | None = None) -> list[tuple[str, set[int]]]:
     """Tensor indices per top-level key of the state."""
     node = tree
     if isinstance(node, dict) and set(node) == {"$odict"}:
@@ -118,9 +126,54 @@ def _groups(tree: Any) -> list[tuple[str, set[int]]]:
     out = []
     for name, v in pairs:
         ids: set[int] = set()
-        _tensor_ids(v, ids)
+        _tensor_ids(v, ids, m)
         out.append((name, ids))
     return out
+
+
+def _split(st: Any) -> str:
+    """How a sharded tensor is cut: the chunk sizes along each dimension the chunks split."""
+    parts = []
+    for d in range(len(st.shape)):
+        cuts = sorted({(c.offsets[d], c.sizes[d]) for c in st.chunks})
+        if len(cuts) > 1:
+            sizes = [n for _, n in cuts]
+            text = "+".join(map(str, sizes[:8])) + ("+..." if len(sizes) > 8 else "")
+            parts.append(f"dim {d}: {text}")
+    return ", ".join(parts) or "whole"
+
+
+def _sharding(m: Manifest) -> dict[str, Any] | None:
+    """World size and, per sharded tensor, its name, shape and how its chunks cut it."""
+    d = m.distributed
+    if d is None:
+        return None
+    index = {id(st): j for j, st in enumerate(d.sharded)}
+    try:
+        state = decode_tree(m)
+    except CkptstoreError:
+        state = None
+    rows = []
+    for name, path in d.names.items():
+        node = state
+        try:
+            for p in path:
+                node = node[p]
+        except (KeyError, IndexError, TypeError):
+            continue
+        j = index.get(id(node))
+        if j is not None:
+            st = d.sharded[j]
+            rows.append(
+                {
+                    "name": name,
+                    "shape": list(st.shape),
+                    "dtype": st.dtype,
+                    "chunks": len(st.chunks),
+                    "split": _split(st),
+                }
+            )
+    return {"world_size": d.world_size, "dcp_version": d.dcp_version, "names": len(d.names), "sharded": rows}
 
 
 def _itemsize(kind: str, dtype: str) -> int:
@@ -162,7 +215,7 @@ def show_summary(store: Store, info: CheckpointInfo) -> dict[str, Any]:
         codecs[oi.codec] = codecs.get(oi.codec, 0) + 1
     groups = [
         {"key": name, "tensors": len(ids), "bytes": sum(_tensor_bytes(m, j) for j in ids)}
-        for name, ids in _groups(m.tree)
+        for name, ids in _groups(m.tree, m)
         if ids
     ]
     return {
@@ -191,6 +244,7 @@ def show_summary(store: Store, info: CheckpointInfo) -> dict[str, Any]:
             "new_objects": m.stats.new_objects,
             "codecs": codecs,
         },
+        "distributed": _sharding(m),
     }
 
 
@@ -227,9 +281,27 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"this save wrote {fmt_bytes(st['new_bytes'])} in {st['new_objects']} objects",
         )
     )
+    dist = s["distributed"]
+    if dist is not None:
+        rows.append(
+            (
+                "distributed",
+                f"written by {dist['world_size']} processes (torch.distributed.checkpoint "
+                f"{dist['dcp_version'] or '?'}); {len(dist['sharded'])} of {dist['names']} "
+                "values sharded",
+            )
+        )
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(w)}  {v}")
+    if dist is not None and dist["sharded"]:
+        print("sharded:")
+        shown = dist["sharded"][:SHOW_SHARDED]
+        nw = max(len(r["name"]) for r in shown)
+        for r in shown:
+            print(f"  {r['name'].ljust(nw)}  {r['dtype']}{r['shape']}  {r['chunks']} chunks  {r['split']}")
+        if len(dist["sharded"]) > SHOW_SHARDED:
+            print(f"  ... and {len(dist['sharded']) - SHOW_SHARDED} more (--json lists all)")
     if t["groups"]:
         print("state:")
         gw = max(len(g["key"]) for g in t["groups"])

@@ -10,14 +10,29 @@ import json
 import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .._errors import IntegrityError, UnsupportedFormatError
 
 FORMAT_NAME = "ckptstore"
 FORMAT_VERSION = 1
+#: the version of a manifest with a ``distributed`` section (docs/format.md §21); manifests without
+#: one stay version 1, byte for byte, so version-1 readers keep reading them
+DISTRIBUTED_VERSION = 2
+MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION)
+STORE_VERSIONS = (FORMAT_VERSION,)
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
 NonNeg = Annotated[int, Field(ge=0)]
@@ -106,6 +121,38 @@ class Stats(_Model):
     new_objects: NonNeg
 
 
+class ShardChunk(_Model):
+    """One stored piece of a sharded tensor: the box ``offsets`` .. ``offsets + sizes``."""
+
+    offsets: list[NonNeg]
+    sizes: list[NonNeg]
+    tensor: NonNeg = Field(description="index into `tensors`: the chunk's data, of shape `sizes`")
+
+
+class ShardedTensor(_Model):
+    """A tensor stored as chunks written by several processes (``{"$sharded": j}`` in the tree)."""
+
+    dtype: str = Field(max_length=64)
+    shape: list[NonNeg]
+    requires_grad: bool = False
+    chunks: list[ShardChunk]
+
+
+PathItem = Union[StrictStr, StrictInt]
+
+
+class Distributed(_Model):
+    """How a checkpoint written by several processes at once (torch.distributed.checkpoint) maps
+    onto the tree: see docs/format.md §21."""
+
+    world_size: int = Field(ge=1, description="processes that wrote the checkpoint")
+    dcp_version: Optional[str] = Field(None, max_length=64, description="torch.distributed.checkpoint metadata version")
+    names: dict[str, list[PathItem]] = Field(
+        description="flat name (DCP fully qualified name) -> path of its value in `tree`"
+    )
+    sharded: list[ShardedTensor] = Field(default_factory=list)
+
+
 class Manifest(_Model):
     format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
     version: int = FORMAT_VERSION
@@ -124,6 +171,19 @@ class Manifest(_Model):
     blobs: list[Blob]
     objects: dict[Hash, ObjectInfo]
     stats: Stats
+    distributed: Optional[Distributed] = Field(
+        None, exclude_if=lambda v: v is None, description="only in version 2 manifests (§21)"
+    )
+
+    @model_validator(mode="after")
+    def _version_matches(self) -> Manifest:
+        want = FORMAT_VERSION if self.distributed is None else DISTRIBUTED_VERSION
+        if self.version != want:
+            raise ValueError(
+                f"a manifest {'with' if self.distributed else 'without'} a distributed section "
+                f"must be version {want}, not {self.version}"
+            )
+        return self
 
     @field_validator("created_at")
     @classmethod
@@ -138,27 +198,27 @@ def dump(model: BaseModel) -> bytes:
     return model.model_dump_json().encode("utf-8")
 
 
-def _check_version(raw: Any, what: str, name: str) -> None:
+def _check_version(raw: Any, what: str, name: str, versions: tuple[int, ...]) -> None:
     if not isinstance(raw, dict):
         raise IntegrityError(f"{what} is not a JSON object")
     if raw.get("format") != name:
         raise IntegrityError(f"{what} is not a {name} document (format={raw.get('format')!r})")
     version = raw.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > max(versions):
         raise UnsupportedFormatError(
-            f"{what} is format version {version}; this ckptstore reads up to {FORMAT_VERSION}. "
+            f"{what} is format version {version}; this ckptstore reads up to {max(versions)}. "
             "Upgrade ckptstore (pip install -U ckptstore)."
         )
-    if version != FORMAT_VERSION:
+    if version not in versions or isinstance(version, bool):
         raise IntegrityError(f"{what} has an invalid format version {version!r}")
 
 
-def _parse(data: bytes, model: type[_Model], what: str, name: str) -> Any:
+def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError) as e:
         raise IntegrityError(f"{what} is not valid JSON: {e}") from None
-    _check_version(raw, what, name)
+    _check_version(raw, what, name, versions)
     try:
         return model.model_validate_json(data)
     except ValidationError as e:
@@ -184,7 +244,7 @@ def parse_manifest(data: bytes, what: str = "manifest", digest: str | None = Non
             if m is not None:
                 _PARSED.move_to_end(digest)
                 return m
-    m = _parse(data, Manifest, what, "ckptstore.manifest")
+    m = _parse(data, Manifest, what, "ckptstore.manifest", MANIFEST_VERSIONS)
     if digest is not None:
         with _parsed_lock:
             _PARSED[digest] = m
@@ -194,7 +254,7 @@ def parse_manifest(data: bytes, what: str = "manifest", digest: str | None = Non
 
 
 def parse_store_config(data: bytes, what: str = "ckptstore.json") -> StoreConfig:
-    return _parse(data, StoreConfig, what, FORMAT_NAME)
+    return _parse(data, StoreConfig, what, FORMAT_NAME, STORE_VERSIONS)
 
 
 def schema() -> dict[str, Any]:

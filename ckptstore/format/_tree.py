@@ -12,6 +12,7 @@ not starting with "$". Everything else is a one-key object whose key starts with
     {"$dtype": "float32"}  {"$device": "cuda:0"}  {"$size": [2, 3]}   torch.dtype/device/Size
     {"$np": [dtype, base64]}   a numpy scalar (np.float32(1.5), ...)
     {"$pickle": base64}  only with allow_pickle=True on save, and on load
+    {"$sharded": j}     sharded tensor j of the manifest's ``distributed`` section (version 2, §21)
 """
 
 from __future__ import annotations
@@ -26,7 +27,32 @@ import numpy as np
 import torch
 
 from .._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
+from ._manifest import ShardedTensor
 from ._tensors import check_tensor, numpy_dtype_from_name
+
+
+class TensorRef:
+    """A reference to tensor ``index`` of a manifest's tensor table (``entry``, when known): what
+    ``decode_tree`` puts where the state has a tensor, and what ``SaveSession.commit(state=...)``
+    accepts in place of one (the index into the concatenated table of the staged parts)."""
+
+    __slots__ = ("entry", "index")
+
+    def __init__(self, index: int, entry: Any = None) -> None:
+        if type(index) is not int or index < 0:
+            raise ValueError(f"a TensorRef index must be a non-negative int, not {index!r}")
+        self.index = index
+        self.entry = entry
+
+    def __repr__(self) -> str:
+        return f"TensorRef({self.index})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is TensorRef and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash(("TensorRef", self.index))
+
 
 _TAGS = frozenset(
     {
@@ -45,6 +71,7 @@ _TAGS = frozenset(
         "$size",
         "$np",
         "$pickle",
+        "$sharded",
     }
 )
 _MAX_DEPTH = 200
@@ -85,12 +112,18 @@ def _float(v: float) -> Any:
 
 
 class Encoder:
-    """Encodes one state; collects tensors (in first-seen order) for the tensor table."""
+    """Encodes one state; collects tensors (in first-seen order) for the tensor table.
 
-    def __init__(self, *, allow_pickle: bool = False, allow_tensors: bool = True) -> None:
+    With ``refs=True`` the state holds no tensors but references to tensors already staged:
+    ``TensorRef`` leaves (``{"$tensor": index}``) and ``ShardedTensor`` leaves, collected in
+    ``self.sharded`` (``{"$sharded": j}``)."""
+
+    def __init__(self, *, allow_pickle: bool = False, allow_tensors: bool = True, refs: bool = False) -> None:
         self.allow_pickle = allow_pickle
-        self.allow_tensors = allow_tensors
+        self.allow_tensors = allow_tensors and not refs
+        self.refs = refs
         self.tensors: list[Any] = []
+        self.sharded: list[Any] = []
         self._tensor_ids: dict[int, int] = {}
         self._stack: set[int] = set()
 
@@ -119,6 +152,11 @@ class Encoder:
         if isinstance(v, torch.Tensor):
             check_tensor(v, path)
             return self._add_tensor(v, path)
+        if self.refs and t is TensorRef:
+            return {"$tensor": v.index}
+        if self.refs and t is ShardedTensor:
+            self.sharded.append(v)
+            return {"$sharded": len(self.sharded) - 1}
         if t is np.ndarray:
             if v.dtype.hasobject or v.dtype.fields is not None or v.dtype.kind not in "biufcSUmMV":
                 raise UnsupportedValueError(f"{path} is a numpy array of dtype {v.dtype}, which needs pickle", path)
@@ -182,8 +220,11 @@ class Encoder:
 
 
 class Decoder:
-    def __init__(self, tensors: list[Any], *, allow_pickle: bool = False) -> None:
+    """``tensors``: what ``{"$tensor": i}`` decodes to; ``sharded``: what ``{"$sharded": j}`` does."""
+
+    def __init__(self, tensors: list[Any], *, allow_pickle: bool = False, sharded: list[Any] | None = None) -> None:
         self.tensors = tensors
+        self.sharded = sharded or []
         self.allow_pickle = allow_pickle
 
     def decode(self, node: Any) -> Any:
@@ -213,6 +254,10 @@ class Decoder:
             if type(a) is not int or not 0 <= a < len(self.tensors):
                 raise IntegrityError(f"{where}: tensor index {a!r} out of range")
             return self.tensors[a]
+        if tag == "$sharded":
+            if type(a) is not int or not 0 <= a < len(self.sharded):
+                raise IntegrityError(f"{where}: sharded tensor index {a!r} out of range")
+            return self.sharded[a]
         if tag == "$tuple":
             return tuple(dec(x) for x in _as_list(a, where))
         if tag == "$set":
@@ -308,3 +353,22 @@ def rebase_tensors(node: Any, offset: int) -> Any:
             return {"$tensor": node["$tensor"] + offset}
         return {k: rebase_tensors(v, offset) for k, v in node.items()}
     return node
+
+
+def encode_value(value: Any, path: str = "value") -> Any:
+    """``value`` (no tensors) in the tree encoding of docs/format.md §5: JSON, no pickle.
+    Raises ``UnsupportedValueError`` naming ``path`` for what the encoding cannot hold."""
+    return Encoder(allow_tensors=False).encode(value, path)
+
+
+def decode_value(node: Any) -> Any:
+    """The inverse of ``encode_value`` (``IntegrityError`` on a malformed node; never unpickles)."""
+    return Decoder([]).decode(node)
+
+
+def decode_tree(m: Any, *, allow_pickle: bool = False) -> Any:
+    """A manifest's state without reading any tensor data: each tensor is a ``TensorRef`` (its
+    index and entry in ``m.tensors``), each sharded tensor its ``ShardedTensor`` record."""
+    refs = [TensorRef(i, e) for i, e in enumerate(m.tensors)]
+    sharded = list(m.distributed.sharded) if m.distributed is not None else []
+    return Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)

@@ -71,12 +71,44 @@ def check_manifest(m: Manifest, where: str) -> None:
             total += seg.length
         if total != b.nbytes:
             raise IntegrityError(f"{where}: blob {i} has {b.nbytes} bytes but its segments hold {total}")
+    from ..format._sharded import check_sharded
     from ..format._tensors import check_entry
 
     for j, e in enumerate(m.tensors):
         if e.blob >= len(m.blobs):
             raise IntegrityError(f"{where}: tensor {j} points at blob {e.blob}, which does not exist")
         check_entry(e, m.blobs[e.blob].nbytes, f"{where}: tensor {j}")
+    check_sharded(m, where)
+
+
+def select_tensors(m: Manifest, indices: list[int]) -> Manifest:
+    """A manifest holding only tensor entries ``indices`` (in that order) and the blobs and
+    objects they need: reading it reads only those objects."""
+    blob_map: dict[int, int] = {}
+    blobs: list[Any] = []
+    tensors: list[Any] = []
+    objects: dict[str, Any] = {}
+    for i in indices:
+        if type(i) is not int or not 0 <= i < len(m.tensors):
+            raise IndexError(f"tensor index {i!r} out of range (the checkpoint has {len(m.tensors)})")
+        e = m.tensors[i]
+        if e.blob not in blob_map:
+            blob_map[e.blob] = len(blobs)
+            b = m.blobs[e.blob]
+            blobs.append(b)
+            for seg in b.segments:
+                objects[seg.object] = m.objects[seg.object]
+        tensors.append(e.model_copy(update={"blob": blob_map[e.blob]}))
+    return m.model_copy(
+        update={
+            "tree": [{"$tensor": k} for k in range(len(tensors))],
+            "tensors": tensors,
+            "blobs": blobs,
+            "objects": objects,
+            "distributed": None,
+            "version": 1,
+        }
+    )
 
 
 def blob_devices(m: Manifest, placement: Any) -> list[torch.device]:

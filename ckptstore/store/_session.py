@@ -28,10 +28,22 @@ from .._version import __version__
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
-from ..format._manifest import Blob, Manifest, ObjectInfo, RngState, Stats, TensorEntry, dump
+from ..format._manifest import (
+    DISTRIBUTED_VERSION,
+    FORMAT_VERSION,
+    Blob,
+    Distributed,
+    Manifest,
+    ObjectInfo,
+    RngState,
+    Stats,
+    TensorEntry,
+    dump,
+)
 from ..format._tensors import plan_tensors
-from ..format._tree import Encoder, rebase_tensors
+from ..format._tree import Decoder, Encoder, TensorRef, rebase_tensors
 from ..pipeline._codec import resolve_compression
+from ..pipeline._reader import check_manifest
 from ..pipeline._rng import capture_rng_state
 from ..pipeline._writer import DedupIndex, blob_groups, effective_chunking, planned_device_sync, write_blobs
 from . import _suspect
@@ -130,12 +142,15 @@ class SaveSession:
     """One save (or copy) into ``store``; see the module docstring. Use as a context manager, or
     call ``open`` and then ``close`` (``abort`` is ``close`` without a commit)."""
 
-    def __init__(self, store: Store, *, keep: Retention | None = None) -> None:
+    def __init__(self, store: Store, *, keep: Retention | None = None, lease: bool = True) -> None:
         self.store = store
         self.catalog: Catalog = store.catalog
         self.backend = store.backend
         self.keep = None if keep is None else check_policy(keep)
+        self.own_lease = lease
+        """False: stage only, under a lease another process holds (docs/format.md §21)."""
         self.lease: Lease | None = None
+        self._open = False
         self.parent: CheckpointInfo | None = None
         """The newest checkpoint when the session opened (the new one's parent), or None."""
         self.index: DedupIndex | None = None
@@ -165,10 +180,11 @@ class SaveSession:
 
     def open(self) -> SaveSession:
         """Create the store if needed, take the save lease, find the parent, build the dedup index."""
-        if self.lease is not None:
+        if self._open:
             return self
         self.catalog.ensure()
-        self.lease = acquire_save(self.backend)
+        if self.own_lease:
+            self.lease = acquire_save(self.backend)
         self.started = time.time()
         try:
             keys = self.catalog.manifest_keys()  # one listing: the parent and the index's check reuse it
@@ -177,19 +193,21 @@ class SaveSession:
         except BaseException:
             self.close()
             raise
-        self._space = SpaceCheck(self.store, self.lease.key, self.keep)
+        self._space = SpaceCheck(self.store, self.lease.key if self.lease is not None else "", self.keep)
+        self._open = True
         return self
 
     def close(self) -> None:
         """Release the lease. Objects staged but never committed stay until a gc's grace period ends."""
+        self._open = False
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release()
 
     abort = close
 
-    def _require_open(self) -> tuple[Lease, DedupIndex, SpaceCheck]:
-        if self.lease is None or self.index is None or self._space is None:
+    def _require_open(self) -> tuple[Lease | None, DedupIndex, SpaceCheck]:
+        if not self._open or self.index is None or self._space is None:
             raise RuntimeError("the save session is not open: use `with store.session() as s:`")
         return self.lease, self.index, self._space
 
@@ -291,13 +309,30 @@ class SaveSession:
         meta: Mapping[str, Any] | None = None,
         rng: bool | RngState | None = True,
         allow_pickle: bool = False,
+        state: Any = None,
+        distributed: Distributed | None = None,
     ) -> CheckpointInfo:
         """Write the manifest of ``staged`` (one part, or the parts of every rank, merged with
-        ``Staged.merge``): the commit point. ``step`` defaults to the parent's + 1."""
+        ``Staged.merge``): the commit point. ``step`` defaults to the parent's + 1.
+
+        ``state`` (instead of ``tree``): the state as Python values whose tensors are
+        ``TensorRef(i)`` (tensor ``i`` of the concatenated tables of the parts) or
+        ``ShardedTensor`` leaves (chunks naming such indices). ``distributed``: the section of a
+        checkpoint written by several processes (docs/format.md §21); its ``sharded`` list is
+        filled from ``state``. Such a manifest is format version 2."""
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         parts = [staged] if isinstance(staged, Staged) else list(staged)
         if not parts:
             raise ValueError("commit needs at least one staged part")
+        if state is not None:
+            if tree is not None:
+                raise ValueError("pass either tree or state to commit, not both")
+            enc = Encoder(allow_pickle=allow_pickle, refs=True)
+            tree = enc.encode(state)
+            if distributed is not None:
+                distributed = distributed.model_copy(update={"sharded": list(enc.sharded)})
+            elif enc.sharded:
+                raise ValueError("a state with sharded tensors needs a distributed section")
         s = Staged.merge(parts, tree)
         config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config, "config")
         meta_tree = Encoder(allow_tensors=False).encode(dict(meta or {}), "meta")
@@ -327,7 +362,16 @@ class SaveSession:
             blobs=s.blobs,
             objects=dict(sorted(s.objects.items())),
             stats=stats,
+            version=FORMAT_VERSION if distributed is None else DISTRIBUTED_VERSION,
+            distributed=distributed,
         )
+        if distributed is not None or state is not None:  # assembled here: check it as a reader will
+            check_manifest(m, "the new checkpoint")
+            Decoder(
+                [TensorRef(i) for i in range(len(m.tensors))],
+                allow_pickle=True,
+                sharded=m.distributed.sharded if m.distributed is not None else None,
+            ).decode(m.tree)
         info = self.publish(dump(m), m)
         if self._suspect:
             _suspect.clear(self.backend.describe(), self._suspect)  # rewritten whole
@@ -338,6 +382,8 @@ class SaveSession:
         """Write manifest bytes ``data`` (of model ``m``) whose objects are durable: the commit
         point. A copy publishes a source manifest's exact bytes, so the checkpoint keeps its id."""
         lease, _index, _space = self._require_open()
+        if lease is None:
+            raise RuntimeError("a session opened with lease=False only stages; the process holding the lease commits")
         self._confirm(lease, m.objects)
         digest = _hashing.digest(data)
         key = manifest_key(m.step, digest)

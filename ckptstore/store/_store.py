@@ -6,6 +6,7 @@ It composes the layers below: the ``Catalog`` (what the store holds), a ``SaveSe
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import warnings
@@ -23,12 +24,13 @@ from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
 from ..format._manifest import Manifest, RngState, StoreConfig
+from ..format._sharded import assemble
 from ..format._tensors import entry_to_tensor
 from ..format._tree import Decoder, contains_pickle
 from ..pipeline._codec import resolve_compression
 from ..pipeline._devices import MapLocation, Placement
 from ..pipeline._mmap import mmap_default
-from ..pipeline._reader import blob_devices, check_manifest, read_blobs, verify_objects
+from ..pipeline._reader import blob_devices, check_manifest, read_blobs, select_tensors, verify_objects
 from ..pipeline._rng import restore_rng_state
 from ..storage._backend import Backend
 from ..storage._open import open_backend
@@ -187,10 +189,14 @@ class Store:
         return self._catalog.manifest(self.info(step, id=id).key)
 
     # -- save -------------------------------------------------------------------------------
-    def session(self, *, keep: Retention | None = None) -> SaveSession:
+    def session(self, *, keep: Retention | None = None, lease: bool = True) -> SaveSession:
         """A save as two steps, ``stage`` then ``commit`` (see ``SaveSession``): for writers that
-        stage in several processes and commit once. ``with store.session() as s: ...``"""
-        return SaveSession(self, keep=keep)
+        stage in several processes and commit once. ``with store.session() as s: ...``
+
+        ``lease=False``: a session that only stages, under the save lease of the process that
+        will commit (which must hold it from before this session opens until its commit, as the
+        coordinator of a distributed save does): N ranks then write one lease, not N."""
+        return SaveSession(self, keep=keep, lease=lease)
 
     def save(
         self,
@@ -273,6 +279,52 @@ class Store:
                 "execute code. Pass allow_pickle=True only if you trust this store."
             )
         check_manifest(m, where)
+        tensors = self._read_tensors(info, m, where, placement=placement, verify=verify, progress=progress, mmap=mmap)
+        sharded = [assemble(st, tensors) for st in m.distributed.sharded] if m.distributed is not None else []
+        state = Decoder(tensors, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)
+        if restore_rng:
+            restore_rng_state(m.rng)
+        return state
+
+    def load_tensors(
+        self,
+        indices: Iterable[int],
+        step: int | None = None,
+        *,
+        id: str | None = None,
+        map_location: MapLocation = None,
+        verify: bool = True,
+        mmap: bool | None = None,
+    ) -> builtins.list[Any]:
+        """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
+        reading and verifying only the objects they use: a process that needs a few chunks of a
+        large checkpoint (a rank of a distributed load) reads only those."""
+        info = self.info(step, id=id)
+        m = self._catalog.manifest(info.key)
+        where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
+        check_manifest(m, where)
+        return self._read_tensors(
+            info,
+            select_tensors(m, list(indices)),
+            where,
+            placement=Placement(map_location),
+            verify=verify,
+            progress=False,
+            mmap=mmap,
+        )
+
+    def _read_tensors(
+        self,
+        info: CheckpointInfo,
+        m: Manifest,
+        where: str,
+        *,
+        placement: Placement,
+        verify: bool,
+        progress: bool | None,
+        mmap: bool | None,
+    ) -> builtins.list[Any]:
+        """The tensors of ``m``'s tensor table, read and placed."""
         devices = blob_devices(m, placement)
         if mmap is None:
             root = self._backend.local_path(CONFIG_KEY)
@@ -305,12 +357,9 @@ class Store:
                 f"{placement.kept_on_cpu} tensor storage(s) of float64/complex128 stay on the CPU: MPS has no "
                 "64-bit floats. Convert them (e.g. .float()) if you need them on MPS.",
                 CkptstoreWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        state = Decoder(tensors, allow_pickle=allow_pickle).decode(m.tree)
-        if restore_rng:
-            restore_rng_state(m.rng)
-        return state
+        return tensors
 
     # -- maintenance ----------------------------------------------------------------------
     def forget(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:

@@ -1,0 +1,159 @@
+"""The raw-loop ``Checkpointer`` under ``torchrun``: every rank calls it, the ranks act as one.
+
+When a process group of more than one rank is initialized, the Checkpointer:
+
+- agrees on every save decision: each ``step()`` / ``epoch_end()`` all-reduces (MAX) a bitmask
+  of the triggers that fired on this rank and the number of any signal it caught, on a gloo
+  group of its own, so every rank saves at the same step (a SIGTERM on one rank makes all save
+  at that step and exit);
+- saves through DCP (``save_distributed``): each rank writes its shards, the coordinator commits
+  once and applies retention once;
+- resumes from the checkpoint rank 0 chose (the newest that verifies, with the same fallback as
+  one process), broadcast to all, loaded into every rank's objects in place with
+  ``load_distributed`` (any world size, any sharding).
+
+RNG states are per rank and are neither recorded nor restored in this mode.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import ckptstore
+from ckptstore import CheckpointInfo, CkptstoreError, IntegrityError, Store
+
+from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, fallback_message
+from ._warn import warn as _warn
+
+TRIGGERS = ("manual", "every_steps", "every_seconds", "final", "best", "epoch_end")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class DistSync:
+    """Collectives of one Checkpointer (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        # a group of our own: never interleaves with the training's collectives, and works on CPU
+        # tensors whatever the default backend is (NCCL)
+        self.group = dist.new_group(backend="gloo")
+
+    def agree(self, triggers: list[str], sig: signal.Signals | None) -> tuple[list[str], signal.Signals | None]:
+        """The union of every rank's triggers, and the signal any rank caught."""
+        mask = 0
+        for t in triggers:
+            if t in TRIGGERS:
+                mask |= 1 << TRIGGERS.index(t)
+        box = torch.tensor([mask, int(sig) if sig is not None else 0], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.group)
+        mask, signum = int(box[0]), int(box[1])
+        agreed = [name for i, name in enumerate(TRIGGERS) if mask & (1 << i)]
+        agreed += [t for t in triggers if t not in TRIGGERS and not t.startswith("signal:")]
+        got = signal.Signals(signum) if signum else None
+        if got is not None:
+            agreed.append(f"signal:{got.name}")
+        return agreed, got
+
+    def broadcast(self, obj: Any) -> Any:
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    # -- save -------------------------------------------------------------------------------------
+    def save(self, store: Store, state: Any, **kw: Any) -> CheckpointInfo:
+        kw.pop("progress", None)
+        kw.pop("allow_pickle", None)  # a distributed save never pickles
+        kw["rng"] = False  # per-rank states: not recorded (module docstring)
+        from .dcp import save_distributed  # DCP is imported only when a distributed run saves
+
+        return save_distributed(state, store, **kw)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def choose(
+        self, store: Store, step: int | None, id: str | None
+    ) -> tuple[CheckpointInfo | None, tuple[DamagedCheckpoint, ...]]:
+        """Rank 0 picks (verifying newest first, as ``find_resumable``); every rank gets its pick."""
+        picked: Any = None
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                picked = ("ok", *_pick(store, step, id))
+            except Exception as e:  # noqa: BLE001 - raised on every rank below
+                error, picked = e, ("error", type(e).__name__, str(e))
+        picked = self.broadcast(picked)
+        if picked[0] == "error":
+            if error is not None:
+                raise error
+            cls = getattr(ckptstore, picked[1], None)
+            if isinstance(cls, type) and issubclass(cls, CkptstoreError):
+                raise cls(picked[2])
+            raise RuntimeError(f"rank 0 could not choose a checkpoint to resume: {picked[1]}: {picked[2]}")
+        return picked[1], picked[2]
+
+    def resume(
+        self, store: Store, objects: Mapping[str, Any], extra: Any, *, step: int | None, id: str | None
+    ) -> Resumable | None:
+        """Load the agreed checkpoint into the objects' own state dicts (in place, every rank its
+        shards); the caller then applies them with ``load_state_dict`` as in one process. Keys the
+        checkpoint lacks keep their current values (reported as missing by the caller)."""
+        info, skipped = self.choose(store, step, id)
+        if info is None:
+            return None
+        init_optimizers(objects)
+        state: dict[str, Any] = {}
+        for name, obj in objects.items():
+            if obj is not None:
+                state[name] = [o.state_dict() for o in obj] if isinstance(obj, (list, tuple)) else obj.state_dict()
+        if isinstance(extra, Mapping) and extra:
+            state["extra"] = dict(extra)
+        from .dcp import CkptstoreLoadPlanner, load_distributed
+
+        load_distributed(state, store, id=info.id, planner=CkptstoreLoadPlanner(allow_partial_load=True))
+        found = Resumable(info, state, skipped)
+        if skipped:
+            _warn(fallback_message(found, store.uri), ResumeFallbackWarning)
+        return found
+
+
+def _pick(
+    store: Store, step: int | None, id: str | None
+) -> tuple[CheckpointInfo | None, tuple[DamagedCheckpoint, ...]]:
+    if step is not None or id is not None:
+        info = store.info(step, id=id)
+        store.verify(id=info.id)
+        return info, ()
+    if not store.exists():
+        return None, ()
+    skipped: list[DamagedCheckpoint] = []
+    for info in sorted(store.list(), key=lambda i: (i.step, i.created_at), reverse=True):
+        try:
+            store.verify(id=info.id)
+        except IntegrityError as e:
+            skipped.append(DamagedCheckpoint(info.step, info.id, str(e)))
+            continue
+        return info, tuple(skipped)
+    if skipped:
+        raise IntegrityError(
+            f"no checkpoint in {store.uri} verifies ({len(skipped)} damaged); restore the store "
+            "from a backup, or start over in a new location"
+        )
+    return None, ()
+
+
+def init_optimizers(objects: Mapping[str, Any]) -> None:
+    """Give every optimizer its state tensors (a zero step with lr 0), so a load has targets."""
+    from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+    for obj in objects.values():
+        for o in obj if isinstance(obj, (list, tuple)) else [obj]:
+            if isinstance(o, torch.optim.Optimizer):
+                _init_optim_state(o)
