@@ -362,13 +362,15 @@ def encode_value(value: Any, path: str = "value") -> Any:
 
 
 def decode_value(node: Any) -> Any:
-    """The inverse of ``encode_value`` (``IntegrityError`` on a malformed node; never unpickles)."""
+    """The inverse of ``encode_value``: the value of the JSON ``node`` (``IntegrityError`` on a
+    malformed node; never unpickles)."""
     return Decoder([]).decode(node)
 
 
 def decode_tree(m: Any, *, allow_pickle: bool = False) -> Any:
     """A manifest's state without reading any tensor data: each tensor is a ``TensorRef`` (its
-    index and entry in ``m.tensors``), each sharded tensor its ``ShardedTensor`` record."""
+    index and entry in ``m.tensors``), each sharded tensor its ``ShardedTensor`` record.
+    ``m``: the manifest (``Store.manifest``); ``allow_pickle``: decode values stored with pickle."""
     refs = [TensorRef(i, e) for i, e in enumerate(m.tensors)]
     sharded = list(m.distributed.sharded) if m.distributed is not None else []
     return Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)

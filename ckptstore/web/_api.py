@@ -62,7 +62,9 @@ def diff_checkpoints(
     ``a``/``b``: a step, an id (or unique prefix; ``"id:..."`` forces an id) or ``"latest"``.
     The manifests say which tensors were added, removed, reshaped or are byte-identical
     (deduplicated); when some differ and ``load`` is true, both checkpoints are loaded to measure
-    ``||b - a|| / ||a||`` per tensor and per layer. Config and metric differences come along."""
+    ``||b - a|| / ||a||`` per tensor and per layer. Config and metric differences come along.
+    ``allow_pickle``: the checkpoints hold pickled values you trust; ``storage_options``: fsspec
+    options for the store."""
     store, owned = _open(uri, storage_options)
     try:
         return diff(store, find(store, a), find(store, b), allow_pickle=allow_pickle, load=load)
@@ -113,16 +115,18 @@ def dashboard(
     retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
 ) -> DashboardServer | str:
-    """A web page with a run's checkpoints: metrics, retention, storage, progress, health.
+    """A web page with a run's checkpoints (the store at ``uri``, a path or URI or a ``Store``):
+    metrics, retention, storage, progress, health.
 
     Without ``output``: serve it on ``http://127.0.0.1:<port>/`` (a free port by default) from a
-    background thread and return the running :class:`DashboardServer` (``.url``, ``.close()``,
+    background thread (``port`` 0: a free one) and return the running :class:`DashboardServer` (``.url``, ``.close()``,
     ``.wait()``); the page refreshes every ``refresh`` seconds while a run writes. Nothing opens a
     browser. With ``output``: write the page as one self-contained HTML file and return its path;
     ``compare=(a, b)`` adds the comparison of two checkpoints to that file.
 
     ``backup``: a backup store to check each checkpoint against (default: the mirror of a
-    ``Store`` passed with ``backup=``). ``retention``: the policy whose decisions the table shows
+    ``Store`` passed with ``backup=``). ``storage_options``/``backup_options``: fsspec options for
+    the store and the backup. ``retention``: the policy whose decisions the table shows
     (default: the store's own, as ``Store.get_retention``). Reads manifests only; tensors are
     loaded only to compare two checkpoints."""
     if refresh <= 0:
