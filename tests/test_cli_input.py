@@ -240,3 +240,36 @@ def test_an_unreachable_store_names_the_cli_flag_for_retries(store_path, capsys)
     assert code == 1
     one_clean_error(err)
     assert "--retries" in err and "retries=" not in err
+
+
+# -- ls and du tell the truth about a damaged store ------------------------------------------
+def test_ls_lists_the_healthy_checkpoints_and_exits_1_on_a_damaged_manifest(store_path, capsys):
+    manifest = sorted((store_path / "manifests").iterdir())[1]
+    data = bytearray(manifest.read_bytes())
+    data[40] ^= 1
+    manifest.write_bytes(bytes(data))
+    code, out, err = run(capsys, "ls", str(store_path))
+    assert code == 1
+    assert [ln.split()[0] for ln in out.splitlines()[1:]] == ["0", "20"]
+    assert err.count("\n") == 1 and err.startswith("ckptstore: warning: skipping checkpoint at step 10")
+    code, out, _ = run(capsys, "ls", str(store_path), "--json")
+    assert code == 1 and [r["step"] for r in json.loads(out)] == [0, 20]
+
+
+def test_du_with_a_missing_object_reports_what_is_really_stored(store_path, capsys):
+    s = Store(store_path)
+    only_newest = [k for k in s.manifest().objects if k not in s.manifest(10).objects]
+    key = max(only_newest, key=lambda k: s.manifest().objects[k].size)
+    size = s.manifest().objects[key].size
+    code, out, _ = run(capsys, "du", str(store_path), "--json")
+    before = json.loads(out)
+    (store_path / "objects" / key[:2] / key).unlink()
+    code, out, err = run(capsys, "du", str(store_path), "--json")
+    doc = json.loads(out)
+    assert code == 1
+    assert doc["stored_bytes"] == before["stored_bytes"] - size
+    assert doc["referenced_objects"] == before["referenced_objects"] - 1
+    assert doc["missing_objects"] == 1 and doc["missing_bytes"] == size
+    assert any(key in p and "missing" in p for p in doc["problems"])
+    code, out, err = run(capsys, "du", str(store_path))
+    assert code == 1 and "missing" in err and key in err

@@ -44,8 +44,10 @@ def add_parsers(sub: Any) -> None:
 
 # -- ls ---------------------------------------------------------------------------------------
 def cmd_ls(args: argparse.Namespace) -> int:
+    """The checkpoints; exit 1 when a manifest could not be read (each one warned about once)."""
     with open_store(args) as store:
         infos = store.list()
+        status = 1 if store.catalog.damaged() else 0
     if args.json:
         rows = [
             {
@@ -62,10 +64,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             for i in infos
         ]
         print(json.dumps(rows, indent=2))
-        return 0
+        return status
     if not infos:
-        print(f"no checkpoints in {args.uri}")
-        return 0
+        print(f"no checkpoints in {args.uri}" + (" that can be read" if status else ""))
+        return status
     head = ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags", "id"]
     body = [
         [
@@ -86,7 +88,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for r, p in zip(body, progress):
             r.insert(-1, p)
     table(head, body)
-    return 0
+    return status
 
 
 # -- show -------------------------------------------------------------------------------------
@@ -325,6 +327,7 @@ def cmd_du(args: argparse.Namespace) -> int:
                 users[k] = users.get(k, 0) + 1
                 size[k] = oi.size
         rows: list[dict[str, Any]] = []
+        infos_by_id = {i.id: i for i in infos}
         for i in infos:
             mi = manifests.get(i.key)
             if mi is None:
@@ -343,25 +346,33 @@ def cmd_du(args: argparse.Namespace) -> int:
             )
         garbage = garbage_bytes = 0
         on_storage = 0
+        present: set[str] = set()
         for key in store.backend.list(OBJECTS_DIR):
             d = parse_object_key(key)
             if d is None:
                 continue
             if d in referenced:
                 on_storage += size[d]
+                present.add(d)
             else:
                 garbage += 1
                 try:
                     garbage_bytes += store.backend.size(key)
                 except OSError:
                     pass
+    missing = sorted(referenced - present)
+    for k in missing:  # counted nowhere: a referenced object that is not on storage takes no space
+        steps = ", ".join(str(r["step"]) for r in rows if k in manifests[infos_by_id[r["id"]].key].objects)
+        problems.append(f"object {k} ({fmt_bytes(size[k])}) is missing; checkpoint(s) at step {steps} need it")
     logical = sum(r["logical"] for r in rows)
     stored = on_storage
     out = {
         "checkpoints": rows,
         "logical_bytes": logical,
         "stored_bytes": stored,
-        "referenced_objects": len(referenced),
+        "referenced_objects": len(present),
+        "missing_objects": len(missing),
+        "missing_bytes": sum(size[k] for k in missing),
         "unreferenced_objects": garbage,
         "unreferenced_bytes": garbage_bytes,
         "problems": problems,
@@ -388,7 +399,8 @@ def cmd_du(args: argparse.Namespace) -> int:
     ratio = f"{logical / stored:.2f}x" if stored else "-"
     print(
         f"total: {f(logical)} of tensors in {len(rows)} checkpoint(s) stored in {f(stored)} "
-        f"({len(referenced)} objects); dedup and compression: {ratio}"
+        f"({len(present)} objects); dedup and compression: {ratio}"
+        + (f"; {len(missing)} referenced object(s) missing (`ckptstore verify`)" if missing else "")
     )
     if garbage:
         print(
