@@ -76,6 +76,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         catalog = store.catalog
         catalog.config()
+        config_damage = catalog.config_damage()
+        config_checked = catalog.config().checksum is not None
         selected: list[tuple[int, str, str]] = []
         for step, digest, key in catalog.manifest_keys():
             if args.step is not None and step != args.step:
@@ -121,9 +123,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results.sort(key=lambda r: (r["step"], r["id"]))
     for r in results:
         problems.extend(f"step {r['step']} ({r['id'][:12]}): {p}" for p in r["problems"])
+    if config_damage is not None:
+        problems.append(config_damage)
     if args.json:
-        print(json.dumps({"read_data": args.read_data, "checkpoints": results, "ok": not problems}, indent=2))
+        config = {"ok": config_damage is None, "checksum": config_checked, "problem": config_damage}
+        doc = {"read_data": args.read_data, "config": config, "checkpoints": results, "ok": not problems}
+        print(json.dumps(doc, indent=2))
         return 1 if problems else 0
+    if config_damage is not None:
+        print(
+            f"ckptstore.json: DAMAGED: {config_damage}; gc refuses to act on it until the policy is stored "
+            "again (`ckptstore gc URI --set-policy --keep-...`)"
+        )
     what = "structure and every byte" if args.read_data else "structure and object presence only; bytes not read"
     for r in results:
         status = (

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .._errors import IntegrityError, UnsupportedFormatError
+from . import _hashing
 
 FORMAT_NAME = "ckptstore"
 FORMAT_VERSION = 1
@@ -32,7 +33,12 @@ FORMAT_VERSION = 1
 #: one stay version 1, byte for byte, so version-1 readers keep reading them
 DISTRIBUTED_VERSION = 2
 MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION)
-STORE_VERSIONS = (FORMAT_VERSION,)
+#: ``ckptstore.json`` with ``chunk_size`` and ``checksum`` (docs/format.md §3); new stores get it,
+#: version-1 configs stay version 1
+CONFIG_VERSION = 2
+STORE_VERSIONS = (FORMAT_VERSION, CONFIG_VERSION)
+#: the smallest chunk size a store may record (and ``Store`` accepts)
+MIN_CHUNK_SIZE = 64 << 10
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
 NonNeg = Annotated[int, Field(ge=0)]
@@ -43,7 +49,8 @@ class _Model(BaseModel):
 
 
 class StoreConfig(_Model):
-    """``ckptstore.json`` at the store root."""
+    """``ckptstore.json`` at the store root. Version 2 adds ``chunk_size`` and ``checksum`` (both
+    required there, absent in version 1); ``with_checksum`` fills the checksum in."""
 
     format: Literal["ckptstore"] = "ckptstore"
     version: int = FORMAT_VERSION
@@ -51,6 +58,58 @@ class StoreConfig(_Model):
     created_at: datetime
     #: a retention policy every writer and ``ckptstore gc`` apply (see retention docs); opaque here
     retention: Optional[dict[str, JsonValue]] = None
+    chunk_size: Optional[StrictInt] = Field(
+        None,
+        ge=MIN_CHUNK_SIZE,
+        exclude_if=lambda v: v is None,
+        description="version 2: the chunk size every writer of the store uses",
+    )
+    checksum: Optional[Hash] = Field(
+        None, exclude_if=lambda v: v is None, description="version 2: BLAKE3 of the config without this member"
+    )
+
+    @model_validator(mode="after")
+    def _version_matches(self) -> StoreConfig:
+        v2 = self.chunk_size is not None and self.checksum is not None
+        if self.version == CONFIG_VERSION and not v2:
+            raise ValueError("a version 2 store config needs chunk_size and checksum")
+        if self.version == FORMAT_VERSION and (self.chunk_size is not None or self.checksum is not None):
+            raise ValueError("a version 1 store config has no chunk_size or checksum")
+        return self
+
+    def with_checksum(self) -> StoreConfig:
+        """This config with its checksum filled in (version 2; a version-1 config is unchanged)."""
+        if self.version == FORMAT_VERSION:
+            return self
+        body = self.model_copy(update={"checksum": None})
+        return self.model_copy(update={"checksum": config_checksum(json.loads(dump(body)))})
+
+
+def new_store_config(chunk_size: int) -> StoreConfig:
+    """The config of a store created now: version 2, recording ``chunk_size``."""
+    cfg = StoreConfig(
+        version=CONFIG_VERSION,
+        created_at=datetime.now(timezone.utc),
+        chunk_size=chunk_size,
+        checksum="0" * 64,
+    )
+    return cfg.with_checksum()
+
+
+def config_checksum(doc: dict[str, Any]) -> str:
+    """BLAKE3 of a config's checksum bytes (§3): compact JSON of ``doc`` without ``checksum``."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return _hashing.digest(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def config_damage(data: bytes, cfg: StoreConfig, what: str = "ckptstore.json") -> str | None:
+    """What is wrong with the config bytes ``data`` (already parsed as ``cfg``), or None: a
+    version-2 config whose checksum does not match its content was changed or damaged."""
+    if cfg.checksum is None:
+        return None
+    if config_checksum(json.loads(data)) != cfg.checksum:
+        return f"{what} does not match its checksum: it was changed by hand or damaged"
+    return None
 
 
 class ObjectInfo(_Model):

@@ -13,7 +13,6 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Callable
 
 from .._errors import (
@@ -27,7 +26,15 @@ from .._errors import (
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
-from ..format._manifest import Manifest, StoreConfig, dump, parse_manifest, parse_store_config
+from ..format._manifest import (
+    Manifest,
+    StoreConfig,
+    config_damage,
+    dump,
+    new_store_config,
+    parse_manifest,
+    parse_store_config,
+)
 from ..format._tree import Decoder
 from ..pipeline._writer import DedupIndex
 from ..storage._backend import Backend
@@ -49,16 +56,21 @@ class Catalog:
     """Manifests, config and dedup index of the store behind ``backend``.
 
     ``restore``: called when the store config is missing; returns True when it created the store
-    (a backup mirror restoring a vanished local store)."""
+    (a backup mirror restoring a vanished local store). ``chunk_size``: recorded in the config of a
+    store this catalog creates."""
 
-    def __init__(self, backend: Backend, *, restore: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, backend: Backend, *, restore: Callable[[], bool] | None = None, chunk_size: int = 32 << 20
+    ) -> None:
         self.backend = backend
+        self.chunk_size = chunk_size
         self._restore = restore
         self._lock = threading.RLock()
         self._manifests: dict[str, Manifest] = {}
         self._bad: dict[str, str] = {}
         self._logged: set[str] = set()  # damaged manifests ``newest`` already logged
         self._config: StoreConfig | None = None
+        self._config_damage: str | None = None
         self._index: DedupIndex | None = None
         self._index_keys: set[str] | None = None  # manifests present when the index was last checked
 
@@ -106,43 +118,69 @@ class Catalog:
             if self._restore is None or not self._restore():
                 raise self.not_found() from None
             data = self.backend.read(CONFIG_KEY)  # the restore created the store
-        return self._set_config(parse_store_config(data, self.backend.describe(CONFIG_KEY)))
+        return self._set_config(data)
 
     def ensure(self) -> StoreConfig:
-        """The store config, creating the store first when there is none."""
+        """The store config, creating the store first when there is none (recording the catalog's
+        ``chunk_size``, which every writer of the new store will then use)."""
         with self._lock:
             if self._config is not None:
                 return self._config
             if self.backend.root_state() == "file":
                 raise self.not_found()
             if not self.backend.exists(CONFIG_KEY):
-                cfg = StoreConfig(created_at=datetime.now(timezone.utc))
-                self.backend.write(CONFIG_KEY, dump(cfg), if_absent=True)
+                self.backend.write(CONFIG_KEY, dump(new_store_config(self.chunk_size)), if_absent=True)
                 self.backend.sync()
             return self.config()
 
-    def _set_config(self, cfg: StoreConfig) -> StoreConfig:
+    def _set_config(self, data: bytes) -> StoreConfig:
+        """Parse and cache config bytes; remember whether their checksum matches."""
+        where = self.backend.describe(CONFIG_KEY)
+        cfg = parse_store_config(data, where)
+        damage = config_damage(data, cfg, where)
         with self._lock:
             self._config = cfg
+            self._config_damage = damage
         return cfg
 
+    def config_damage(self) -> str | None:
+        """Why ``ckptstore.json`` cannot be trusted (its checksum does not match), or None. Such a
+        config is still read (loads do not depend on it), but no stored policy is applied."""
+        self.config()
+        with self._lock:
+            return self._config_damage
+
+    def refuse_damaged_config(self, doing: str) -> None:
+        """Raise IntegrityError when the config's checksum does not match (before ``doing``)."""
+        damage = self.config_damage()
+        if damage is not None:
+            raise IntegrityError(
+                f"{damage}; not {doing}, since the stored retention policy it holds cannot be trusted (a changed "
+                "keep_tags could delete pinned checkpoints). Check the policy and store it again: "
+                "`ckptstore gc URI --set-policy --keep-... ` or Store.set_retention(...)."
+            )
+
     def stored_policy(self) -> Retention | None:
-        """The retention policy in ``ckptstore.json``, read afresh (another process may have set it)."""
+        """The retention policy in ``ckptstore.json``, read afresh (another process may have set it).
+        IntegrityError when the config does not match its checksum."""
         try:
             data = self.backend.read(CONFIG_KEY)
         except FileNotFoundError:
             return None
-        cfg = self._set_config(parse_store_config(data, self.backend.describe(CONFIG_KEY)))
+        cfg = self._set_config(data)
+        self.refuse_damaged_config("applying its retention policy")
         return None if cfg.retention is None else Retention.from_json(cfg.retention)
 
     def set_stored_policy(self, policy: Retention | None) -> None:
-        """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically."""
+        """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically, with a fresh
+        checksum (which also repairs a config that did not match its own)."""
         cfg = self.ensure()
         retention = None if policy is None else policy.to_json()
-        new = StoreConfig.model_validate({**cfg.model_dump(), "retention": retention})
-        self.backend.write(CONFIG_KEY, dump(new))
+        new = StoreConfig.model_validate({**cfg.model_dump(), "retention": retention}).with_checksum()
+        data = dump(new)
+        self.backend.write(CONFIG_KEY, data)
         self.backend.sync()
-        self._set_config(new)
+        self._set_config(data)
 
     # -- manifests -------------------------------------------------------------------------
     def manifest_keys(self) -> list[Key]:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
+from .._errors import CheckpointNotFoundError, CkptstoreWarning, IntegrityError, UnsupportedFormatError
 from ..format._info import CheckpointInfo
 from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ..format._manifest import Manifest
@@ -237,6 +238,7 @@ def run_gc(
     ``incoming``: a checkpoint about to be saved, planned as if present (the disk-space guard's
     "make room"); it is never removed since it does not exist yet.
     """
+    store.catalog.refuse_damaged_config("collecting garbage")
     grace = GRACE if grace is None else grace
     infos = store.list() if infos is None else infos
     the_plan: RetentionPlan | None = None
@@ -255,7 +257,17 @@ def run_gc(
 
 def apply_after_save(store: Store, override: Retention | None = None) -> GcReport | None:
     """Retention after a committed save: forget what the plan removes and sweep, without waiting
-    for other writers (their data is swept by a later gc). None when no policy applies."""
+    for other writers (their data is swept by a later gc). None when no policy applies, or when
+    ``ckptstore.json`` does not match its checksum (then with a warning: nothing is deleted)."""
+    damage = store.catalog.config_damage()
+    if damage is not None:
+        warnings.warn(
+            f"{damage}: no retention policy was applied after this save and nothing was deleted. Check the "
+            "policy and store it again (`ckptstore gc URI --set-policy --keep-...`, or Store.set_retention).",
+            CkptstoreWarning,
+            stacklevel=4,
+        )
+        return None
     policy = resolve_policy(store, override)
     if policy is None or policy.is_empty():
         return None

@@ -19,11 +19,12 @@ from .._errors import (
     IntegrityError,
     ObjectMissingError,
     PickleNotAllowedError,
+    StoreNotFoundError,
 )
 from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
-from ..format._manifest import Manifest, RngState, StoreConfig
+from ..format._manifest import MIN_CHUNK_SIZE, Manifest, RngState, StoreConfig
 from ..format._sharded import assemble
 from ..format._tensors import entry_to_tensor
 from ..format._tree import Decoder, contains_pickle
@@ -64,7 +65,7 @@ class Store:
         uri: str | os.PathLike[str],
         *,
         compression: str | bool | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         workers: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         retention: Retention | None = None,
@@ -80,15 +81,42 @@ class Store:
         options = {**(storage_options or {}), **more_storage_options}
         self._backend: Backend = open_backend(uri, options, retries=retries)
         self.compression = resolve_compression(compression)
-        if not isinstance(chunk_size, int) or chunk_size < (64 << 10):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE
+        ):
             raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self._chunk_size = chunk_size
+        self._chunk_warned = False
         self.workers = workers or _default_workers()
         self.retention = None if retention is None else check_policy(retention)
         self.space = SpaceGuard.make(on_low_space, reserve, quota)
         b = as_backup(backup)
         self._mirror: Mirror | None = Mirror(self, b) if b is not None else None
-        self._catalog = Catalog(self._backend, restore=self._restore if self._mirror is not None else None)
+        self._catalog = Catalog(
+            self._backend,
+            restore=self._restore if self._mirror is not None else None,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+        )
+
+    @property
+    def chunk_size(self) -> int:
+        """The chunk size saves cut blobs with: the one the store records (docs/format.md §3: every
+        writer of a store uses it), else the one given to ``Store`` (default 32 MiB)."""
+        try:
+            recorded = self._catalog.config().chunk_size
+        except StoreNotFoundError:
+            recorded = None
+        if recorded is None:
+            return self._chunk_size or DEFAULT_CHUNK_SIZE
+        if self._chunk_size is not None and self._chunk_size != recorded and not self._chunk_warned:
+            self._chunk_warned = True
+            warnings.warn(
+                f"the store {self.uri} records chunk_size={recorded} (every writer of a store uses the same, so "
+                f"that their data deduplicates); chunk_size={self._chunk_size} is ignored",
+                CkptstoreWarning,
+                stacklevel=2,
+            )
+        return recorded
 
     def _restore(self) -> bool:
         assert self._mirror is not None

@@ -1,0 +1,135 @@
+"""``ckptstore.json`` (docs/format.md §3): version 2 records the chunk size every writer uses and a
+checksum that gc verifies before acting on the stored policy; version-1 stores keep working."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import blake3
+import pytest
+import torch
+
+import ckptstore
+from ckptstore import IntegrityError, Retention, Store
+from ckptstore.cli import main
+
+GOLDEN = Path(__file__).parent / "golden" / "v1"
+MiB = 1 << 20
+
+
+def rand(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+def spec_checksum(data: bytes) -> str:
+    """The checksum as §3 defines it, written from the spec alone."""
+    doc = json.loads(data)
+    doc.pop("checksum")
+    return blake3.blake3(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def pinned_store(tmp_path) -> Path:
+    root = tmp_path / "run"
+    s = Store(root)
+    s.set_retention(Retention(keep_last=1, keep_tags=("pinned",)))
+    for i in range(3):
+        s.save({"w": rand(1000, i)}, step=i, tags=["pinned"] if i == 0 else [])
+    assert [i.step for i in s.list()] == [0, 2]
+    return root
+
+
+def test_a_new_store_writes_version_2_with_chunk_size_and_checksum(tmp_path):
+    root = tmp_path / "s"
+    Store(root, chunk_size=MiB).save({"w": rand(10, 0)})
+    data = (root / "ckptstore.json").read_bytes()
+    doc = json.loads(data)
+    assert doc["version"] == 2 and doc["chunk_size"] == MiB
+    assert list(doc)[-1] == "checksum" and doc["checksum"] == spec_checksum(data)
+    # the checksum bytes are the file up to its last member
+    body = data[: data.rindex(b',"checksum"')] + b"}"
+    assert blake3.blake3(body).hexdigest() == doc["checksum"]
+    Store(root).set_retention(Retention(keep_last=3))
+    data = (root / "ckptstore.json").read_bytes()
+    assert json.loads(data)["checksum"] == spec_checksum(data) and json.loads(data)["retention"]["keep_last"] == 3
+
+
+def test_a_flipped_bit_in_the_config_is_refused_by_gc_and_reported_by_verify(pinned_store, capsys):
+    cfg = pinned_store / "ckptstore.json"
+    cfg.write_bytes(cfg.read_bytes().replace(b'"pinned"', b'"pinnee"'))
+    code, out, err = run(capsys, "gc", str(pinned_store))
+    assert code == 1 and "ckptstore.json" in err and "checksum" in err and "--set-policy" in err
+    with pytest.raises(IntegrityError, match="checksum"):
+        Store(pinned_store).gc()
+    with pytest.raises(IntegrityError, match="checksum"):
+        Store(pinned_store).prune()
+    assert [i.step for i in Store(pinned_store).list()] == [0, 2]  # nothing was forgotten
+    code, out, _ = run(capsys, "verify", str(pinned_store))
+    assert code == 1 and "ckptstore.json: DAMAGED" in out and "checksum" in out
+    code, out, _ = run(capsys, "verify", str(pinned_store), "--json")
+    assert code == 1 and json.loads(out)["config"]["ok"] is False
+    # checkpoints still load, and a save still works: it applies no policy, and says so
+    assert torch.equal(ckptstore.load(pinned_store, step=0)["w"], rand(1000, 0))
+    with pytest.warns(ckptstore.CkptstoreWarning, match="ckptstore.json"):
+        Store(pinned_store).save({"w": rand(1000, 3)}, step=3)
+    assert [i.step for i in Store(pinned_store).list()] == [0, 2, 3]
+    # storing the policy again repairs the config
+    code, out, err = run(capsys, "gc", str(pinned_store), "--keep-last", "1", "--set-policy")
+    assert code == 0, err
+    assert [i.step for i in Store(pinned_store).list()] == [0, 3]
+    code, out, _ = run(capsys, "verify", str(pinned_store))
+    assert code == 0
+
+
+def test_a_version_1_store_keeps_working_and_keeps_its_version(tmp_path):
+    root = tmp_path / "v1"
+    shutil.copytree(GOLDEN, root)
+    before = json.loads((root / "ckptstore.json").read_bytes())
+    assert before["version"] == 1 and "checksum" not in before
+    s = Store(root, chunk_size=256 << 10)  # a version-1 store: the writer's own chunk size
+    s.set_retention(Retention(keep_last=5))
+    after = json.loads((root / "ckptstore.json").read_bytes())
+    assert after["version"] == 1 and "checksum" not in after and "chunk_size" not in after
+    assert s.chunk_size == 256 << 10
+    s.gc()
+    assert [i.step for i in Store(root).list()] == [10, 20]
+
+
+@pytest.mark.parametrize("bad", [b'"version":1', b'"chunk_size":1024'])
+def test_a_config_that_breaks_the_version_rules_is_refused(tmp_path, bad):
+    root = tmp_path / "s"
+    Store(root).save({"w": rand(10, 0)})
+    p = root / "ckptstore.json"
+    text = p.read_bytes()
+    if bad == b'"version":1':
+        text = text.replace(b'"version":2', bad)
+    else:
+        doc = json.loads(text)
+        doc["chunk_size"] = 1024
+        text = json.dumps(doc, separators=(",", ":")).encode()
+    p.write_bytes(text)
+    with pytest.raises(IntegrityError):
+        Store(root).list()
+
+
+def test_every_writer_uses_the_chunk_size_the_store_records(tmp_path):
+    root = tmp_path / "s"
+    w = rand(MiB, 5)  # 4 MiB
+    first = Store(root, chunk_size=MiB).save({"w": w}, step=1)
+    assert first.new_bytes == 4 * MiB
+    other = Store(root)  # another writer, default chunk size: uses the store's
+    assert other.chunk_size == MiB
+    again = other.save({"w": w.clone()}, step=2)
+    assert again.new_bytes == 0  # same boundaries, so every chunk is found
+    assert len(other.manifest(2).objects) == 4
+    with pytest.warns(ckptstore.CkptstoreWarning, match="chunk_size"):
+        third = Store(root, chunk_size=2 * MiB)
+        assert third.chunk_size == MiB
