@@ -112,3 +112,19 @@ def test_free_space_is_what_an_unprivileged_writer_may_use(tmp_path, monkeypatch
     fake = types.SimpleNamespace(f_bavail=10, f_bfree=1000, f_frsize=4096, f_bsize=4096, f_blocks=real.f_blocks)
     monkeypatch.setattr(_local.os, "statvfs", lambda p: fake)
     assert Store(tmp_path / "s").backend.free_bytes() == 10 * 4096
+
+
+def test_a_failed_save_removes_exactly_the_objects_it_wrote(tmp_path, monkeypatch):
+    """Not every young unreferenced object: another save's (or a copy's) are left to gc."""
+    root = tmp_path / "s"
+    store = Store(root, on_low_space="ignore")
+    store.save({"w": rand(MiB // 4, 0)}, step=0)
+    stranger = "ab" + "0" * 62  # an object some other writer put there a moment ago
+    (root / "objects" / "ab").mkdir(parents=True, exist_ok=True)
+    (root / "objects" / "ab" / stranger).write_bytes(b"x" * 100)
+    before = object_files(root)
+    monkeypatch.setattr(_local, "os", FillingDisk(errno.ENOSPC))
+    with pytest.raises(InsufficientSpaceError, match="were removed again"):
+        store.save({"w": rand(MiB // 4, 1)}, step=1)
+    monkeypatch.setattr(_local, "os", os)
+    assert object_files(root) == before

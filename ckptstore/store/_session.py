@@ -158,6 +158,7 @@ class SaveSession:
         self.committed: list[CheckpointInfo] = []
         self._space: SpaceCheck | None = None
         self._writing = False
+        self._written: set[str] = set()  # objects this session created: what a failed save removes
         self._suspect: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class SaveSession:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
             if isinstance(exc, InsufficientSpaceError) and self._writing and self._space is not None:
-                freed = self._space.remove_partial(self.started)
+                freed = self._space.remove_partial(self.started, self._written)
                 inner = str(exc).rstrip(".")
                 tail = f" The {fmt_bytes(freed)} this save had written were removed again." if freed else ""
                 raise InsufficientSpaceError(
@@ -268,6 +269,7 @@ class SaveSession:
                 groups=blob_groups(plan.entries, len(plan.blobs)),
                 progress=bar,
                 suspect=suspect,
+                written=self._written,
             )
         self.backend.sync()  # objects' names are durable before any manifest names them
         self._suspect |= suspect & set(res.objects)
@@ -390,6 +392,7 @@ class SaveSession:
         self.backend.write(key, data)
         self.backend.sync()
         self._writing = False
+        self._written = set()
         self.catalog.added(key, m)
         info = self.catalog.info(key, digest, m)
         self.committed.append(info)
