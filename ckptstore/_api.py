@@ -7,8 +7,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
-from ._errors import BackupWarning, CheckpointNotFoundError, CkptstoreWarning, StoreNotFoundError
-from .format._config import config_as_data
+from ._errors import BackupWarning, CheckpointNotFoundError, StoreNotFoundError
 from .format._info import CheckpointInfo
 from .format._manifest import RngState
 from .pipeline._devices import MapLocation
@@ -17,27 +16,6 @@ from .store._retention import Retention
 from .store._store import Store
 
 StoreLike = Union[Store, str, "os.PathLike[str]"]
-
-#: endings of single-file checkpoints: a store URI that ends like this is probably a mistake
-FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-
-def warn_if_file_name(uri: Any, stacklevel: int = 3) -> None:
-    """Warn when a store URI ends like a checkpoint file: the store will be a folder of that name."""
-    if isinstance(uri, Store):
-        return
-    name = os.fspath(uri) if isinstance(uri, os.PathLike) else uri
-    if os.path.isfile(name):
-        return  # the save refuses it, saying what to do with a torch.save file
-    if isinstance(name, str) and name.rstrip("/").lower().endswith(FILE_SUFFIXES):
-        warnings.warn(
-            f"{name!r} ends like a checkpoint file, but a ckptstore store is a folder: this save makes "
-            f"(or adds to) a folder named {os.path.basename(name.rstrip('/'))!r}, which torch.load cannot "
-            "open. Load it with ckptstore.load(); pass a folder name (e.g. 'runs/exp1') to avoid this "
-            "warning, or use `ckptstore export` to get a torch.save file.",
-            CkptstoreWarning,
-            stacklevel=stacklevel,
-        )
 
 
 def save(
@@ -81,13 +59,12 @@ def save(
         ``storage_options``: fsspec options for the store (credentials, endpoint).
         ``keep``: a :class:`Retention` policy applied after this save commits.
     """
-    warn_if_file_name(uri)
     with Store(uri, storage_options=storage_options) as store:
         return store.save(
             state,
             step=step,
             epoch=epoch,
-            config=config_as_data(config),
+            config=config,
             metrics=metrics,
             tags=tags,
             meta=meta,

@@ -31,6 +31,9 @@ pydantic's ``ValidationError`` never escapes: a manifest that does not validate 
 from __future__ import annotations
 
 import errno as _errno
+import os as _os
+import sys as _sys
+import warnings as _warnings
 
 __all__ = [
     "BackendUnavailableError",
@@ -155,3 +158,16 @@ class CkptstoreWarning(UserWarning):
 
 class BackupWarning(CkptstoreWarning, RuntimeWarning):
     """A backup mirror could not copy (training goes on), or restored an empty store from the backup."""
+
+
+_PACKAGE = _os.path.dirname(_os.path.abspath(__file__)) + _os.sep
+
+
+def warn_user(message: str, category: type[Warning] = CkptstoreWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside the ckptstore package (the user's line)."""
+    level = 2
+    frame = _sys._getframe(1)
+    while frame.f_back is not None and _os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    _warnings.warn(message, category, stacklevel=level)

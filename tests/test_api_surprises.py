@@ -122,3 +122,20 @@ def test_new_bytes_never_exceed_the_logical_size(tmp_path):
         infos.append(ckptstore.save(state, tmp_path / "s", step=i, compression=i == 2))
     for info in infos:
         assert 0 < info.new_bytes <= info.size, (info.step, info.new_bytes, info.size)
+
+
+def test_store_save_and_sessions_take_a_namespace_and_a_dataclass_too(tmp_path):
+    s = ckptstore.Store(tmp_path / "s")
+    assert s.save(_state(), config=argparse.Namespace(lr=0.5), step=1).config == {"lr": 0.5}
+    with s.session() as sess:
+        info = sess.commit(sess.stage(_state()), config=TrainConfig(name="big"), step=2)
+    assert info.config == {"lr": 1e-3, "layers": (4, 8), "name": "big"}
+
+
+def test_store_save_to_a_file_name_warns_once_when_it_creates_the_store(tmp_path):
+    s = ckptstore.Store(tmp_path / "run.ckpt")
+    with pytest.warns(CkptstoreWarning, match="is a folder"):
+        s.save(_state(), step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.save(_state(), step=2)  # the store exists now: nothing more to say

@@ -22,6 +22,7 @@ from .._errors import (
     InvalidArgumentError,
     StoreNotFoundError,
     UnsupportedFormatError,
+    warn_user,
 )
 from ..format import _hashing
 from ..format._info import CheckpointInfo
@@ -46,6 +47,22 @@ log = logging.getLogger("ckptstore")
 Key = tuple[int, str, str]
 
 _UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
+
+
+#: endings of single-file checkpoints: a store created under such a name is probably a mistake
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def _warn_if_file_name(uri: str) -> None:
+    """A store was just created at ``uri``: warn when its name ends like a checkpoint file."""
+    name = uri.rstrip("/")
+    if name.lower().endswith(FILE_SUFFIXES):
+        base = name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+        warn_user(
+            f"{uri!r} ends like a checkpoint file, but a ckptstore store is a folder: this save made a folder "
+            f"named {base!r}, which torch.load cannot open. Load it with ckptstore.load(); pass a folder name "
+            "(e.g. 'runs/exp1') to avoid this warning, or use `ckptstore export` to get a torch.save file."
+        )
 
 
 def _skip_message(step: int, e: Exception) -> str:
@@ -131,6 +148,7 @@ class Catalog:
             if not self.backend.exists(CONFIG_KEY):
                 self.backend.write(CONFIG_KEY, dump(new_store_config(self.chunk_size)), if_absent=True)
                 self.backend.sync()
+                _warn_if_file_name(self.uri)
             return self.config()
 
     def _set_config(self, data: bytes) -> StoreConfig:

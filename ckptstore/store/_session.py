@@ -26,6 +26,7 @@ from .._progress import byte_bar
 from .._units import fmt_bytes
 from .._version import __version__
 from ..format import _hashing
+from ..format._config import config_as_data
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
 from ..format._manifest import (
@@ -336,7 +337,7 @@ class SaveSession:
             elif enc.sharded:
                 raise ValueError("a state with sharded tensors needs a distributed section")
         s = Staged.merge(parts, tree)
-        config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config, "config")
+        config_tree = Encoder(allow_pickle=allow_pickle, allow_tensors=False).encode(config_as_data(config), "config")
         meta_tree = Encoder(allow_tensors=False).encode(dict(meta or {}), "meta")
         rng_state = rng if isinstance(rng, RngState) else (capture_rng_state() if rng else None)
         parent = self.parent
