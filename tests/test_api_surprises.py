@@ -92,6 +92,10 @@ def test_every_public_function_documents_its_parameters():
         obj = getattr(ckptstore, name)
         if inspect.isfunction(obj) and _undocumented(obj):
             missing[name] = _undocumented(obj)
+        elif inspect.isclass(obj) and not issubclass(obj, BaseException):
+            for mname, member in vars(obj).items():
+                if inspect.isfunction(member) and not mname.startswith("_") and _undocumented(member):
+                    missing[f"{name}.{mname}"] = _undocumented(member)
     for name in ("import_checkpoint", "export_checkpoint", "import_torch_file"):
         fn = getattr(ckptstore.interop, name)
         if _undocumented(fn):

@@ -231,6 +231,8 @@ class RetentionPlan:
         return [d.checkpoint for d in self.decisions if not d.keep]
 
     def reasons(self, checkpoint_id: str) -> tuple[str, ...]:
+        """Why the plan keeps or removes the checkpoint with id ``checkpoint_id`` (KeyError if it
+        was not planned)."""
         for d in self.decisions:
             if d.checkpoint.id == checkpoint_id:
                 return d.reasons

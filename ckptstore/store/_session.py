@@ -227,7 +227,8 @@ class SaveSession:
     ) -> Staged:
         """Write the tensors of ``state`` as objects (deduplicated against the store, durable when
         this returns) and encode the rest as a JSON tree. ``step``, ``metrics`` and ``tags`` only
-        label messages and the disk-space guard's plan (``on_low_space="make_room"``)."""
+        label messages and the disk-space guard's plan (``on_low_space="make_room"``).
+        ``compression``, ``allow_pickle``, ``progress``: as in ``Store.save``."""
         _lease, index, space = self._require_open()
         store = self.store
         codec = store.compression if compression is None else resolve_compression(compression)
@@ -322,7 +323,8 @@ class SaveSession:
         ``TensorRef(i)`` (tensor ``i`` of the concatenated tables of the parts) or
         ``ShardedTensor`` leaves (chunks naming such indices). ``distributed``: the section of a
         checkpoint written by several processes (docs/format.md §21); its ``sharded`` list is
-        filled from ``state``. Such a manifest is format version 2."""
+        filled from ``state``. Such a manifest is format version 2. ``epoch``, ``config``,
+        ``metrics``, ``tags``, ``meta``, ``rng`` and ``allow_pickle``: as in ``Store.save``."""
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         parts = [staged] if isinstance(staged, Staged) else list(staged)
         if not parts:

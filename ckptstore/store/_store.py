@@ -170,8 +170,12 @@ class Store:
         readback: bool = False,
         progress: bool | None = None,
     ) -> CopyResult:
-        """Copy checkpoints to another store (a Store or a URI; created when missing). Selection
-        as in ``ckptstore.copy_checkpoints``."""
+        """Copy checkpoints to the store ``dst`` (a Store or a URI; created when missing): the union
+        of ``steps`` (the newest at each), ``ids`` (unique prefixes), ``all`` and the ``latest`` K,
+        or exactly ``checkpoints``; the newest when nothing is given (as ``ckptstore.copy_checkpoints``).
+        ``workers``: parallel transfers; ``readback``: read every new object back and check it;
+        ``progress``: a progress bar (default: on a terminal). A damaged source checkpoint does not
+        stop the healthy ones: they are copied, then an ``IntegrityError`` names the damaged ones."""
         target = dst if isinstance(dst, Store) else Store(dst)
         try:
             chosen = (
@@ -213,7 +217,8 @@ class Store:
         return self._catalog.find(step, id=id)
 
     def manifest(self, step: int | None = None, *, id: str | None = None) -> Manifest:
-        """The validated manifest model of a checkpoint (see docs/format.md)."""
+        """The validated manifest model of the checkpoint at ``step`` or with id (prefix) ``id``,
+        the newest by default (see docs/format.md)."""
         return self._catalog.manifest(self.info(step, id=id).key)
 
     # -- save -------------------------------------------------------------------------------
@@ -223,7 +228,8 @@ class Store:
 
         ``lease=False``: a session that only stages, under the save lease of the process that
         will commit (which must hold it from before this session opens until its commit, as the
-        coordinator of a distributed save does): N ranks then write one lease, not N."""
+        coordinator of a distributed save does): N ranks then write one lease, not N. ``keep``: a
+        retention policy applied after the commit (as ``save(keep=...)``)."""
         return SaveSession(self, keep=keep, lease=lease)
 
     def save(
@@ -247,8 +253,15 @@ class Store:
         Then the retention policy (``keep``, else the Store's ``retention``, else the one stored
         with ``set_retention``) removes what it does not keep; the new checkpoint is never removed.
 
+        ``step``: the training step (default: the newest checkpoint's + 1, or 0); ``epoch``: shown
+        by ``ckptstore ls``; ``config``: the run's configuration as plain data (a dict, an
+        ``argparse.Namespace``, a dataclass); ``metrics``: numbers by name, for ``keep_best``;
+        ``tags``: labels (``"pinned"`` is never removed by retention); ``meta``: other plain data.
         ``rng``: True records the RNG states now; an ``RngState`` (from ``capture_rng_state()``)
-        records one captured earlier (a background save of a state staged at an earlier step)."""
+        records one captured earlier (a background save of a state staged at an earlier step).
+        ``compression``: ``"zstd"``/``"none"``/True/False (default: the Store's); ``allow_pickle``:
+        store values JSON cannot hold with pickle; ``progress``: a progress bar (default: on a
+        terminal, for large saves)."""
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         with self.session(keep=keep) as s:
             staged = s.stage(
@@ -291,6 +304,11 @@ class Store:
     ) -> Any:
         """The state saved at ``step`` (or ``id``; the newest by default), every byte verified.
 
+        ``map_location``: where tensors go, as in ``torch.load`` (a device, a dict, a function, or
+        ``"auto"``); default: the device each was saved from. ``restore_rng``: also restore the
+        recorded RNG states. ``allow_pickle``: unpickle values stored with pickle (trusted stores
+        only). ``progress``: a progress bar (default: on a terminal, for large loads).
+
         ``verify=False`` skips hashing the bytes (BLAKE3: 1-7 GB/s per core, by CPU; the sizes and
         structure are still checked). ``mmap``: CPU tensors of uncompressed objects in a local
         store become copy-on-write mappings of the object files (no copy; writes to them never
@@ -326,7 +344,9 @@ class Store:
     ) -> builtins.list[Any]:
         """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
         reading and verifying only the objects they use: a process that needs a few chunks of a
-        large checkpoint (a rank of a distributed load) reads only those."""
+        large checkpoint (a rank of a distributed load) reads only those. The checkpoint is the
+        one at ``step`` or with id (prefix) ``id``, the newest by default; ``map_location``,
+        ``verify`` and ``mmap`` as in ``load``."""
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
@@ -391,8 +411,8 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------------
     def forget(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
-        """Remove one checkpoint's manifest (its objects stay until ``gc`` removes unreferenced
-        data). Returns what was removed."""
+        """Remove one checkpoint's manifest (the one at ``step`` or with id prefix ``id``; the newest
+        by default). Its objects stay until ``gc`` removes unreferenced data. Returns what was removed."""
         if step is None and id is None:
             raise ValueError("forget needs a step or an id")
         info = self.info(step, id=id)
@@ -400,8 +420,9 @@ class Store:
         return info
 
     def verify(self, step: int | None = None, *, id: str | None = None, read_data: bool = True) -> None:
-        """Check one checkpoint (the newest by default): its manifest, its structure, and with
-        ``read_data`` every object's bytes against its hash. Raises IntegrityError on damage."""
+        """Check one checkpoint (the one at ``step`` or with id prefix ``id``; the newest by default):
+        its manifest, its structure, and with ``read_data`` every object's bytes against its hash.
+        Raises IntegrityError on damage."""
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
@@ -441,13 +462,17 @@ class Store:
     ) -> GcReport:
         """Forget the checkpoints ``policy`` (default: ``get_retention()``; none: forget nothing)
         removes, then delete objects no checkpoint references. Waits up to ``wait`` seconds for
-        saves in other processes to finish before deleting objects (else defers that part)."""
+        saves in other processes to finish before deleting objects (else defers that part).
+        ``dry_run``: plan and count, change nothing; ``grace``: objects no checkpoint references
+        are deleted only when older than this many seconds (default one hour: a save may still be
+        writing them). Refuses (IntegrityError) when ``ckptstore.json`` does not match its checksum."""
         self._catalog.config()
         return run_gc(self, resolve_policy(self, policy), dry_run=dry_run, grace=grace, wait=wait)
 
     def prune(self, *, dry_run: bool = False, grace: float | None = None, wait: float = 60.0) -> GcReport:
         """Delete objects no checkpoint references (those of aborted saves only once older than
-        ``grace`` seconds, default one hour) and stale temporary files. Forgets nothing."""
+        ``grace`` seconds, default one hour) and stale temporary files. Forgets nothing.
+        ``dry_run``: count, change nothing; ``wait``: seconds to wait for saves in other processes."""
         self._catalog.config()
         return run_gc(self, None, dry_run=dry_run, grace=grace, wait=wait)
 
