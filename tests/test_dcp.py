@@ -159,7 +159,9 @@ def test_unchanged_shards_are_not_written_again(jobs: dict[str, Any]) -> None:
     two = jobs["two"][0]["results"]
     full, touched = two[1], two[3]
     layer0 = 30 * 16 * 4
-    assert full["new_bytes"] >= full["size"]  # the first 2-rank save wrote its (resharded) chunks
+    # the first 2-rank save wrote its (resharded) chunks: all but the small values both ranks hold
+    # (stored once) and never pack padding, which is not counted as new data
+    assert 0.95 * full["size"] <= full["new_bytes"] <= full["size"], full
     assert touched["new_bytes"] <= layer0 + 1024, touched  # only the changed weight (two shards)
 
 
