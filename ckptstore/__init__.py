@@ -38,6 +38,7 @@ from .store._gc import GcReport
 from .store._retention import Retention, RetentionPlan
 from .store._session import SaveSession, Staged
 from .store._store import Store
+from .web import dashboard, diff_checkpoints
 
 restore_rng = restore_rng_state
 
@@ -77,8 +78,10 @@ __all__ = [
     "auto_device",
     "capture_rng_state",
     "copy_checkpoints",
+    "dashboard",
     "decode_tree",
     "decode_value",
+    "diff_checkpoints",
     "encode_value",
     "export_checkpoint",
     "import_checkpoint",

@@ -25,6 +25,7 @@ LAYERS = {
     "ckptstore.store": 4,
     "ckptstore._api": 5,
     "ckptstore.interop": 6,
+    "ckptstore.web": 6,
     "ckptstore.testing": 7,
     "ckptstore.cli": 7,
     "ckptstore.__main__": 9,

@@ -1,8 +1,8 @@
 """The ``ckptstore`` command line. ``main(argv) -> exit code`` (0 ok, 1 problems, 2 usage).
 
 One module per command group, each with ``add_parsers(sub)``: ``_inspect`` (ls, show, du),
-``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export). A new command goes into the
-module of its group (or a new one) and is registered in ``build_parser``.
+``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff).
+A new command goes into the module of its group (or a new one) and is registered in ``build_parser``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .._errors import CkptstoreError
 from .._version import __version__
-from . import _cp, _gc, _inspect, _interop, _verify
+from . import _cp, _dashboard, _gc, _inspect, _interop, _verify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gc.add_parsers(sub)
     _cp.add_parsers(sub)
     _interop.add_parsers(sub)
+    _dashboard.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,153 @@
+"""``ckptstore dashboard`` (a web page of a run's checkpoints) and ``ckptstore diff`` (two checkpoints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, NoReturn
+
+from .._errors import CkptstoreError
+from ..web._api import dashboard, diff_checkpoints
+from ..web._diff import CheckpointDiff
+from ._common import add_store_arg, storage_options, table
+
+
+def add_parsers(sub: Any) -> None:
+    d = sub.add_parser(
+        "dashboard",
+        help="a web page with the run's metrics, checkpoints, storage and health",
+        description="Serve a read-only page on 127.0.0.1 (a free port unless --port) that refreshes while the "
+        "run writes, or write it as one self-contained HTML file with --output. Opens no browser.",
+    )
+    add_store_arg(d)
+    d.add_argument("--output", metavar="FILE", help="write the page to FILE (one self-contained HTML file) and exit")
+    d.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    d.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS", help="how often the page checks the store")
+    d.add_argument("--backup", metavar="URI", help="a backup store: the page shows which checkpoints it holds")
+    d.add_argument("--compare", nargs=2, metavar=("A", "B"), help="with --output: include the diff of A and B")
+    d.set_defaults(func=cmd_dashboard)
+
+    df = sub.add_parser(
+        "diff",
+        help="compare two checkpoints: config, tensors added/removed/changed, relative change per tensor and layer",
+        description="A and B are steps, ids (or unique prefixes; id:PREFIX forces an id) or 'latest'. Loads both "
+        "checkpoints' tensors unless --no-load (then changed tensors are listed without how much they changed).",
+    )
+    add_store_arg(df)
+    df.add_argument("a", metavar="A", help="the older checkpoint: a step, an id prefix, or latest")
+    df.add_argument("b", metavar="B", nargs="?", default="latest", help="the newer one (default: latest)")
+    df.add_argument("--no-load", action="store_true", help="compare manifests only (no tensor data is read)")
+    df.add_argument("--all", action="store_true", help="also list the tensors that are identical")
+    df.add_argument("--allow-pickle", action="store_true", help="the checkpoints hold pickled values you trust")
+    df.add_argument("--json", action="store_true", help="print JSON")
+    df.set_defaults(func=cmd_diff)
+
+
+def _usage(msg: str) -> NoReturn:
+    print(f"ckptstore dashboard: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    opts = storage_options(args.storage_option)
+    if args.compare and not args.output:
+        _usage("--compare needs --output (the served page compares on demand)")
+    if args.refresh <= 0:
+        _usage("--refresh must be a positive number of seconds")
+    if not 0 <= args.port <= 65535:
+        _usage("--port must be from 0 (a free port) to 65535")
+    if args.output:
+        try:
+            path = dashboard(
+                args.uri,
+                output=args.output,
+                storage_options=opts,
+                backup=args.backup,
+                compare=tuple(args.compare) if args.compare else None,
+            )
+        except OSError as e:
+            if isinstance(e, CkptstoreError):
+                raise
+            print(f"ckptstore: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(f"wrote the dashboard of {args.uri} to {path}")
+        return 0
+    try:
+        server = dashboard(args.uri, port=args.port, refresh=args.refresh, storage_options=opts, backup=args.backup)
+    except OSError as e:  # the port is taken
+        raise SystemExit(f"ckptstore: cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}") from None
+    print(f"dashboard of {args.uri} at {server.url}  (read-only; Ctrl+C stops it)", flush=True)
+    try:
+        server.wait()
+    finally:
+        server.close()
+    print("dashboard stopped", flush=True)
+    return 0
+
+
+def _rel(v: float | None) -> str:
+    if v is None:
+        return ""
+    if math.isinf(v):
+        return "inf (was all zeros)"
+    return f"{v:.3g}"
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    d = diff_checkpoints(
+        args.uri,
+        args.a,
+        args.b,
+        load=not args.no_load,
+        allow_pickle=args.allow_pickle,
+        storage_options=storage_options(args.storage_option),
+    )
+    if args.json:
+        print(json.dumps(d.to_json(), indent=2))
+        return 0
+    print_diff(d, show_identical=args.all)
+    return 0
+
+
+def print_diff(d: CheckpointDiff, *, show_identical: bool = False) -> None:
+    j = d.to_json()
+    counts = ", ".join(f"{n} {k}" for k, n in j["counts"].items()) or "no tensors"
+    print(
+        f"step {d.a.step} ({d.a.short_id}) -> step {d.b.step} ({d.b.short_id}): {counts}; "
+        f"{j['deduplicated']} deduplicated (stored once)"
+    )
+    if d.config:
+        print("config:")
+        for path, x, y in d.config:
+            print(f"  {path}: {json.dumps(x, default=repr)} -> {json.dumps(y, default=repr)}")
+    else:
+        print("config: the same")
+    if d.metrics:
+        print("metrics:")
+        for name, x, y in d.metrics:
+            print(f"  {name}: {x} -> {y}")
+    rows = []
+    for t in d.tensors:
+        if t.status == "identical" and not show_identical:
+            continue
+        shape = "x".join(map(str, t.shape)) or "scalar"
+        if t.old_shape is not None and (t.old_shape != t.shape or t.old_dtype != t.dtype):
+            shape = f"{'x'.join(map(str, t.old_shape)) or 'scalar'} {t.old_dtype} -> {shape}"
+        rows.append([t.name, t.status, shape, t.dtype, _rel(t.relative_change), "yes" if t.deduplicated else ""])
+    if rows:
+        print("tensors:")
+        table(["tensor", "status", "shape", "dtype", "relative change", "dedup"], rows)
+    changed_layers = [la for la in d.layers if la.changed]
+    if changed_layers:
+        print("layers with changes:")
+        table(
+            ["layer", "tensors", "changed", "relative change"],
+            [[la.name, str(la.tensors), str(la.changed), _rel(la.relative_change)] for la in changed_layers],
+        )
+    if not d.loaded and d.by_status("changed"):
+        print("(tensors not loaded: run without --no-load to measure the changes)")
+    same = d.by_status("identical")
+    if same and not show_identical:
+        print(f"{len(same)} identical tensor(s) not listed (--all lists them)")

@@ -1,0 +1,294 @@
+"""Compare two checkpoints: config, metrics, and every tensor by name.
+
+Tensors are matched by their path in the state (``model.fc1.weight``). The manifests alone say
+which tensors were added, removed, re-shaped, or are byte-identical (same blob content at the same
+place; *deduplicated* when both checkpoints name the same stored objects). Only when some tensor
+differs are the two checkpoints loaded, to measure each change as the relative norm
+``||b - a|| / ||a||``, per tensor and per layer (the path without its last part).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..format._info import CheckpointInfo
+from ..format._manifest import Manifest
+from ..format._tree import Decoder
+from ..store._store import Store
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """One tensor path and how it differs between checkpoint ``a`` and ``b``.
+
+    ``status``: ``"identical"`` (same bytes), ``"changed"`` (same shape and dtype, other values),
+    ``"reshaped"`` (shape or dtype differ), ``"added"`` (only in b) or ``"removed"`` (only in a)."""
+
+    name: str
+    status: str
+    dtype: str
+    shape: tuple[int, ...]
+    old_dtype: str | None = None
+    old_shape: tuple[int, ...] | None = None
+    deduplicated: bool = False
+    """Both checkpoints name the same stored objects for it (written once)."""
+    relative_change: float | None = None
+    """``||b - a|| / ||a||`` for changed tensors (inf when ``a`` is all zeros)."""
+    norm: float | None = None
+    diff_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """The tensors under one layer path, with the relative norm of their joint change."""
+
+    name: str
+    tensors: int
+    changed: int
+    relative_change: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointDiff:
+    """What differs between two checkpoints of a store (``ckptstore.diff_checkpoints``)."""
+
+    a: CheckpointInfo
+    b: CheckpointInfo
+    config: list[tuple[str, Any, Any]] = field(default_factory=list)
+    """(path, value in a, value in b) for every config value that differs (missing: ``"<absent>"``)."""
+    metrics: list[tuple[str, Any, Any]] = field(default_factory=list)
+    tensors: list[TensorChange] = field(default_factory=list)
+    layers: list[LayerChange] = field(default_factory=list)
+    loaded: bool = False
+    """True when the tensors were loaded to measure changes (False: the manifests were enough)."""
+
+    def by_status(self, status: str) -> list[TensorChange]:
+        return [t for t in self.tensors if t.status == status]
+
+    def to_json(self) -> dict[str, Any]:
+        def num(v: float | None) -> float | str | None:
+            if v is None or math.isfinite(v):
+                return v
+            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+        def side(i: CheckpointInfo) -> dict[str, Any]:
+            return {"id": i.id, "short_id": i.short_id, "step": i.step, "created_at": i.created_at.isoformat()}
+
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        return {
+            "a": side(self.a),
+            "b": side(self.b),
+            "loaded": self.loaded,
+            "counts": counts,
+            "deduplicated": sum(1 for t in self.tensors if t.deduplicated),
+            "config": [{"path": p, "a": x, "b": y} for p, x, y in self.config],
+            "metrics": [{"name": p, "a": num(x), "b": num(y)} for p, x, y in self.metrics],
+            "tensors": [
+                {
+                    "name": t.name,
+                    "status": t.status,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "old_dtype": t.old_dtype,
+                    "old_shape": None if t.old_shape is None else list(t.old_shape),
+                    "deduplicated": t.deduplicated,
+                    "relative_change": num(t.relative_change),
+                }
+                for t in self.tensors
+            ],
+            "layers": [
+                {
+                    "name": la.name,
+                    "tensors": la.tensors,
+                    "changed": la.changed,
+                    "relative_change": num(la.relative_change),
+                }
+                for la in self.layers
+            ],
+        }
+
+
+ABSENT = "<absent>"
+
+
+class _Ref:
+    """Stands for tensor ``i`` while naming a manifest's tensors without loading them."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def tensor_paths(state: Any) -> dict[str, Any]:
+    """Path -> tensor (or ``_Ref``) for every tensor in a decoded state, in tree order."""
+    out: dict[str, Any] = {}
+
+    def put(name: str, v: Any) -> None:
+        key, n = name or "state", 2
+        while key in out:  # two keys that print alike (1 and "1")
+            key, n = f"{name}#{n}", n + 1
+        out[key] = v
+
+    def walk(v: Any, prefix: str) -> None:
+        if isinstance(v, (_Ref, torch.Tensor, np.ndarray)):
+            put(prefix, v)
+        elif isinstance(v, Mapping):
+            for k, x in v.items():
+                walk(x, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(v, (list, tuple)):
+            for j, x in enumerate(v):
+                walk(x, f"{prefix}.{j}" if prefix else str(j))
+
+    walk(state, "")
+    return out
+
+
+def _flatten(v: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(v, Mapping) and v:
+        for k, x in v.items():
+            _flatten(x, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix or "config"] = v
+
+
+def _config_changes(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    fa: dict[str, Any] = {}
+    fb: dict[str, Any] = {}
+    if a is not None:
+        _flatten(a, "", fa)
+    if b is not None:
+        _flatten(b, "", fb)
+    out = []
+    for k in [*fa, *(k for k in fb if k not in fa)]:
+        x, y = fa.get(k, ABSENT), fb.get(k, ABSENT)
+        if x != y or type(x) is not type(y):
+            out.append((k, x, y))
+    return out
+
+
+def _same(x: float, y: float) -> bool:
+    return x == y or (math.isnan(x) and math.isnan(y))
+
+
+def _metric_changes(a: Mapping[str, float], b: Mapping[str, float]) -> list[tuple[str, Any, Any]]:
+    out = []
+    for k in [*a, *(k for k in b if k not in a)]:
+        x, y = a.get(k), b.get(k)
+        if x is None or y is None or not _same(float(x), float(y)):
+            out.append((k, x, y))
+    return out
+
+
+def _refs(m: Manifest, allow_pickle: bool) -> dict[str, int]:
+    refs = [_Ref(i) for i in range(len(m.tensors))]
+    return {name: r.i for name, r in tensor_paths(Decoder(refs, allow_pickle=allow_pickle).decode(m.tree)).items()}
+
+
+def _norms(a: Any, b: Any) -> tuple[float, float]:
+    """(||a||, ||b - a||) in float64 (complex: of the magnitudes of the difference)."""
+    ta = torch.as_tensor(a).detach().cpu()
+    tb = torch.as_tensor(b).detach().cpu()
+    if ta.is_complex() or tb.is_complex():
+        ta, tb = ta.to(torch.complex128), tb.to(torch.complex128)
+    else:
+        ta, tb = ta.to(torch.float64), tb.to(torch.float64)
+    return float(torch.linalg.vector_norm(ta)), float(torch.linalg.vector_norm(tb - ta))
+
+
+def _rel(norm: float, diff: float) -> float:
+    if diff == 0:
+        return 0.0
+    return diff / norm if norm > 0 else math.inf
+
+
+def layer_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def diff(
+    store: Store, a: CheckpointInfo, b: CheckpointInfo, *, allow_pickle: bool = False, load: bool = True
+) -> CheckpointDiff:
+    """Compare checkpoint ``a`` (older) with ``b``. ``load=False`` never reads tensor data: changed
+    tensors are listed without their relative change."""
+    ma, mb = store.manifest(id=a.id), store.manifest(id=b.id)
+    ra, rb = _refs(ma, allow_pickle), _refs(mb, allow_pickle)
+    changes: dict[str, TensorChange] = {}
+    changed: list[str] = []
+    for name in [*rb, *(n for n in ra if n not in rb)]:
+        if name not in ra:
+            e = mb.tensors[rb[name]]
+            changes[name] = TensorChange(name, "added", e.dtype, tuple(e.shape))
+            continue
+        ea = ma.tensors[ra[name]]
+        if name not in rb:
+            changes[name] = TensorChange(name, "removed", ea.dtype, tuple(ea.shape))
+            continue
+        eb = mb.tensors[rb[name]]
+        if (ea.dtype, ea.shape, ea.kind) != (eb.dtype, eb.shape, eb.kind):
+            changes[name] = TensorChange(name, "reshaped", eb.dtype, tuple(eb.shape), ea.dtype, tuple(ea.shape))
+            continue
+        ba, bb = ma.blobs[ea.blob], mb.blobs[eb.blob]
+        if ba.hash == bb.hash and ea.offset == eb.offset and ea.stride == eb.stride:
+            shared = [s.object for s in ba.segments] == [s.object for s in bb.segments]
+            changes[name] = TensorChange(name, "identical", eb.dtype, tuple(eb.shape), deduplicated=shared)
+            continue
+        changes[name] = TensorChange(name, "changed", eb.dtype, tuple(eb.shape))
+        changed.append(name)
+    loaded = False
+    if changed and load:
+        loaded = True
+        sa = tensor_paths(store.load(id=a.id, map_location="cpu", allow_pickle=allow_pickle))
+        sb = tensor_paths(store.load(id=b.id, map_location="cpu", allow_pickle=allow_pickle))
+        for name, c in list(changes.items()):
+            if c.status not in ("changed", "identical"):
+                continue
+            norm, d = _norms(sa[name], sb[name])
+            status = "changed" if d != 0 else "identical"  # equal values stored again elsewhere
+            changes[name] = TensorChange(
+                name,
+                status,
+                c.dtype,
+                c.shape,
+                deduplicated=c.deduplicated,
+                relative_change=_rel(norm, d),
+                norm=norm,
+                diff_norm=d,
+            )
+        del sa, sb
+    tensors = list(changes.values())
+    return CheckpointDiff(
+        a=a,
+        b=b,
+        config=_config_changes(a.config, b.config),
+        metrics=_metric_changes(a.metrics, b.metrics),
+        tensors=tensors,
+        layers=_layers(tensors),
+        loaded=loaded,
+    )
+
+
+def _layers(tensors: list[TensorChange]) -> list[LayerChange]:
+    groups: dict[str, list[TensorChange]] = {}
+    for t in tensors:
+        groups.setdefault(layer_of(t.name), []).append(t)
+    out = []
+    for name, ts in groups.items():
+        comparable = [t for t in ts if t.status in ("identical", "changed")]
+        rel: float | None = None
+        if comparable and all(t.status == "identical" for t in comparable):
+            rel = 0.0
+        elif comparable and all(t.norm is not None for t in comparable):
+            num = math.sqrt(sum((t.diff_norm or 0.0) ** 2 for t in comparable))
+            den = math.sqrt(sum((t.norm or 0.0) ** 2 for t in comparable))
+            rel = _rel(den, num)
+        out.append(LayerChange(name, len(ts), sum(1 for t in ts if t.status != "identical"), rel))
+    return out
