@@ -213,11 +213,36 @@ def _check_version(raw: Any, what: str, name: str, versions: tuple[int, ...]) ->
         raise IntegrityError(f"{what} has an invalid format version {version!r}")
 
 
-def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
+class _NotCanonical(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _NotCanonical(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(token: str) -> Any:
+    raise _NotCanonical(f"bare {token} token (non-finite numbers are written as strings)")
+
+
+def loads_strict(data: bytes | str, what: str) -> Any:
+    """Parse JSON as a canonical writer writes it: a duplicate key or a bare ``NaN``/``Infinity``
+    token is damage (``IntegrityError``), not something to guess about."""
     try:
-        raw = json.loads(data)
+        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _NotCanonical as e:
+        raise IntegrityError(f"{what} is not canonical JSON: {e}; the file is damaged") from None
     except (ValueError, RecursionError) as e:
         raise IntegrityError(f"{what} is not valid JSON: {e}") from None
+
+
+def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
+    raw = loads_strict(data, what)
     _check_version(raw, what, name, versions)
     try:
         return model.model_validate_json(data)

@@ -222,10 +222,19 @@ class Encoder:
 class Decoder:
     """``tensors``: what ``{"$tensor": i}`` decodes to; ``sharded``: what ``{"$sharded": j}`` does."""
 
-    def __init__(self, tensors: list[Any], *, allow_pickle: bool = False, sharded: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        tensors: list[Any],
+        *,
+        allow_pickle: bool = False,
+        sharded: list[Any] | None = None,
+        keep_pickle: bool = False,
+    ) -> None:
         self.tensors = tensors
         self.sharded = sharded or []
         self.allow_pickle = allow_pickle
+        #: leave ``{"$pickle": ...}`` nodes as they are (a listing shows them, never runs them)
+        self.keep_pickle = keep_pickle
 
     def decode(self, node: Any) -> Any:
         try:
@@ -313,6 +322,9 @@ class Decoder:
                 raise IntegrityError(f"{where}: numpy scalar has {len(raw)} bytes for {ndt}")
             return np.frombuffer(raw, dtype=ndt)[0]
         if tag == "$pickle":
+            if self.keep_pickle and not self.allow_pickle:
+                _unb64(a, where)
+                return {"$pickle": a}
             if not self.allow_pickle:
                 raise PickleNotAllowedError(
                     f"{where} was saved with allow_pickle=True; loading it runs pickle, which can execute "

@@ -175,7 +175,7 @@ class Catalog:
         return m
 
     def info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
-        config = Decoder([]).decode(m.config) if m.config is not None else None
+        config = Decoder([], keep_pickle=True).decode(m.config) if m.config is not None else None
         return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
 
     def damaged(self) -> dict[str, str]:

@@ -273,7 +273,7 @@ class Store:
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
-        if contains_pickle(m.tree) and not allow_pickle:
+        if not allow_pickle and any(contains_pickle(part) for part in (m.tree, m.config, m.meta)):
             raise PickleNotAllowedError(
                 f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
                 "execute code. Pass allow_pickle=True only if you trust this store."
