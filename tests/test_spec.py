@@ -82,3 +82,25 @@ def test_pickled_config_saved_with_allow_pickle_lists_and_loads(store_uri):
     with pytest.raises(ckptstore.PickleNotAllowedError):
         ckptstore.load(store_uri)
     assert ckptstore.load(store_uri, allow_pickle=True) == {"v": 1}
+
+
+# -- bullet 5: one rule for "does not validate" ---------------------------------------------------
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["tensors"][0].update(offset=10**6),  # a view outside its blob
+        lambda d: d["blobs"][0]["segments"][0].update(offset=10**12),  # a segment outside its object
+        lambda d: d["blobs"][0].update(nbytes=d["blobs"][0]["nbytes"] + 8),  # segments do not add up
+    ],
+)
+def test_structurally_bad_manifest_is_skipped_like_a_schema_failure(two, mutate):
+    doc = _doc(two, 2)
+    doc["step"] = 9
+    mutate(doc)
+    _plant(two, json.dumps(doc).encode(), 9)
+    with pytest.warns(ckptstore.CkptstoreWarning, match="skipping checkpoint at step 9"):
+        assert [i.step for i in ckptstore.list_checkpoints(two)] == [1, 2]
+    assert ckptstore.Store(two).latest().step == 2
+    assert torch.equal(ckptstore.load(two)["w"], torch.arange(20.0))  # a default load falls back
+    with pytest.raises(ckptstore.IntegrityError):
+        ckptstore.load(two, step=9)

@@ -28,6 +28,7 @@ from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
 from ..format._manifest import Manifest, StoreConfig, dump, parse_manifest, parse_store_config
 from ..format._tree import Decoder
+from ..pipeline._reader import check_manifest
 from ..pipeline._writer import DedupIndex
 from ..storage._backend import Backend
 from ._retention import Retention
@@ -170,6 +171,9 @@ class Catalog:
         m = parse_manifest(data, where, digest)
         if m.step != step:
             raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
+        # one rule for "does not validate" (format.md §8): the §5 structure checks count as much as
+        # the schema, so a manifest failing them is skipped as damaged when looking for the newest
+        check_manifest(m, where)
         with self._lock:
             self._manifests[key] = m
         return m
