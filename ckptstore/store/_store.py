@@ -176,8 +176,9 @@ class Store:
     list_checkpoints = list
 
     def latest(self) -> CheckpointInfo | None:
-        """The newest checkpoint (highest step; the most recent of equal steps), or None."""
-        return self._catalog.newest()
+        """The newest checkpoint (highest step; the most recent of equal steps), or None.
+        Raises ``UnsupportedFormatError`` when the newest is of a newer format version (upgrade)."""
+        return self._catalog.newest(strict=True)
 
     def info(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
         """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique
