@@ -104,3 +104,60 @@ def test_structurally_bad_manifest_is_skipped_like_a_schema_failure(two, mutate)
     assert torch.equal(ckptstore.load(two)["w"], torch.arange(20.0))  # a default load falls back
     with pytest.raises(ckptstore.IntegrityError):
         ckptstore.load(two, step=9)
+
+
+# -- bullet 4: a newer manifest is not skipped by a default load -----------------------------------
+@pytest.fixture
+def newer(two):
+    doc = _doc(two, 2)
+    doc["step"], doc["version"] = 9, 99
+    _plant(two, json.dumps(doc).encode(), 9)
+    return two
+
+
+def test_newer_manifest_stops_a_default_load_and_resume(newer):
+    from ckptstore.adapters.loop import find_resumable
+
+    with pytest.warns(ckptstore.CkptstoreWarning, match="version 99.*[Uu]pgrade"):
+        assert [i.step for i in ckptstore.list_checkpoints(newer)] == [1, 2]  # the others still list
+    store = ckptstore.Store(newer)
+    calls = (store.latest, lambda: ckptstore.load(newer), lambda: ckptstore.info(newer), lambda: find_resumable(newer))
+    for call in calls:
+        with warnings.catch_warnings(), pytest.raises(ckptstore.UnsupportedFormatError, match="[Uu]pgrade"):
+            warnings.simplefilter("ignore")
+            call()
+    with pytest.raises(ckptstore.UnsupportedFormatError):
+        ckptstore.load(newer, step=9)
+    assert torch.equal(ckptstore.load(newer, step=2)["w"], torch.arange(20.0))  # asked for by step: fine
+    ckptstore.save({"w": torch.ones(3)}, newer, step=10)  # saving still works; the newest is now readable
+    assert ckptstore.Store(newer).latest().step == 10
+
+
+def test_ls_shows_a_newer_manifest(newer, capsys):
+    from ckptstore.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["ls", newer])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.split()[:1] == ["9"])
+    assert "newer format, upgrade" in line
+
+
+# -- bullet 7: readers check decoded bytes against raw_hash -----------------------------------------
+@pytest.mark.parametrize("size", [300, 3_000_000])  # a packed blob, and chunks decoded straight into place
+def test_decoded_bytes_are_checked_against_raw_hash(store_uri, size):
+    ckptstore.save({"w": torch.zeros(size)}, store_uri, step=1, compression="zstd")
+    doc = _doc(store_uri, 1)
+    compressed = [k for k, o in doc["objects"].items() if o["codec"] != "none"]
+    assert compressed and all(doc["objects"][k]["raw_hash"] for k in compressed)
+    doc["step"] = 9
+    for k in compressed:  # what a codec bug would look like: the stored bytes verify, the decoded ones do not
+        doc["objects"][k]["raw_hash"] = "0" * 64
+    _plant(store_uri, json.dumps(doc).encode(), 9)
+    for kwargs in ({}, {"mmap": False}, {"map_location": "cpu"}):
+        with pytest.raises(ckptstore.IntegrityError, match="decoded bytes"):
+            ckptstore.load(store_uri, step=9, **kwargs)
+    with pytest.raises(ckptstore.IntegrityError, match="decoded bytes"):
+        ckptstore.Store(store_uri).verify(9)
+    ckptstore.load(store_uri, step=9, verify=False)  # the user opted out of hashing

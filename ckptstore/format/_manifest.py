@@ -54,7 +54,8 @@ class StoreConfig(_Model):
 
 
 class ObjectInfo(_Model):
-    """How one object is stored. ``raw_hash`` is given only when it differs from the key."""
+    """How one object is stored. ``raw_hash``: the hash of the decoded bytes when the codec is not
+    ``none`` (readers check it, format.md §4); null when the codec is ``none``."""
 
     codec: str = Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,31}$")
     size: NonNeg = Field(description="stored bytes (the object's length on storage)")
