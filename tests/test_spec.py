@@ -161,3 +161,148 @@ def test_decoded_bytes_are_checked_against_raw_hash(store_uri, size):
     with pytest.raises(ckptstore.IntegrityError, match="decoded bytes"):
         ckptstore.Store(store_uri).verify(9)
     ckptstore.load(store_uri, step=9, verify=False)  # the user opted out of hashing
+
+
+# -- bullet 6: the JSON schemas validate exactly what the code writes and accepts -------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _validator(name: str):
+    jsonschema = pytest.importorskip("jsonschema")
+    with open(os.path.join(ROOT, "docs", "schema", f"{name}.schema.json"), encoding="utf-8") as f:
+        schema = json.load(f)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # date-time checked (rfc3339-validator)
+
+
+def _written(tmp_path) -> dict[str, bytes]:
+    """Manifests and a store config as the code writes them: version 1 (metrics with non-finite
+    values, a config, RNG states, compressed objects) and version 2 (a sharded tensor)."""
+    uri = str(tmp_path / "w")
+    ckptstore.save(
+        {"w": torch.randn(5000), "n": torch.zeros(300)},
+        uri,
+        step=3,
+        epoch=1,
+        metrics={"loss": float("nan"), "best": float("inf"), "worst": float("-inf"), "acc": 0.5},
+        tags=["pinned"],
+        config={"lr": 0.1, "layers": [1, 2]},
+        compression="zstd",
+    )
+    store = ckptstore.Store(uri)
+    with store.session() as s:
+        part = s.stage([torch.ones(4), torch.ones(4)])
+        chunks = [
+            ckptstore.ShardChunk(offsets=[0], sizes=[4], tensor=0),
+            ckptstore.ShardChunk(offsets=[4], sizes=[4], tensor=1),
+        ]
+        s.commit(
+            part,
+            state={"w": ckptstore.ShardedTensor(dtype="float32", shape=[8], chunks=chunks)},
+            distributed=ckptstore.Distributed(world_size=2, names={"w": ["w"]}),
+            step=4,
+            rng=False,
+        )
+    out = {}
+    for step in (3, 4):
+        with open(os.path.join(uri, store.info(step).key), "rb") as f:
+            out[f"v{step - 2}"] = f.read()
+    with open(os.path.join(uri, "ckptstore.json"), "rb") as f:
+        out["store"] = f.read()
+    return out
+
+
+def test_schemas_accept_what_the_code_writes(tmp_path):
+    manifest, store = _validator("manifest"), _validator("store")
+    written = _written(tmp_path)
+    assert json.loads(written["v1"])["version"] == 1 and json.loads(written["v2"])["version"] == 2
+    assert json.loads(written["v1"])["metrics"]["loss"] == "NaN"
+    for name in ("v1", "v2"):
+        manifest.validate(json.loads(written[name]))
+    store.validate(json.loads(written["store"]))
+    golden = os.path.join(ROOT, "tests", "golden", "v1")
+    for f in os.listdir(os.path.join(golden, "manifests")):
+        with open(os.path.join(golden, "manifests", f), "rb") as fh:
+            manifest.validate(json.loads(fh.read()))
+
+
+def _delete(key):
+    return lambda d: d.pop(key)
+
+
+@pytest.mark.parametrize(
+    "mutate,accepted",
+    [
+        (lambda d: None, True),
+        (_delete("epoch"), True),  # fields with a default may be left out
+        (lambda d: [o.pop("raw_hash") for o in d["objects"].values()], True),  # raw_hash null or absent
+        (lambda d: d["metrics"].update(x=7), True),  # an int is a number
+        (_delete("format"), False),
+        (_delete("version"), False),
+        (lambda d: d.update(version=2), False),  # version 2 exactly with `distributed`
+        (lambda d: d.update(version=99), False),
+        (lambda d: d.update(version=True), False),
+        (lambda d: d["metrics"].update(loss="nan"), False),  # only "NaN", "Infinity", "-Infinity"
+        (lambda d: d["metrics"].update(loss="1.5"), False),
+        (lambda d: d.update(step="5"), False),  # numbers are numbers
+        (lambda d: d.update(step=True), False),
+        (lambda d: d.update(epoch=1.5), False),
+        (lambda d: d.update(surprise=1), False),  # unknown fields
+        (lambda d: d["objects"].update({"../../etc/passwd": next(iter(d["objects"].values()))}), False),
+        (lambda d: d["objects"].update({"A" * 64: next(iter(d["objects"].values()))}), False),
+        (lambda d: next(iter(d["objects"].values())).update(raw_hash="xyz"), False),
+        (lambda d: d["tensors"][0].update(shape=[-1]), False),
+        (lambda d: d["tensors"][0].update(requires_grad="yes"), False),
+        (lambda d: d.update(created_at="yesterday"), False),
+        (lambda d: d.update(tags=[""]), False),
+    ],
+)
+def test_schema_and_reader_agree_on_hostile_manifests(tmp_path, mutate, accepted):
+    from jsonschema import ValidationError as SchemaError
+
+    from ckptstore.format._manifest import parse_manifest
+
+    validator = _validator("manifest")
+    doc = json.loads(_written(tmp_path)["v1"])
+    mutate(doc)
+    data = json.dumps(doc).encode()
+    if accepted:
+        validator.validate(doc)
+        parse_manifest(data)
+    else:
+        with pytest.raises(SchemaError):
+            validator.validate(doc)
+        with pytest.raises((ckptstore.IntegrityError, ckptstore.UnsupportedFormatError)):
+            parse_manifest(data)
+
+
+@pytest.mark.parametrize(
+    "mutate,accepted",
+    [
+        (lambda d: None, True),
+        (lambda d: d.update(retention=None), True),
+        (_delete("format"), False),
+        (_delete("version"), False),
+        (lambda d: d.update(version=2), False),
+        (lambda d: d.update(hash="sha256"), False),
+        (lambda d: d.update(extra=1), False),
+    ],
+)
+def test_store_schema_and_reader_agree(tmp_path, mutate, accepted):
+    from jsonschema import ValidationError as SchemaError
+
+    from ckptstore.format._manifest import parse_store_config
+
+    validator = _validator("store")
+    doc = json.loads(_written(tmp_path)["store"])
+    mutate(doc)
+    data = json.dumps(doc).encode()
+    if accepted:
+        validator.validate(doc)
+        parse_store_config(data)
+    else:
+        with pytest.raises(SchemaError):
+            validator.validate(doc)
+        with pytest.raises((ckptstore.IntegrityError, ckptstore.UnsupportedFormatError)):
+            parse_store_config(data)

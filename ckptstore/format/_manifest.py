@@ -7,6 +7,7 @@ bytes are hashed and the hash is part of its key, so a manifest verifies itself.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -14,12 +15,14 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -36,6 +39,30 @@ STORE_VERSIONS = (FORMAT_VERSION,)
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
 NonNeg = Annotated[int, Field(ge=0)]
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _metric(v: Any) -> Any:
+    return _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
+#: a metric value: a JSON number, or one of the strings "NaN", "Infinity", "-Infinity" (how the
+#: writer spells non-finite values; JSON has no token for them)
+Metric = Annotated[
+    float,
+    BeforeValidator(_metric),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"enum": sorted(_NON_FINITE)}]}),
+]
+
+
+def _require(*names: str) -> Any:
+    """A model's JSON Schema also requires ``names`` (fields with a default that the reader
+    nevertheless requires in a file: ``format`` and ``version``)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["required"] = [*names, *(n for n in schema.get("required", []) if n not in names)]
+
+    return extra
 
 
 class _Model(BaseModel):
@@ -45,8 +72,10 @@ class _Model(BaseModel):
 class StoreConfig(_Model):
     """``ckptstore.json`` at the store root."""
 
+    model_config = ConfigDict(json_schema_extra=_require("format", "version"))
+
     format: Literal["ckptstore"] = "ckptstore"
-    version: int = FORMAT_VERSION
+    version: int = Field(default=FORMAT_VERSION, json_schema_extra={"enum": [FORMAT_VERSION]})
     hash: Literal["blake3"] = "blake3"
     created_at: datetime
     #: a retention policy every writer and ``ckptstore gc`` apply (see retention docs); opaque here
@@ -154,14 +183,24 @@ class Distributed(_Model):
     sharded: list[ShardedTensor] = Field(default_factory=list)
 
 
+def _manifest_schema(schema: dict[str, Any]) -> None:
+    _require("format", "version")(schema)
+    # version 2 exactly when `distributed` is present (format.md §12, §21)
+    schema["if"] = {"required": ["distributed"], "properties": {"distributed": {"type": "object"}}}
+    schema["then"] = {"properties": {"version": {"const": DISTRIBUTED_VERSION}}}
+    schema["else"] = {"properties": {"version": {"const": FORMAT_VERSION}}}
+
+
 class Manifest(_Model):
+    model_config = ConfigDict(json_schema_extra=_manifest_schema)
+
     format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
     version: int = FORMAT_VERSION
     step: NonNeg
     epoch: Optional[int] = None
     created_at: datetime
     config: JsonValue = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, Metric] = Field(default_factory=dict)
     tags: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list)
     meta: dict[str, JsonValue] = Field(default_factory=dict)
     rng: Optional[RngState] = None
@@ -170,7 +209,7 @@ class Manifest(_Model):
     tree: JsonValue
     tensors: list[TensorEntry]
     blobs: list[Blob]
-    objects: dict[Hash, ObjectInfo]
+    objects: dict[Hash, ObjectInfo] = Field(json_schema_extra={"propertyNames": {"pattern": r"^[0-9a-f]{64}$"}})
     stats: Stats
     distributed: Optional[Distributed] = Field(
         None, exclude_if=lambda v: v is None, description="only in version 2 manifests (§21)"
@@ -246,7 +285,8 @@ def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tup
     raw = loads_strict(data, what)
     _check_version(raw, what, name, versions)
     try:
-        return model.model_validate_json(data)
+        # strict: a file holds exactly the JSON types the writer writes (no "5" for 5, no true for 1)
+        return model.model_validate_json(data, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
