@@ -306,3 +306,35 @@ def test_store_schema_and_reader_agree(tmp_path, mutate, accepted):
             validator.validate(doc)
         with pytest.raises((ckptstore.IntegrityError, ckptstore.UnsupportedFormatError)):
             parse_store_config(data)
+
+
+# -- bullet 9: $complex parts and the $dtype spelling are checked as the spec says ------------------
+@pytest.mark.parametrize(
+    "node,ok",
+    [
+        ({"$complex": [1.5, -2]}, complex(1.5, -2)),
+        ({"$complex": [{"$float": "nan"}, {"$float": "-0.0"}]}, None),
+        ({"$complex": ["1", 2]}, False),  # parts are numbers or $float, not strings
+        ({"$complex": [True, 0]}, False),
+        ({"$complex": [[1], 0]}, False),
+        ({"$dtype": "float32"}, torch.float32),
+        ({"$dtype": "uint16"}, torch.uint16),
+        ({"$dtype": 5}, False),  # a name, as in tensor entries
+        ({"$dtype": "torch.float32"}, "newer"),  # not the spelling: unknown name
+        ({"$dtype": "float"}, "newer"),  # an alias, not torch's name of the dtype
+    ],
+)
+def test_complex_parts_and_dtype_spelling(node, ok):
+    from ckptstore.format._tree import decode_value
+
+    if ok is False:
+        with pytest.raises(ckptstore.IntegrityError):
+            decode_value(node)
+    elif ok == "newer":
+        with pytest.raises(ckptstore.UnsupportedFormatError):
+            decode_value(node)
+    elif ok is None:
+        v = decode_value(node)
+        assert v.real != v.real and str(v.imag) == "-0.0"
+    else:
+        assert decode_value(node) == ok

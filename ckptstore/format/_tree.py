@@ -294,8 +294,10 @@ class Decoder:
                 raise IntegrityError(f"{where}: bad $float {a!r}")
             return vals[a]
         if tag == "$complex":
-            re_, im = _as_list(a, where, 2)
-            return complex(float(dec(re_)), float(dec(im)))
+            parts = [dec(x) for x in _as_list(a, where, 2)]  # each a JSON number or a $float
+            if not all(type(x) in (int, float) for x in parts):
+                raise IntegrityError(f"{where}: $complex parts must be numbers or $float values")
+            return complex(float(parts[0]), float(parts[1]))
         if tag == "$bytes":
             return _unb64(a, where)
         if tag == "$bytearray":
@@ -303,7 +305,9 @@ class Decoder:
         if tag == "$dtype":
             from ._tensors import dtype_from_name
 
-            return dtype_from_name(str(a))
+            if not isinstance(a, str):
+                raise IntegrityError(f"{where}: $dtype must be a dtype name")
+            return dtype_from_name(a)
         if tag == "$device":
             try:
                 return torch.device(str(a))
