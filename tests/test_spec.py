@@ -338,3 +338,15 @@ def test_complex_parts_and_dtype_spelling(node, ok):
         assert v.real != v.real and str(v.imag) == "-0.0"
     else:
         assert decode_value(node) == ok
+
+
+def test_created_at_is_compared_as_a_time(two):
+    from datetime import datetime, timedelta, timezone
+
+    doc = _doc(two, 2)
+    later = datetime.fromisoformat(doc["created_at"]) + timedelta(hours=1)
+    doc["created_at"] = later.astimezone(timezone(timedelta(hours=-5))).isoformat()  # sorts first as text
+    doc["stats"]["new_objects"] = 0  # another manifest of the same step
+    key = _plant(two, json.dumps(doc).encode(), 2)
+    assert ckptstore.info(two, step=2).key == key
+    assert ckptstore.Store(two).latest().key == key
