@@ -350,3 +350,47 @@ def test_created_at_is_compared_as_a_time(two):
     key = _plant(two, json.dumps(doc).encode(), 2)
     assert ckptstore.info(two, step=2).key == key
     assert ckptstore.Store(two).latest().key == key
+
+
+# -- torch.load parity, bullet 1: a module's state_dict keeps its _metadata --------------------------
+def _bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+
+
+def test_state_dict_metadata_survives_like_torch_load(store_uri, tmp_path):
+    model = _bn_model()
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "sd.pt")
+    want = torch.load(tmp_path / "sd.pt", weights_only=True)
+    assert want._metadata["1"]["version"] == 2  # BatchNorm's version, as torch.load gives it
+
+    ckptstore.save({"model": sd, "plain": {"a": 1}}, store_uri, step=1, rng=False)
+    got = ckptstore.load(store_uri)["model"]
+    assert type(got) is type(want) and list(got) == list(want)
+    assert got._metadata == want._metadata and type(got._metadata) is type(want._metadata)
+    assert ckptstore.Store(store_uri).manifest(1).version == 3  # the encoding needs a version-3 reader
+
+    seen = []
+    bn = _bn_model()[1]
+    real = type(bn)._load_from_state_dict
+
+    def spy(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        seen.append(local_metadata.get("version"))
+        return real(self, state_dict, prefix, local_metadata, *args, **kwargs)
+
+    fresh = _bn_model()
+    type(fresh[1])._load_from_state_dict = spy
+    try:
+        fresh.load_state_dict(got)
+    finally:
+        type(fresh[1])._load_from_state_dict = real
+    assert seen == [2]  # load_state_dict passes BatchNorm its version
+
+
+def test_plain_states_stay_version_1(store_uri):
+    from collections import OrderedDict
+
+    ckptstore.save({"w": torch.ones(2), "o": OrderedDict(a=1)}, store_uri, step=1, rng=False)
+    m = ckptstore.Store(store_uri).manifest(1)
+    assert m.version == 1 and "$statedict" not in m.model_dump_json()

@@ -34,7 +34,19 @@ FORMAT_VERSION = 1
 #: the version of a manifest with a ``distributed`` section (docs/format.md §21); manifests without
 #: one stay version 1, byte for byte, so version-1 readers keep reading them
 DISTRIBUTED_VERSION = 2
-MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION)
+#: the version of a manifest whose tree uses an encoding added in version 3 (``$statedict``:
+#: a module's state dict with its ``_metadata``), with or without a ``distributed`` section
+STATE_VERSION = 3
+MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION, STATE_VERSION)
+
+
+def manifest_version(*, distributed: bool, v3: bool) -> int:
+    """The version a writer writes: the lowest that holds the manifest (format.md §12)."""
+    if v3:
+        return STATE_VERSION
+    return DISTRIBUTED_VERSION if distributed else FORMAT_VERSION
+
+
 STORE_VERSIONS = (FORMAT_VERSION,)
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
@@ -185,10 +197,10 @@ class Distributed(_Model):
 
 def _manifest_schema(schema: dict[str, Any]) -> None:
     _require("format", "version")(schema)
-    # version 2 exactly when `distributed` is present (format.md §12, §21)
+    # version 2 only with `distributed`, version 1 only without it, version 3 either (format.md §12, §21)
     schema["if"] = {"required": ["distributed"], "properties": {"distributed": {"type": "object"}}}
-    schema["then"] = {"properties": {"version": {"const": DISTRIBUTED_VERSION}}}
-    schema["else"] = {"properties": {"version": {"const": FORMAT_VERSION}}}
+    schema["then"] = {"properties": {"version": {"enum": [DISTRIBUTED_VERSION, STATE_VERSION]}}}
+    schema["else"] = {"properties": {"version": {"enum": [FORMAT_VERSION, STATE_VERSION]}}}
 
 
 class Manifest(_Model):
@@ -217,11 +229,11 @@ class Manifest(_Model):
 
     @model_validator(mode="after")
     def _version_matches(self) -> Manifest:
-        want = FORMAT_VERSION if self.distributed is None else DISTRIBUTED_VERSION
-        if self.version != want:
+        allowed = (FORMAT_VERSION, STATE_VERSION) if self.distributed is None else (DISTRIBUTED_VERSION, STATE_VERSION)
+        if self.version not in allowed:
             raise ValueError(
                 f"a manifest {'with' if self.distributed else 'without'} a distributed section "
-                f"must be version {want}, not {self.version}"
+                f"must be version {' or '.join(map(str, allowed))}, not {self.version}"
             )
         return self
 

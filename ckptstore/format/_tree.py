@@ -6,7 +6,9 @@ not starting with "$". Everything else is a one-key object whose key starts with
     {"$tensor": i}      torch tensor i of the manifest's tensor table (also numpy arrays)
     {"$tuple": [...]}   {"$set": [...]}   {"$frozenset": [...]}
     {"$dict": [[k, v], ...]}   a dict with non-str keys (int keys of optimizer state) or "$" keys
-    {"$odict": <dict>}  collections.OrderedDict (state_dict() returns one)
+    {"$odict": <dict>}  collections.OrderedDict
+    {"$statedict": [<dict>, <metadata>]}  an OrderedDict with a ``_metadata`` attribute, what
+                        Module.state_dict() returns (version 3)
     {"$float": "nan" | "inf" | "-inf" | "-0.0"}   {"$complex": [re, im]}
     {"$bytes": base64}  {"$bytearray": base64}
     {"$dtype": "float32"}  {"$device": "cuda:0"}  {"$size": [2, 3]}   torch.dtype/device/Size
@@ -62,6 +64,7 @@ _TAGS = frozenset(
         "$frozenset",
         "$dict",
         "$odict",
+        "$statedict",
         "$float",
         "$complex",
         "$bytes",
@@ -75,6 +78,8 @@ _TAGS = frozenset(
     }
 )
 _MAX_DEPTH = 200
+#: tags that need a version-3 reader (format.md §12)
+V3_TAGS = frozenset({"$statedict"})
 
 
 def _b64(b: bytes) -> str:
@@ -205,7 +210,12 @@ class Encoder:
             items = [self._enc(x, f"{path}{{{x!r}}}", d) for x in v]
             return {"$set" if t is set else "$frozenset": items}
         enc = self._dict(v, path, d)
-        return {"$odict": enc} if t is collections.OrderedDict else enc
+        if t is not collections.OrderedDict:
+            return enc
+        metadata = getattr(v, "_metadata", None)
+        if isinstance(metadata, dict):  # a module's state_dict(): keep the per-module versions
+            return {"$statedict": [enc, self._enc(metadata, f"{path}._metadata", d)]}
+        return {"$odict": enc}
 
     def _dict(self, v: dict[Any, Any], path: str, depth: int) -> Any:
         if all(type(k) is str and not k.startswith("$") for k in v):
@@ -288,6 +298,13 @@ class Decoder:
             if not isinstance(inner, dict):
                 raise IntegrityError(f"{where}: $odict must hold a dict")
             return collections.OrderedDict(inner)
+        if tag == "$statedict":
+            items, metadata = (dec(x) for x in _as_list(a, where, 2))
+            if not isinstance(items, dict) or not isinstance(metadata, dict):
+                raise IntegrityError(f"{where}: $statedict must hold a dict and its metadata dict")
+            sd = collections.OrderedDict(items)
+            sd._metadata = metadata  # type: ignore[attr-defined]
+            return sd
         if tag == "$float":
             vals = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "-0.0": -0.0}
             if a not in vals:
@@ -344,17 +361,22 @@ def _as_list(a: Any, where: str, n: int | None = None) -> list[Any]:
     return a
 
 
-def contains_pickle(node: Any) -> bool:
+def contains_tag(node: Any, tags: frozenset[str]) -> bool:
+    """Whether an encoded tree holds a value tagged with one of ``tags``."""
     stack = [node]
     while stack:
         n = stack.pop()
         if isinstance(n, list):
             stack.extend(n)
         elif isinstance(n, dict):
-            if "$pickle" in n and len(n) == 1:
+            if len(n) == 1 and next(iter(n)) in tags:
                 return True
             stack.extend(n.values())
     return False
+
+
+def contains_pickle(node: Any) -> bool:
+    return contains_tag(node, frozenset({"$pickle"}))
 
 
 def rebase_tensors(node: Any, offset: int) -> Any:
