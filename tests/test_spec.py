@@ -394,3 +394,40 @@ def test_plain_states_stay_version_1(store_uri):
     ckptstore.save({"w": torch.ones(2), "o": OrderedDict(a=1)}, store_uri, step=1, rng=False)
     m = ckptstore.Store(store_uri).manifest(1)
     assert m.version == 1 and "$statedict" not in m.model_dump_json()
+
+
+# -- torch.load parity, bullet 2: dense non-contiguous tensors keep their strides --------------------
+def _strided_cases() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "channels_last": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "channels_last_3d": torch.randn(2, 3, 2, 4, 5).to(memory_format=torch.channels_last_3d),
+        "transposed": torch.randn(6, 7).t(),
+        "permuted": torch.randn(2, 3, 4).permute(2, 0, 1),
+        "size_one_dims": torch.randn(1, 5, 1).transpose(0, 2),
+    }
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_dense_non_contiguous_tensors_keep_their_strides(store_uri, tmp_path, compression):
+    cases = _strided_cases()
+    torch.save(cases, tmp_path / "t.pt")
+    want = torch.load(tmp_path / "t.pt", weights_only=True)
+    ckptstore.save(cases, store_uri, step=1, rng=False, compression=compression)
+    for mmap in (True, False):
+        got = ckptstore.load(store_uri, mmap=mmap)
+        for name, w in want.items():
+            assert got[name].stride() == w.stride(), name
+            assert torch.equal(got[name], w), name
+    assert got["channels_last"].is_contiguous(memory_format=torch.channels_last)
+    m = ckptstore.Store(store_uri).manifest(1)
+    assert sum(b.nbytes for b in m.blobs) == sum(t.numel() * t.element_size() for t in cases.values())
+
+
+def test_sparse_views_still_come_back_contiguous(store_uri):
+    base = torch.arange(40.0).reshape(4, 10)
+    view = base[:, ::3]  # not dense: only these elements are stored
+    ckptstore.save({"v": view}, store_uri, step=1, rng=False)
+    got = ckptstore.load(store_uri)["v"]
+    assert torch.equal(got, view) and got.is_contiguous()
+    assert ckptstore.Store(store_uri).manifest(1).blobs[0].nbytes == view.numel() * 4
