@@ -431,3 +431,64 @@ def test_sparse_views_still_come_back_contiguous(store_uri):
     got = ckptstore.load(store_uri)["v"]
     assert torch.equal(got, view) and got.is_contiguous()
     assert ckptstore.Store(store_uri).manifest(1).blobs[0].nbytes == view.numel() * 4
+
+
+# -- torch.load parity, bullet 3: sparse COO and CSR tensors round-trip ------------------------------
+def _sparse_cases() -> dict[str, torch.Tensor]:
+    i = torch.tensor([[0, 1, 1, 0], [2, 0, 2, 2]])
+    v = torch.tensor([3.0, 4.0, 5.0, 6.0])
+    uncoalesced = torch.sparse_coo_tensor(i, v, (2, 3))  # a duplicate index, not coalesced
+    dense = torch.tensor([[0.0, 1.5, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    return {
+        "coo": uncoalesced,
+        "coo_coalesced": uncoalesced.coalesce(),
+        "coo_hybrid": torch.sparse_coo_tensor(i[:, :2], torch.randn(2, 4), (2, 3, 4)).coalesce(),
+        "coo_empty": torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (5, 5)),
+        "csr": dense.to_sparse_csr(),
+        "csr_int32": torch.sparse_csr_tensor(
+            torch.tensor([0, 1, 1, 2], dtype=torch.int32),
+            torch.tensor([1, 2], dtype=torch.int32),
+            torch.tensor([7, 8], dtype=torch.int16),
+            (3, 3),
+        ),
+    }
+
+
+def test_sparse_tensors_round_trip_like_torch_load(store_uri, tmp_path):
+    cases = _sparse_cases()
+    torch.save(cases, tmp_path / "s.pt")
+    want = torch.load(tmp_path / "s.pt", weights_only=True)
+    ckptstore.save({"s": cases}, store_uri, step=1, rng=False)
+    got = ckptstore.load(store_uri)["s"]
+    for name, w in want.items():
+        g = got[name]
+        assert g.layout == w.layout and g.shape == w.shape and g.dtype == w.dtype, name
+        if w.layout == torch.sparse_coo:
+            assert g.is_coalesced() == w.is_coalesced(), name
+            assert torch.equal(g._indices(), w._indices()) and torch.equal(g._values(), w._values()), name
+        else:
+            assert torch.equal(g.crow_indices(), w.crow_indices()), name
+            assert torch.equal(g.col_indices(), w.col_indices()) and torch.equal(g.values(), w.values()), name
+            assert g.crow_indices().dtype == w.crow_indices().dtype, name
+        assert torch.equal(g.to_dense(), w.to_dense()), name
+    assert ckptstore.Store(store_uri).manifest(1).version == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda n: n.update(size=[1, 1]),  # indices outside the size
+        lambda n: n.update(layout="bsr"),
+        lambda n: n.update(coalesced="yes"),
+        lambda n: n.update(extra=1),
+        lambda n: n.update(values=5),
+    ],
+)
+def test_hostile_sparse_nodes_are_refused(store_uri, bad):
+    ckptstore.save({"s": _sparse_cases()["coo"]}, store_uri, step=1, rng=False)
+    doc = _doc(store_uri, 1)
+    bad(doc["tree"]["s"]["$sparse"])
+    doc["step"] = 9
+    _plant(store_uri, json.dumps(doc).encode(), 9)
+    with pytest.raises(ckptstore.IntegrityError):
+        ckptstore.load(store_uri, step=9)

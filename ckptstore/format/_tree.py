@@ -14,6 +14,7 @@ not starting with "$". Everything else is a one-key object whose key starts with
     {"$dtype": "float32"}  {"$device": "cuda:0"}  {"$size": [2, 3]}   torch.dtype/device/Size
     {"$np": [dtype, base64]}   a numpy scalar (np.float32(1.5), ...)
     {"$pickle": base64}  only with allow_pickle=True on save, and on load
+    {"$sparse": {...}}  a sparse COO or CSR tensor: layout, size, component tensors, flags (version 3)
     {"$sharded": j}     sharded tensor j of the manifest's ``distributed`` section (version 2, §21)
 """
 
@@ -30,6 +31,7 @@ import torch
 
 from .._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
 from ._manifest import ShardedTensor
+from ._sparse import decode_sparse, encode_sparse, is_sparse
 from ._tensors import check_tensor, numpy_dtype_from_name
 
 
@@ -75,11 +77,12 @@ _TAGS = frozenset(
         "$np",
         "$pickle",
         "$sharded",
+        "$sparse",
     }
 )
 _MAX_DEPTH = 200
 #: tags that need a version-3 reader (format.md §12)
-V3_TAGS = frozenset({"$statedict"})
+V3_TAGS = frozenset({"$statedict", "$sparse"})
 
 
 def _b64(b: bytes) -> str:
@@ -144,6 +147,10 @@ class Encoder:
             self.tensors.append(t)
         return {"$tensor": idx}
 
+    def _add_component(self, t: Any, path: str) -> dict[str, int]:
+        check_tensor(t, path)
+        return self._add_tensor(t, path)
+
     def _enc(self, v: Any, path: str, depth: int) -> Any:
         if depth > _MAX_DEPTH:
             raise UnsupportedValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep", path)
@@ -155,6 +162,8 @@ class Encoder:
         if t is float:
             return _float(v)
         if isinstance(v, torch.Tensor):
+            if is_sparse(v) and self.allow_tensors:
+                return encode_sparse(v, path, self._add_component)
             check_tensor(v, path)
             return self._add_tensor(v, path)
         if self.refs and t is TensorRef:
@@ -298,6 +307,8 @@ class Decoder:
             if not isinstance(inner, dict):
                 raise IntegrityError(f"{where}: $odict must hold a dict")
             return collections.OrderedDict(inner)
+        if tag == "$sparse":
+            return decode_sparse(a, dec, where)
         if tag == "$statedict":
             items, metadata = (dec(x) for x in _as_list(a, where, 2))
             if not isinstance(items, dict) or not isinstance(metadata, dict):
