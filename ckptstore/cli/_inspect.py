@@ -117,6 +117,8 @@ def _groups(tree: Any, m: Manifest | None = None) -> list[tuple[str, set[int]]]:
     node = tree
     if isinstance(node, dict) and set(node) == {"$odict"}:
         node = node["$odict"]
+    if isinstance(node, dict) and set(node) == {"$statedict"} and isinstance(node["$statedict"], list):
+        node = node["$statedict"][0]  # a module's state_dict() (format version 3): its items
     pairs: list[tuple[str, Any]]
     if isinstance(node, dict) and not any(k.startswith("$") for k in node):
         pairs = [(str(k), v) for k, v in node.items()]
