@@ -28,6 +28,7 @@ from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
 from ..format._manifest import Manifest, StoreConfig, dump, parse_manifest, parse_store_config
 from ..format._tree import Decoder
+from ..pipeline._reader import check_manifest
 from ..pipeline._writer import DedupIndex
 from ..storage._backend import Backend
 from ._retention import Retention
@@ -52,6 +53,7 @@ class Catalog:
         self._lock = threading.RLock()
         self._manifests: dict[str, Manifest] = {}
         self._bad: dict[str, str] = {}
+        self._newer: dict[str, int] = {}  # manifest key -> step, for manifests of a newer format version
         self._config: StoreConfig | None = None
         self._index: DedupIndex | None = None
         self._index_keys: set[str] | None = None  # manifests present when the index was last checked
@@ -170,12 +172,15 @@ class Catalog:
         m = parse_manifest(data, where, digest)
         if m.step != step:
             raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
+        # one rule for "does not validate" (format.md §8): the §5 structure checks count as much as
+        # the schema, so a manifest failing them is skipped as damaged when looking for the newest
+        check_manifest(m, where)
         with self._lock:
             self._manifests[key] = m
         return m
 
     def info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
-        config = Decoder([]).decode(m.config) if m.config is not None else None
+        config = Decoder([], keep_pickle=True).decode(m.config) if m.config is not None else None
         return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
 
     def damaged(self) -> dict[str, str]:
@@ -183,9 +188,15 @@ class Catalog:
         with self._lock:
             return dict(self._bad)
 
+    def newer(self) -> dict[str, int]:
+        """Manifest key -> step, for every manifest of a newer format version ``checkpoints`` met in
+        this process (this ckptstore cannot read them: upgrade)."""
+        with self._lock:
+            return dict(self._newer)
+
     def checkpoints(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
-        """Every readable checkpoint, sorted by step then creation time; damaged manifests are
-        skipped with one warning each."""
+        """Every readable checkpoint, sorted by step then creation time; damaged manifests and
+        those of a newer format version are skipped with one warning each."""
         self.config()
         out = []
         for step, digest, key in self.manifest_keys():
@@ -195,6 +206,8 @@ class Catalog:
                 with self._lock:
                     new = key not in self._bad
                     self._bad[key] = str(e)
+                    if isinstance(e, UnsupportedFormatError):
+                        self._newer[key] = step
                 if new:
                     warnings.warn(f"skipping checkpoint at step {step}: {e}", CkptstoreWarning, stacklevel=stacklevel)
                 continue
@@ -218,9 +231,14 @@ class Catalog:
                 problems.append(f"cannot read checkpoint manifest at step {step} ({key}): {e}")
         return out, problems
 
-    def newest(self, keys: list[Key] | None = None) -> CheckpointInfo | None:
+    def newest(self, keys: list[Key] | None = None, *, strict: bool = False) -> CheckpointInfo | None:
         """The newest readable checkpoint (highest step; the most recent of equal steps), from
-        ``keys`` (a listing the caller made) or a fresh listing."""
+        ``keys`` (a listing the caller made) or a fresh listing. Damaged manifests are skipped.
+
+        ``strict``: a manifest of a newer format version met on the way raises its
+        ``UnsupportedFormatError`` instead of being skipped (format.md §12): a default load or a
+        resume must not quietly return an older checkpoint. Saves (which only want a dedup parent)
+        pass False."""
         if keys is None:
             self.config()
             keys = self.manifest_keys()
@@ -231,6 +249,8 @@ class Catalog:
             try:
                 info = self.info(key, digest, self.manifest(key))
             except _UNREADABLE as e:
+                if strict and isinstance(e, UnsupportedFormatError):
+                    raise
                 log.warning("skipping damaged checkpoint at step %d: %s", step, e)
                 continue
             if best is None or (info.created_at, info.id) > (best.created_at, best.id):
@@ -254,7 +274,7 @@ class Catalog:
             _s, digest, key = matches[0]
             return self.info(key, digest, self.manifest(key))
         if step is None:
-            info = self.newest()
+            info = self.newest(strict=True)
             if info is None:
                 raise CheckpointNotFoundError(f"the store {self.uri} has no checkpoints yet")
             return info
