@@ -79,8 +79,10 @@ def _manifest_problem(store: Store, digest: str) -> str | None:
         store.info(id=digest)
     except IntegrityError as e:
         return str(e)
-    except (CheckpointNotFoundError, ckptstore.UnsupportedFormatError):
+    except CheckpointNotFoundError:
         return None
+    # UnsupportedFormatError propagates: a newer manifest is not damage; resuming from an older
+    # checkpoint instead would quietly redo work (format.md §12)
     return None
 
 

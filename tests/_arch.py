@@ -32,7 +32,16 @@ LAYERS = {
     "ckptstore": 8,  # the package's __init__: the public surface
 }
 #: private attributes of third-party objects we use on purpose
-THIRD_PARTY_PRIVATE = {"_strip_protocol", "_request", "_getframe"}
+THIRD_PARTY_PRIVATE = {
+    "_strip_protocol",
+    "_request",
+    "_getframe",
+    # torch's own underscored API: a state_dict()'s per-module versions, and the parts of an
+    # uncoalesced sparse COO tensor (.indices()/.values() refuse those)
+    "_metadata",
+    "_indices",
+    "_values",
+}
 SELF_NAMES = {"self", "cls", "mcs"}
 #: what code outside the core (adapters, users) may import
 PUBLIC_PACKAGES = {"ckptstore", "ckptstore.interop", "ckptstore.testing"}

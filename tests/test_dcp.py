@@ -473,3 +473,13 @@ def test_a_session_without_its_own_lease_stages_but_cannot_commit(tmp_path: Any)
         with pytest.raises(RuntimeError, match="lease=False"):
             s.commit(part, rng=False)
     assert store.list() == []
+
+
+def test_diff_of_sharded_checkpoints(jobs: dict[str, Any]) -> None:
+    """`ckptstore diff` matches sharded tensors chunk by chunk: step 4 changed one weight of step 2."""
+    d = ckptstore.diff_checkpoints(jobs["uri"], 2, 4)
+    status = {t.name: t.status for t in d.tensors}
+    assert status["model.0.weight"] == "changed"
+    assert {s for n, s in status.items() if n != "model.0.weight"} == {"identical"}
+    changed = next(t for t in d.tensors if t.name == "model.0.weight")
+    assert changed.relative_change is not None and changed.relative_change > 0

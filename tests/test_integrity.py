@@ -105,7 +105,7 @@ def _valid_doc(uri, step=2) -> dict:
         (lambda d: d["blobs"][0].update(nbytes=10**15), ckptstore.IntegrityError),
         (lambda d: d["blobs"][0]["segments"][0].update(offset=10**12), ckptstore.IntegrityError),
         (lambda d: d["tensors"][0].update(dtype="float1024"), ckptstore.UnsupportedFormatError),
-        (lambda d: d.update(version=3), ckptstore.UnsupportedFormatError),  # newer than this reader
+        (lambda d: d.update(version=4), ckptstore.UnsupportedFormatError),  # newer than this reader
         (lambda d: d.update(version=2), ckptstore.IntegrityError),  # version 2 needs `distributed` (§21)
         (lambda d: d.update(distributed={"world_size": 2, "names": {}}), ckptstore.IntegrityError),  # v1 has none
         (

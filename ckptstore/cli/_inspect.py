@@ -44,10 +44,12 @@ def add_parsers(sub: Any) -> None:
 
 # -- ls ---------------------------------------------------------------------------------------
 def cmd_ls(args: argparse.Namespace) -> int:
-    """The checkpoints; exit 1 when a manifest could not be read (each one warned about once)."""
+    """The checkpoints; exit 1 when a manifest is damaged (each one warned about once)."""
     with open_store(args) as store:
         infos = store.list()
-        status = 1 if store.catalog.damaged() else 0
+        newer = sorted((step, key) for key, step in store.catalog.newer().items())
+        # damaged manifests make it exit 1; a newer format is listed as such (not damage)
+        status = 1 if set(store.catalog.damaged()) - {key for _step, key in newer} else 0
     if args.json:
         rows = [
             {
@@ -65,7 +67,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
         return status
-    if not infos:
+    if not infos and not newer:
         print(f"no checkpoints in {args.uri}" + (" that can be read" if status else ""))
         return status
     head = ["step", "epoch", "created (UTC)", "size", "new", "metrics", "tags", "id"]
@@ -83,6 +85,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for i in infos
     ]
     progress = [progress_text(i.meta, i.step) for i in infos]
+    for step, key in newer:  # written by a newer ckptstore: listed, not readable here
+        at = sum(1 for i in infos if i.step <= step)
+        body.insert(at, [str(step), "", "", "", "", "newer format, upgrade", "", key.rsplit("-", 1)[-1][:12]])
+        progress.insert(at, "")
     if any(progress):
         head.insert(-1, "progress")
         for r, p in zip(body, progress):
@@ -114,6 +120,8 @@ def _groups(tree: Any, m: Manifest | None = None) -> list[tuple[str, set[int]]]:
     node = tree
     if isinstance(node, dict) and set(node) == {"$odict"}:
         node = node["$odict"]
+    if isinstance(node, dict) and set(node) == {"$statedict"} and isinstance(node["$statedict"], list):
+        node = node["$statedict"][0]  # a module's state_dict() (format version 3): its items
     pairs: list[tuple[str, Any]]
     if isinstance(node, dict) and not any(k.startswith("$") for k in node):
         pairs = [(str(k), v) for k, v in node.items()]

@@ -7,6 +7,7 @@ bytes are hashed and the hash is part of its key, so a manifest verifies itself.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -14,12 +15,14 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -32,7 +35,19 @@ FORMAT_VERSION = 1
 #: the version of a manifest with a ``distributed`` section (docs/format.md §21); manifests without
 #: one stay version 1, byte for byte, so version-1 readers keep reading them
 DISTRIBUTED_VERSION = 2
-MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION)
+#: the version of a manifest whose tree uses an encoding added in version 3 (``$statedict``:
+#: a module's state dict with its ``_metadata``), with or without a ``distributed`` section
+STATE_VERSION = 3
+MANIFEST_VERSIONS = (FORMAT_VERSION, DISTRIBUTED_VERSION, STATE_VERSION)
+
+
+def manifest_version(*, distributed: bool, v3: bool) -> int:
+    """The version a writer writes: the lowest that holds the manifest (format.md §12)."""
+    if v3:
+        return STATE_VERSION
+    return DISTRIBUTED_VERSION if distributed else FORMAT_VERSION
+
+
 #: ``ckptstore.json`` with ``chunk_size`` and ``checksum`` (docs/format.md §3); new stores get it,
 #: version-1 configs stay version 1
 CONFIG_VERSION = 2
@@ -42,18 +57,57 @@ MIN_CHUNK_SIZE = 64 << 10
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="BLAKE3, 64 lowercase hex digits")]
 NonNeg = Annotated[int, Field(ge=0)]
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _metric(v: Any) -> Any:
+    return _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
+#: a metric value: a JSON number, or one of the strings "NaN", "Infinity", "-Infinity" (how the
+#: writer spells non-finite values; JSON has no token for them)
+Metric = Annotated[
+    float,
+    BeforeValidator(_metric),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"enum": sorted(_NON_FINITE)}]}),
+]
+
+
+def _require(*names: str) -> Any:
+    """A model's JSON Schema also requires ``names`` (fields with a default that the reader
+    nevertheless requires in a file: ``format`` and ``version``)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["required"] = [*names, *(n for n in schema.get("required", []) if n not in names)]
+
+    return extra
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
+def _store_config_schema(schema: dict[str, Any]) -> None:
+    """``format`` and ``version`` required; version 2 requires ``chunk_size`` and ``checksum``,
+    version 1 has neither (format.md §3)."""
+    _require("format", "version")(schema)
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"version": {"const": CONFIG_VERSION}}},
+            "then": {"required": ["chunk_size", "checksum"]},
+            "else": {"properties": {"chunk_size": {"type": "null"}, "checksum": {"type": "null"}}},
+        }
+    ]
+
+
 class StoreConfig(_Model):
     """``ckptstore.json`` at the store root. Version 2 adds ``chunk_size`` and ``checksum`` (both
     required there, absent in version 1); ``with_checksum`` fills the checksum in."""
 
+    model_config = ConfigDict(json_schema_extra=_store_config_schema)
+
     format: Literal["ckptstore"] = "ckptstore"
-    version: int = FORMAT_VERSION
+    version: int = Field(default=FORMAT_VERSION, json_schema_extra={"enum": list(STORE_VERSIONS)})
     hash: Literal["blake3"] = "blake3"
     created_at: datetime
     #: a retention policy every writer and ``ckptstore gc`` apply (see retention docs); opaque here
@@ -113,7 +167,8 @@ def config_damage(data: bytes, cfg: StoreConfig, what: str = "ckptstore.json") -
 
 
 class ObjectInfo(_Model):
-    """How one object is stored. ``raw_hash`` is given only when it differs from the key."""
+    """How one object is stored. ``raw_hash``: the hash of the decoded bytes when the codec is not
+    ``none`` (readers check it, format.md §4); null when the codec is ``none``."""
 
     codec: str = Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,31}$")
     size: NonNeg = Field(description="stored bytes (the object's length on storage)")
@@ -212,14 +267,24 @@ class Distributed(_Model):
     sharded: list[ShardedTensor] = Field(default_factory=list)
 
 
+def _manifest_schema(schema: dict[str, Any]) -> None:
+    _require("format", "version")(schema)
+    # version 2 only with `distributed`, version 1 only without it, version 3 either (format.md §12, §21)
+    schema["if"] = {"required": ["distributed"], "properties": {"distributed": {"type": "object"}}}
+    schema["then"] = {"properties": {"version": {"enum": [DISTRIBUTED_VERSION, STATE_VERSION]}}}
+    schema["else"] = {"properties": {"version": {"enum": [FORMAT_VERSION, STATE_VERSION]}}}
+
+
 class Manifest(_Model):
+    model_config = ConfigDict(json_schema_extra=_manifest_schema)
+
     format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
     version: int = FORMAT_VERSION
     step: NonNeg
     epoch: Optional[int] = None
     created_at: datetime
     config: JsonValue = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, Metric] = Field(default_factory=dict)
     tags: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list)
     meta: dict[str, JsonValue] = Field(default_factory=dict)
     rng: Optional[RngState] = None
@@ -228,7 +293,7 @@ class Manifest(_Model):
     tree: JsonValue
     tensors: list[TensorEntry]
     blobs: list[Blob]
-    objects: dict[Hash, ObjectInfo]
+    objects: dict[Hash, ObjectInfo] = Field(json_schema_extra={"propertyNames": {"pattern": r"^[0-9a-f]{64}$"}})
     stats: Stats
     distributed: Optional[Distributed] = Field(
         None, exclude_if=lambda v: v is None, description="only in version 2 manifests (§21)"
@@ -236,11 +301,11 @@ class Manifest(_Model):
 
     @model_validator(mode="after")
     def _version_matches(self) -> Manifest:
-        want = FORMAT_VERSION if self.distributed is None else DISTRIBUTED_VERSION
-        if self.version != want:
+        allowed = (FORMAT_VERSION, STATE_VERSION) if self.distributed is None else (DISTRIBUTED_VERSION, STATE_VERSION)
+        if self.version not in allowed:
             raise ValueError(
                 f"a manifest {'with' if self.distributed else 'without'} a distributed section "
-                f"must be version {want}, not {self.version}"
+                f"must be version {' or '.join(map(str, allowed))}, not {self.version}"
             )
         return self
 
@@ -272,14 +337,40 @@ def _check_version(raw: Any, what: str, name: str, versions: tuple[int, ...]) ->
         raise IntegrityError(f"{what} has an invalid format version {version!r}")
 
 
-def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
+class _NotCanonical(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _NotCanonical(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(token: str) -> Any:
+    raise _NotCanonical(f"bare {token} token (non-finite numbers are written as strings)")
+
+
+def loads_strict(data: bytes | str, what: str) -> Any:
+    """Parse JSON as a canonical writer writes it: a duplicate key or a bare ``NaN``/``Infinity``
+    token is damage (``IntegrityError``), not something to guess about."""
     try:
-        raw = json.loads(data)
+        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _NotCanonical as e:
+        raise IntegrityError(f"{what} is not canonical JSON: {e}; the file is damaged") from None
     except (ValueError, RecursionError) as e:
         raise IntegrityError(f"{what} is not valid JSON: {e}") from None
+
+
+def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
+    raw = loads_strict(data, what)
     _check_version(raw, what, name, versions)
     try:
-        return model.model_validate_json(data)
+        # strict: a file holds exactly the JSON types the writer writes (no "5" for 5, no true for 1)
+        return model.model_validate_json(data, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -87,6 +87,17 @@ def _extent_elems(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
     return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
 
 
+def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether the elements of a view fill a span of its storage exactly once (a permutation of
+    contiguous strides: channels_last, a transpose), whatever the order of its dimensions."""
+    expect = 1
+    for st, size in sorted((st, size) for size, st in zip(shape, stride) if size != 1):
+        if st != expect:
+            return False
+        expect *= size
+    return True
+
+
 def check_tensor(t: Any, path: str) -> None:
     """Raise UnsupportedValueError for tensors that cannot be stored as plain bytes."""
     if type(t) not in (torch.Tensor, torch.nn.Parameter):
@@ -163,6 +174,28 @@ def plan_tensors(tensors: list[Any]) -> Plan:
             )
             continue
         c = t.detach()
+        strided = c.numel() > 0 and list(c.stride()) != contiguous_strides(list(c.shape))
+        if strided and _dense(tuple(c.shape), c.stride()):
+            # channels_last, a transpose, a permute: its elements fill one span of its storage, so
+            # store that span as it lies and keep the strides (the memory format torch.load gives)
+            size = c.element_size()
+            span = torch.empty(0, dtype=torch.uint8, device=c.device)
+            span.set_(c.untyped_storage(), c.storage_offset() * size, (c.numel() * size,), (1,))
+            plan.blobs.append(PlannedBlob(span, span.numel(), dev))
+            plan.entries.append(
+                PlannedEntry(
+                    "torch",
+                    dtype_name(t.dtype),
+                    list(t.shape),
+                    list(c.stride()),
+                    len(plan.blobs) - 1,
+                    0,
+                    dev,
+                    rg,
+                    param,
+                )
+            )
+            continue
         if not c.is_contiguous():
             c = c.contiguous()
         raw = c.reshape(-1).view(torch.uint8)

@@ -6,12 +6,15 @@ not starting with "$". Everything else is a one-key object whose key starts with
     {"$tensor": i}      torch tensor i of the manifest's tensor table (also numpy arrays)
     {"$tuple": [...]}   {"$set": [...]}   {"$frozenset": [...]}
     {"$dict": [[k, v], ...]}   a dict with non-str keys (int keys of optimizer state) or "$" keys
-    {"$odict": <dict>}  collections.OrderedDict (state_dict() returns one)
+    {"$odict": <dict>}  collections.OrderedDict
+    {"$statedict": [<dict>, <metadata>]}  an OrderedDict with a ``_metadata`` attribute, what
+                        Module.state_dict() returns (version 3)
     {"$float": "nan" | "inf" | "-inf" | "-0.0"}   {"$complex": [re, im]}
     {"$bytes": base64}  {"$bytearray": base64}
     {"$dtype": "float32"}  {"$device": "cuda:0"}  {"$size": [2, 3]}   torch.dtype/device/Size
     {"$np": [dtype, base64]}   a numpy scalar (np.float32(1.5), ...)
     {"$pickle": base64}  only with allow_pickle=True on save, and on load
+    {"$sparse": {...}}  a sparse COO or CSR tensor: layout, size, component tensors, flags (version 3)
     {"$sharded": j}     sharded tensor j of the manifest's ``distributed`` section (version 2, §21)
 """
 
@@ -28,6 +31,7 @@ import torch
 
 from .._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
 from ._manifest import ShardedTensor
+from ._sparse import decode_sparse, encode_sparse, is_sparse
 from ._tensors import check_tensor, numpy_dtype_from_name
 
 
@@ -62,6 +66,7 @@ _TAGS = frozenset(
         "$frozenset",
         "$dict",
         "$odict",
+        "$statedict",
         "$float",
         "$complex",
         "$bytes",
@@ -72,9 +77,12 @@ _TAGS = frozenset(
         "$np",
         "$pickle",
         "$sharded",
+        "$sparse",
     }
 )
 _MAX_DEPTH = 200
+#: tags that need a version-3 reader (format.md §12)
+V3_TAGS = frozenset({"$statedict", "$sparse"})
 
 
 def _b64(b: bytes) -> str:
@@ -139,6 +147,10 @@ class Encoder:
             self.tensors.append(t)
         return {"$tensor": idx}
 
+    def _add_component(self, t: Any, path: str) -> dict[str, int]:
+        check_tensor(t, path)
+        return self._add_tensor(t, path)
+
     def _enc(self, v: Any, path: str, depth: int) -> Any:
         if depth > _MAX_DEPTH:
             raise UnsupportedValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep", path)
@@ -150,6 +162,8 @@ class Encoder:
         if t is float:
             return _float(v)
         if isinstance(v, torch.Tensor):
+            if is_sparse(v) and self.allow_tensors:
+                return encode_sparse(v, path, self._add_component)
             check_tensor(v, path)
             return self._add_tensor(v, path)
         if self.refs and t is TensorRef:
@@ -205,7 +219,12 @@ class Encoder:
             items = [self._enc(x, f"{path}{{{x!r}}}", d) for x in v]
             return {"$set" if t is set else "$frozenset": items}
         enc = self._dict(v, path, d)
-        return {"$odict": enc} if t is collections.OrderedDict else enc
+        if t is not collections.OrderedDict:
+            return enc
+        metadata = getattr(v, "_metadata", None)
+        if isinstance(metadata, dict):  # a module's state_dict(): keep the per-module versions
+            return {"$statedict": [enc, self._enc(metadata, f"{path}._metadata", d)]}
+        return {"$odict": enc}
 
     def _dict(self, v: dict[Any, Any], path: str, depth: int) -> Any:
         if all(type(k) is str and not k.startswith("$") for k in v):
@@ -222,10 +241,19 @@ class Encoder:
 class Decoder:
     """``tensors``: what ``{"$tensor": i}`` decodes to; ``sharded``: what ``{"$sharded": j}`` does."""
 
-    def __init__(self, tensors: list[Any], *, allow_pickle: bool = False, sharded: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        tensors: list[Any],
+        *,
+        allow_pickle: bool = False,
+        sharded: list[Any] | None = None,
+        keep_pickle: bool = False,
+    ) -> None:
         self.tensors = tensors
         self.sharded = sharded or []
         self.allow_pickle = allow_pickle
+        #: leave ``{"$pickle": ...}`` nodes as they are (a listing shows them, never runs them)
+        self.keep_pickle = keep_pickle
 
     def decode(self, node: Any) -> Any:
         try:
@@ -279,14 +307,25 @@ class Decoder:
             if not isinstance(inner, dict):
                 raise IntegrityError(f"{where}: $odict must hold a dict")
             return collections.OrderedDict(inner)
+        if tag == "$sparse":
+            return decode_sparse(a, dec, where)
+        if tag == "$statedict":
+            items, metadata = (dec(x) for x in _as_list(a, where, 2))
+            if not isinstance(items, dict) or not isinstance(metadata, dict):
+                raise IntegrityError(f"{where}: $statedict must hold a dict and its metadata dict")
+            sd = collections.OrderedDict(items)
+            sd._metadata = metadata  # type: ignore[attr-defined]
+            return sd
         if tag == "$float":
             vals = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "-0.0": -0.0}
             if a not in vals:
                 raise IntegrityError(f"{where}: bad $float {a!r}")
             return vals[a]
         if tag == "$complex":
-            re_, im = _as_list(a, where, 2)
-            return complex(float(dec(re_)), float(dec(im)))
+            parts = [dec(x) for x in _as_list(a, where, 2)]  # each a JSON number or a $float
+            if not all(type(x) in (int, float) for x in parts):
+                raise IntegrityError(f"{where}: $complex parts must be numbers or $float values")
+            return complex(float(parts[0]), float(parts[1]))
         if tag == "$bytes":
             return _unb64(a, where)
         if tag == "$bytearray":
@@ -294,7 +333,9 @@ class Decoder:
         if tag == "$dtype":
             from ._tensors import dtype_from_name
 
-            return dtype_from_name(str(a))
+            if not isinstance(a, str):
+                raise IntegrityError(f"{where}: $dtype must be a dtype name")
+            return dtype_from_name(a)
         if tag == "$device":
             try:
                 return torch.device(str(a))
@@ -313,6 +354,9 @@ class Decoder:
                 raise IntegrityError(f"{where}: numpy scalar has {len(raw)} bytes for {ndt}")
             return np.frombuffer(raw, dtype=ndt)[0]
         if tag == "$pickle":
+            if self.keep_pickle and not self.allow_pickle:
+                _unb64(a, where)
+                return {"$pickle": a}
             if not self.allow_pickle:
                 raise PickleNotAllowedError(
                     f"{where} was saved with allow_pickle=True; loading it runs pickle, which can execute "
@@ -328,17 +372,22 @@ def _as_list(a: Any, where: str, n: int | None = None) -> list[Any]:
     return a
 
 
-def contains_pickle(node: Any) -> bool:
+def contains_tag(node: Any, tags: frozenset[str]) -> bool:
+    """Whether an encoded tree holds a value tagged with one of ``tags``."""
     stack = [node]
     while stack:
         n = stack.pop()
         if isinstance(n, list):
             stack.extend(n)
         elif isinstance(n, dict):
-            if "$pickle" in n and len(n) == 1:
+            if len(n) == 1 and next(iter(n)) in tags:
                 return True
             stack.extend(n.values())
     return False
+
+
+def contains_pickle(node: Any) -> bool:
+    return contains_tag(node, frozenset({"$pickle"}))
 
 
 def rebase_tensors(node: Any, offset: int) -> Any:

@@ -170,6 +170,19 @@ class _Loader:
         if self.verify and _hashing.digest(data, parallel=False) != key:
             raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged", key)
 
+    def decode(self, key: str, stored: np.ndarray, out: np.ndarray) -> None:
+        """Decode a compressed object into ``out`` and, when verifying, check the decoded bytes
+        against the object's ``raw_hash`` (format.md §4): a codec bug never goes unseen."""
+        info = self.m.objects[key]
+        get_codec(info.codec).decode_into(stored, out)
+        if self.verify and info.raw_hash is not None and _hashing.digest(out, parallel=False) != info.raw_hash:
+            raise IntegrityError(
+                f"{self.where}: object {key} decodes ({info.codec}) to bytes that do not match its raw_hash "
+                "(the decoded bytes are wrong although the stored bytes verify: a codec fault); the checkpoint "
+                "cannot be read safely",
+                key,
+            )
+
     def read(self, key: str, size: int, into: np.ndarray | None = None) -> np.ndarray:
         """The object's stored bytes (into ``into`` when given, for a local store)."""
         path = self.backend.local_path(object_key(key))
@@ -231,7 +244,6 @@ class _Loader:
 
     def fetch(self, key: str, uses: list[_Use], mapped: torch.Tensor | None) -> None:
         info = self.m.objects[key]
-        codec = get_codec(info.codec)
         if mapped is not None:  # a mapping of the object: verify it, feed the non-mapped uses
             src = mapped.numpy()
             self.check(key, src)
@@ -246,7 +258,7 @@ class _Loader:
             else:
                 stored = self.read(key, info.size)
                 self.check(key, stored)
-                codec.decode_into(stored, out)
+                self.decode(key, stored, out)
             return
         st = self.staging
         if dest is not None and st is not None and info.raw_size <= st.size:
@@ -260,7 +272,7 @@ class _Loader:
                 else:
                     stored = self.read(key, info.size)
                     self.check(key, stored)
-                    codec.decode_into(stored, h)
+                    self.decode(key, stored, h)
                 off = uses[0][3]
                 event = copy_from_host(host[: info.raw_size], dest[off : off + info.raw_size])
             finally:
@@ -272,7 +284,7 @@ class _Loader:
             src = stored
         else:
             src = scratch(info.raw_size, "decode")
-            codec.decode_into(stored, src)
+            self.decode(key, stored, src)
         self.place(src, uses)
 
 
@@ -471,7 +483,7 @@ def verify_objects(backend: Backend, m: Manifest, *, where: str, workers: int) -
         stored = loader.read(key, info.size)
         loader.check(key, stored)
         if info.codec != "none":
-            get_codec(info.codec).decode_into(stored, scratch(info.raw_size, "decode"))
+            loader.decode(key, stored, scratch(info.raw_size, "decode"))
 
     keys = sorted(m.objects)
     if workers <= 1 or len(keys) <= 1:

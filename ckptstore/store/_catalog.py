@@ -37,6 +37,7 @@ from ..format._manifest import (
     parse_store_config,
 )
 from ..format._tree import Decoder
+from ..pipeline._reader import check_manifest
 from ..pipeline._writer import DedupIndex
 from ..storage._backend import Backend
 from ._retention import Retention
@@ -86,6 +87,7 @@ class Catalog:
         self._manifests: dict[str, Manifest] = {}
         self._bad: dict[str, str] = {}
         self._logged: set[str] = set()  # damaged manifests ``newest`` already logged
+        self._newer: dict[str, int] = {}  # manifest key -> step, for manifests of a newer format version
         self._config: StoreConfig | None = None
         self._config_damage: str | None = None
         self._index: DedupIndex | None = None
@@ -232,12 +234,15 @@ class Catalog:
         m = parse_manifest(data, where, digest)
         if m.step != step:
             raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
+        # one rule for "does not validate" (format.md §8): the §5 structure checks count as much as
+        # the schema, so a manifest failing them is skipped as damaged when looking for the newest
+        check_manifest(m, where)
         with self._lock:
             self._manifests[key] = m
         return m
 
     def info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
-        config = Decoder([]).decode(m.config) if m.config is not None else None
+        config = Decoder([], keep_pickle=True).decode(m.config) if m.config is not None else None
         return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
 
     def damaged(self) -> dict[str, str]:
@@ -245,23 +250,31 @@ class Catalog:
         with self._lock:
             return dict(self._bad)
 
-    def _note_damaged(self, key: str, e: Exception) -> bool:
-        """Remember a damaged manifest; True the first time this process meets it."""
+    def _note_damaged(self, key: str, step: int, e: Exception) -> bool:
+        """Remember a damaged (or newer-format) manifest; True the first time this process meets it."""
         with self._lock:
             new = key not in self._bad
             self._bad[key] = str(e)
+            if isinstance(e, UnsupportedFormatError):
+                self._newer[key] = step
         return new
 
+    def newer(self) -> dict[str, int]:
+        """Manifest key -> step, for every manifest of a newer format version ``checkpoints`` met in
+        this process (this ckptstore cannot read them: upgrade)."""
+        with self._lock:
+            return dict(self._newer)
+
     def checkpoints(self, *, stacklevel: int = 3) -> list[CheckpointInfo]:
-        """Every readable checkpoint, sorted by step then creation time; damaged manifests are
-        skipped with one warning each."""
+        """Every readable checkpoint, sorted by step then creation time; damaged manifests and
+        those of a newer format version are skipped with one warning each."""
         self.config()
         out = []
         for step, digest, key in self.manifest_keys():
             try:
                 m = self.manifest(key)
             except (IntegrityError, UnsupportedFormatError) as e:
-                if self._note_damaged(key, e):
+                if self._note_damaged(key, step, e):
                     warnings.warn(_skip_message(step, e), CkptstoreWarning, stacklevel=stacklevel)
                 continue
             except CheckpointNotFoundError:
@@ -284,9 +297,14 @@ class Catalog:
                 problems.append(f"cannot read checkpoint manifest at step {step} ({key}): {e}")
         return out, problems
 
-    def newest(self, keys: list[Key] | None = None) -> CheckpointInfo | None:
+    def newest(self, keys: list[Key] | None = None, *, strict: bool = False) -> CheckpointInfo | None:
         """The newest readable checkpoint (highest step; the most recent of equal steps), from
-        ``keys`` (a listing the caller made) or a fresh listing."""
+        ``keys`` (a listing the caller made) or a fresh listing. Damaged manifests are skipped.
+
+        ``strict``: a manifest of a newer format version met on the way raises its
+        ``UnsupportedFormatError`` instead of being skipped (format.md §12): a default load or a
+        resume must not quietly return an older checkpoint. Saves (which only want a dedup parent)
+        pass False."""
         if keys is None:
             self.config()
             keys = self.manifest_keys()
@@ -299,6 +317,8 @@ class Catalog:
             except CheckpointNotFoundError:
                 continue
             except (IntegrityError, UnsupportedFormatError) as e:
+                if strict and isinstance(e, UnsupportedFormatError):
+                    raise
                 with self._lock:  # said once, in the listing's words (its warning, or this log line)
                     new = key not in self._bad and key not in self._logged
                     self._logged.add(key)
@@ -326,7 +346,7 @@ class Catalog:
             _s, digest, key = matches[0]
             return self.info(key, digest, self.manifest(key))
         if step is None:
-            info = self.newest()
+            info = self.newest(strict=True)
             if info is None:
                 raise CheckpointNotFoundError(f"the store {self.uri} has no checkpoints yet")
             return info

@@ -30,8 +30,6 @@ from ..format._config import config_as_data
 from ..format._info import CheckpointInfo
 from ..format._layout import manifest_key, object_key
 from ..format._manifest import (
-    DISTRIBUTED_VERSION,
-    FORMAT_VERSION,
     Blob,
     Distributed,
     Manifest,
@@ -40,9 +38,10 @@ from ..format._manifest import (
     Stats,
     TensorEntry,
     dump,
+    manifest_version,
 )
 from ..format._tensors import plan_tensors
-from ..format._tree import Decoder, Encoder, TensorRef, rebase_tensors
+from ..format._tree import V3_TAGS, Decoder, Encoder, TensorRef, contains_tag, rebase_tensors
 from ..pipeline._codec import resolve_compression
 from ..pipeline._reader import check_manifest
 from ..pipeline._rng import capture_rng_state
@@ -367,7 +366,7 @@ class SaveSession:
             blobs=s.blobs,
             objects=dict(sorted(s.objects.items())),
             stats=stats,
-            version=FORMAT_VERSION if distributed is None else DISTRIBUTED_VERSION,
+            version=manifest_version(distributed=distributed is not None, v3=contains_tag(s.tree, V3_TAGS)),
             distributed=distributed,
         )
         if distributed is not None or state is not None:  # assembled here: check it as a reader will

@@ -208,8 +208,9 @@ class Store:
     list_checkpoints = list
 
     def latest(self) -> CheckpointInfo | None:
-        """The newest checkpoint (highest step; the most recent of equal steps), or None."""
-        return self._catalog.newest()
+        """The newest checkpoint (highest step; the most recent of equal steps), or None.
+        Raises ``UnsupportedFormatError`` when the newest is of a newer format version (upgrade)."""
+        return self._catalog.newest(strict=True)
 
     def info(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
         """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique
@@ -319,7 +320,7 @@ class Store:
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
-        if contains_pickle(m.tree) and not allow_pickle:
+        if not allow_pickle and any(contains_pickle(part) for part in (m.tree, m.config, m.meta)):
             raise PickleNotAllowedError(
                 f"{where} holds values saved with allow_pickle=True; loading them runs pickle, which can "
                 "execute code. Pass allow_pickle=True only if you trust this store."

@@ -120,12 +120,29 @@ ABSENT = "<absent>"
 
 
 class _Ref:
-    """Stands for tensor ``i`` while naming a manifest's tensors without loading them."""
+    """Stands for tensor ``i`` (or, with ``sharded``, the chunks of a sharded tensor: docs/format.md
+    §21) while naming a manifest's tensors without loading them."""
 
-    __slots__ = ("i",)
+    __slots__ = ("i", "sharded")
 
-    def __init__(self, i: int) -> None:
+    def __init__(self, i: int, sharded: Any = None) -> None:
         self.i = i
+        self.sharded = sharded
+
+
+def _layout(m: Manifest, r: _Ref) -> tuple[str, tuple[int, ...], str, list[tuple[Any, ...]], list[list[str]]]:
+    """(dtype, shape, kind, what identifies its bytes, the objects holding them) of a tensor."""
+    if r.sharded is None:
+        e = m.tensors[r.i]
+        b = m.blobs[e.blob]
+        return e.dtype, tuple(e.shape), e.kind, [(b.hash, e.offset, e.stride)], [[s.object for s in b.segments]]
+    st, keys, objs = r.sharded, [], []
+    for c in st.chunks:
+        e = m.tensors[c.tensor]
+        b = m.blobs[e.blob]
+        keys.append((tuple(c.offsets), tuple(c.sizes), b.hash, e.offset, e.stride))
+        objs.append([s.object for s in b.segments])
+    return st.dtype, tuple(st.shape), "torch", keys, objs
 
 
 def tensor_paths(state: Any) -> dict[str, Any]:
@@ -188,9 +205,10 @@ def _metric_changes(a: Mapping[str, float], b: Mapping[str, float]) -> list[tupl
     return out
 
 
-def _refs(m: Manifest, allow_pickle: bool) -> dict[str, int]:
+def _refs(m: Manifest, allow_pickle: bool) -> dict[str, _Ref]:
     refs = [_Ref(i) for i in range(len(m.tensors))]
-    return {name: r.i for name, r in tensor_paths(Decoder(refs, allow_pickle=allow_pickle).decode(m.tree)).items()}
+    sharded = [_Ref(-1, st) for st in m.distributed.sharded] if m.distributed is not None else []
+    return dict(tensor_paths(Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)))
 
 
 def _norms(a: Any, b: Any) -> tuple[float, float]:
@@ -225,23 +243,21 @@ def diff(
     changed: list[str] = []
     for name in [*rb, *(n for n in ra if n not in rb)]:
         if name not in ra:
-            e = mb.tensors[rb[name]]
-            changes[name] = TensorChange(name, "added", e.dtype, tuple(e.shape))
+            dt, shape, _kind, _key, _objs = _layout(mb, rb[name])
+            changes[name] = TensorChange(name, "added", dt, shape)
             continue
-        ea = ma.tensors[ra[name]]
+        dta, shapea, kinda, keya, objsa = _layout(ma, ra[name])
         if name not in rb:
-            changes[name] = TensorChange(name, "removed", ea.dtype, tuple(ea.shape))
+            changes[name] = TensorChange(name, "removed", dta, shapea)
             continue
-        eb = mb.tensors[rb[name]]
-        if (ea.dtype, ea.shape, ea.kind) != (eb.dtype, eb.shape, eb.kind):
-            changes[name] = TensorChange(name, "reshaped", eb.dtype, tuple(eb.shape), ea.dtype, tuple(ea.shape))
+        dtb, shapeb, kindb, keyb, objsb = _layout(mb, rb[name])
+        if (dta, shapea, kinda) != (dtb, shapeb, kindb):
+            changes[name] = TensorChange(name, "reshaped", dtb, shapeb, dta, shapea)
             continue
-        ba, bb = ma.blobs[ea.blob], mb.blobs[eb.blob]
-        if ba.hash == bb.hash and ea.offset == eb.offset and ea.stride == eb.stride:
-            shared = [s.object for s in ba.segments] == [s.object for s in bb.segments]
-            changes[name] = TensorChange(name, "identical", eb.dtype, tuple(eb.shape), deduplicated=shared)
+        if keya == keyb:
+            changes[name] = TensorChange(name, "identical", dtb, shapeb, deduplicated=objsa == objsb)
             continue
-        changes[name] = TensorChange(name, "changed", eb.dtype, tuple(eb.shape))
+        changes[name] = TensorChange(name, "changed", dtb, shapeb)
         changed.append(name)
     loaded = False
     if changed and load:
