@@ -30,6 +30,7 @@ EXPECTED_ALL = [
     "GcReport",
     "InsufficientSpaceError",
     "IntegrityError",
+    "InvalidArgumentError",
     "Manifest",
     "ObjectMissingError",
     "PickleNotAllowedError",

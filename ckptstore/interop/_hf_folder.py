@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 import torch
 
 from .._errors import UnsupportedFormatError
+from .._errors import warn_user as warn
 from ._convert import safe_torch_load, why_refused
-from ._warn import warn
 
 FORMAT = "hf-checkpoint-folder/1"
 JSON_INLINE_MAX = 1 << 20  # larger JSON files (big tokenizer.json) are kept as bytes, deduplicated

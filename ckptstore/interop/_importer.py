@@ -14,13 +14,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._errors import warn_user as warn
 from ..format import _hashing
 from ..format._info import CheckpointInfo
 from ..store._store import Store
 from ._hf_folder import is_hf_folder, read_hf_folder
 from ._names import progress_from_name
 from ._torchfile import save_torch_file
-from ._warn import warn
 
 _FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".tar")
 _CKPT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -34,11 +34,11 @@ from typing import Any
 import torch
 
 from .._errors import PickleNotAllowedError, UnsupportedFormatError, UnsupportedValueError
+from .._errors import warn_user as warn
 from ..format._info import CheckpointInfo
 from ..store._store import Store
 from ._convert import from_plain, safe_torch_load, to_plain, why_refused
 from ._names import EPOCH_KEYS, STEP_KEYS, first_key, progress_from_name
-from ._warn import warn
 
 ALIASES = {
     "model": (
