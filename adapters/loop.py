@@ -81,7 +81,8 @@ class Checkpointer:
 
     Triggers (any of them; one step is never saved twice): ``every_steps`` completed steps,
     ``every_seconds`` of wall time since the last save, the end of an epoch
-    (``on_epoch_end`` with :meth:`epoch_end`), a new best ``keep_best`` metric (``save_best``),
+    (``on_epoch_end`` with :meth:`epoch_end`), a new best ``keep_best`` metric (only with
+    ``save_best=True``: a per-step metric improves often),
     reaching ``total_steps``, on demand (:meth:`save`, ``step(..., save=True)``), and at
     :meth:`close` (``save_on_close``). SIGTERM, SIGINT and SIGUSR1 (``signals``) save at the next
     :meth:`step` and then exit with status 128+signal (``exit_on_signal``) or set
@@ -105,7 +106,7 @@ class Checkpointer:
         keep_last: int | None = None,
         keep_best: tuple[Any, ...] | str | None = None,
         retention: Any = None,
-        save_best: bool = True,
+        save_best: bool = False,
         async_save: bool = False,
         overlap_copy: bool = False,
         config: Any = None,
@@ -166,6 +167,8 @@ class Checkpointer:
         self._requested: set[int] = set()  # steps saved or being saved: never twice
         self._last_saved: CheckpointInfo | None = None
         self._best_value: float | None = None
+        self._best_seen = False  # keep_best's metric reached step() or epoch_end() at least once
+        self._said: set[str] = set()  # one-time warnings already given
         self._best: CheckpointInfo | None = None
         self._last_save_time = clock()
         self._started = time.monotonic()
@@ -387,6 +390,14 @@ class Checkpointer:
         if epoch is not None and epoch != self._epoch:
             self._epoch, self._epoch_done = epoch, False
         self._completed = done = step + 1
+        if self.total_steps is not None and done > self.total_steps and "past_total" not in self._said:
+            self._said.add("past_total")
+            warn(
+                f"ckptstore: step({step}) is past total_steps={self.total_steps}: step() takes the 0-based loop "
+                f"index, so this is checkpoint {done} of {self.total_steps}. Pass the index from "
+                "range(start, total_steps), or a larger total_steps."
+            )
+        self._saw_metrics(metrics)
         if self.async_save and not self._reserved and self._objects:
             self._reserved = True
             self._saver.reserve(self._gather())
@@ -430,6 +441,8 @@ class Checkpointer:
         self._check()
         self._track(objects, extra)
         self._epoch, self._epoch_done = epoch, True
+        self._saw_metrics(metrics)
+        self._warn_best_unseen()
         if self._completed is None:
             raise RuntimeError("call step() after each step before epoch_end(), so the step is known")
         triggers = ["epoch_end"] if self.on_epoch_end else []
@@ -553,11 +566,29 @@ class Checkpointer:
             raise SystemExit(128 + int(sig))
 
     # -- teardown -----------------------------------------------------------------------
+    def _saw_metrics(self, metrics: Mapping[str, Any] | None) -> None:
+        if metrics and self.keep_best is not None and self.keep_best[0] in metrics:
+            self._best_seen = True
+
+    def _warn_best_unseen(self) -> None:
+        """Once, at an epoch's end or at close: keep_best names a metric no call has passed."""
+        if self.keep_best is None or self._best_seen or "best_unseen" in self._said or self._completed is None:
+            return
+        self._said.add("best_unseen")
+        name = self.keep_best[0]
+        warn(
+            f"ckptstore: keep_best names the metric {name!r}, but step() and epoch_end() have never received "
+            f"it, so no checkpoint is kept as the best by it. Pass metrics={{{name!r}: value}} to step() or "
+            "epoch_end(), or name a metric you pass."
+        )
+
     def close(self, *, final: bool = True) -> None:
         """Save the last step if no trigger saved it (``save_on_close`` and ``final``), wait for
         the save in flight, restore the signal handlers. Raises a background save's error."""
         if self._closed:
             return
+        if final:
+            self._warn_best_unseen()
         if self._signals.aborted:  # Ctrl+C twice: leave now, do not wait for anything
             final = False
         try:

@@ -107,7 +107,9 @@ def test_on_demand_save_with_tags_and_step_flag(tmp_path: Path) -> None:
 def test_metrics_recorded_and_best_saved_when_it_improves(tmp_path: Path) -> None:
     model, _, _ = _setup()
     # keep the 3 best, so retention keeps every checkpoint the improvements wrote
-    ck = Checkpointer(tmp_path, every_steps=10, keep_best=("val_loss", "min", 3), save_on_close=False, signals=())
+    ck = Checkpointer(
+        tmp_path, every_steps=10, keep_best=("val_loss", "min", 3), save_best=True, save_on_close=False, signals=()
+    )
     vals = [5.0, 4.0, 4.5, 3.0, 3.5]
     for i, v in enumerate(vals):
         ck.step(i, model=model, metrics={"val_loss": torch.tensor(v), "loss": v * 2})
@@ -119,7 +121,9 @@ def test_metrics_recorded_and_best_saved_when_it_improves(tmp_path: Path) -> Non
 
 def test_keep_best_one_leaves_only_the_best(tmp_path: Path) -> None:
     model, _, _ = _setup()
-    ck = Checkpointer(tmp_path, every_steps=10, keep_best=("val_loss", "min"), save_on_close=False, signals=())
+    ck = Checkpointer(
+        tmp_path, every_steps=10, keep_best=("val_loss", "min"), save_best=True, save_on_close=False, signals=()
+    )
     for i, v in enumerate([5.0, 4.0, 4.5, 3.0, 3.5]):
         ck.step(i, model=model, metrics={"val_loss": v})
     ck.close()
@@ -366,3 +370,48 @@ def test_rng_states_from_another_device_kind_are_accounted_for(tmp_path: Path) -
     assert torch.equal(
         torch.get_rng_state(), torch.frombuffer(bytearray(__import__("base64").b64decode(rng.torch)), dtype=torch.uint8)
     )  # the CPU state was applied
+
+
+def test_a_new_best_saves_only_when_asked(tmp_path: Path) -> None:
+    """keep_best is a retention rule; saving on every new best of a per-step metric is opt-in."""
+    model, _, _ = _setup()
+    ck = Checkpointer(tmp_path / "a", every_steps=50, keep_best=("loss", "min", 1000), save_on_close=False, signals=())
+    for i in range(200):
+        ck.step(i, model=model, metrics={"loss": 1.0 / (i + 1)})  # a new best at every step
+    ck.close()
+    assert [i.step for i in ckptstore.list_checkpoints(tmp_path / "a")] == [50, 100, 150, 200]  # every_steps only
+    ck = Checkpointer(
+        tmp_path / "b", every_steps=50, keep_best=("loss", "min", 200), save_best=True, save_on_close=False, signals=()
+    )
+    for i in range(20):
+        ck.step(i, model=model, metrics={"loss": 1.0 / (i + 1)})
+    ck.close()
+    assert len(ckptstore.list_checkpoints(tmp_path / "b")) == 20  # opted in: every improvement saved
+
+
+def test_keep_best_on_a_metric_never_given_warns_once(tmp_path: Path) -> None:
+    model, _, _ = _setup()
+    ck = Checkpointer(tmp_path, every_steps=2, keep_best=("val_loss", "min"), signals=())
+    with pytest.warns(ckptstore.CkptstoreWarning, match="'val_loss'.*never") as caught:
+        for i in range(4):
+            ck.step(i, model=model, metrics={"loss": 0.5})
+        ck.epoch_end(0, metrics={"loss": 0.5})
+        ck.close()
+    assert len([w for w in caught if "never" in str(w.message)]) == 1
+    ck = Checkpointer(tmp_path / "ok", every_steps=2, keep_best=("val_loss", "min"), signals=())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ckptstore.CkptstoreWarning)
+        for i in range(4):
+            ck.step(i, model=model, metrics={"loss": 0.5})
+        ck.epoch_end(0, metrics={"val_loss": 0.4})
+        ck.close()
+
+
+def test_a_one_based_step_past_total_steps_warns(tmp_path: Path) -> None:
+    model, _, _ = _setup()
+    ck = Checkpointer(tmp_path, every_steps=50, total_steps=100, signals=())
+    with pytest.warns(ckptstore.CkptstoreWarning, match="0-based") as caught:
+        for step in range(1, 101):  # 1-based: the last call means checkpoint 101 of 100
+            ck.step(step, model=model)
+        ck.close()
+    assert len([w for w in caught if "0-based" in str(w.message)]) == 1
