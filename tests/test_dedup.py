@@ -114,3 +114,26 @@ def test_damaged_object_is_not_reused_and_is_healed(tmp_path, kind, size):
     assert torch.equal(store.load(2)["w"], w)
     assert torch.equal(store.load(1)["w"], w)  # healed: same content, same object name
     assert ckptstore.Store(tmp_path / "s").save({"w": w}, step=3).new_bytes == 0  # trusted again
+
+
+def test_what_an_a_b_a_save_stores_again(tmp_path):
+    """The README's claim, exactly: a chunk of a large tensor is stored once per store, whichever
+    checkpoint held it; a small (packed) tensor is reused from the checkpoints this process wrote
+    or read as a parent, so in a new process (after a restart) one that comes back from an older
+    checkpoint than the newest (A, B, A) is stored again."""
+
+    class Fresh:  # a new Store for every save, as a restarted job has
+        def save(self, state, step):
+            return ckptstore.Store(tmp_path).save(state, step=step)
+
+    store = Fresh()
+    big_a, big_b = torch.full((1 << 19,), 1.0), torch.full((1 << 19,), 2.0)  # 2 MiB each: own objects
+    x1, x2, y = torch.full((100,), 1.0), torch.full((100,), 2.0), torch.full((100,), 3.0)  # packed
+    store.save({"big": big_a}, step=1)
+    store.save({"big": big_b}, step=2)
+    assert store.save({"big": big_a}, step=3).new_bytes == 0  # A again: nothing new
+    store.save({"x": x1, "y": y}, step=4)  # one pack: x1, y
+    store.save({"x": x2, "y": y}, step=5)  # y reused from the parent; a pack of x2
+    again = store.save({"x": x1, "y": y}, step=6)  # x1 is in step 4's pack, but step 5 is the parent
+    assert 0 < again.new_bytes < 1024  # x1 packed again (400 bytes and alignment); y reused
+    assert store.save({"x": x1, "y": y}, step=7).new_bytes == 0  # unchanged from the newest: nothing
