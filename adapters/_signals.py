@@ -48,8 +48,7 @@ class SignalCatcher:
     def __init__(
         self,
         signals: Iterable[str | int | signal.Signals] = DEFAULT_SIGNALS,
-        message: str = "ckptstore: got {name}; saving a checkpoint at the next step, then exiting "
-        "(press Ctrl+C again to abort without saving)",
+        message: str = "ckptstore: got {name}; saving a checkpoint at the next step, then exiting{hint}",
     ) -> None:
         self.signals = resolve_signals(signals)
         self.message = message
@@ -107,7 +106,8 @@ class SignalCatcher:
                 raise KeyboardInterrupt
             return
         self.received = sig
-        say(self.message.format(name=sig.name) + "\n")
+        hint = " (press Ctrl+C again to abort without saving)" if sig == signal.SIGINT else ""
+        say(self.message.format(name=sig.name, hint=hint) + "\n")
 
     def _delegate(self, sig: signal.Signals, frame: FrameType | None) -> None:
         prev = self._previous.get(sig, signal.SIG_DFL)

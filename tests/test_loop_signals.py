@@ -133,3 +133,21 @@ def test_with_block_ending_in_an_exception_restores_handlers_without_saving(tmp_
             1 / 0
     assert signal.getsignal(signal.SIGTERM) == before
     assert not list(tmp_path.glob("manifests/*.json"))  # no "final" save of a state broken mid-step
+
+
+def test_sigterm_message_fits_a_batch_job(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM: no advice about pressing Ctrl+C, and the resubmit hint."""
+    code = textwrap.dedent(f"""
+        import os, signal, torch
+        from ckptstore.adapters.loop import Checkpointer
+        m = torch.nn.Linear(3, 3)
+        ck = Checkpointer({str(tmp_path)!r}, every_steps=1000)
+        for step in range(100):
+            ck.step(step, model=m)
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 128 + int(signal.SIGTERM), p.stderr
+    assert "got SIGTERM" in p.stderr and "Ctrl+C" not in p.stderr
+    assert "run the same command to resume" in p.stderr
