@@ -8,6 +8,12 @@ import torch
 
 HERE = os.path.dirname(__file__)
 
+# the validation cache (ckptstore/store/_verdicts.py) of this test run, not the user's
+if "CKPTSTORE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CKPTSTORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="ckptstore-test-cache-")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

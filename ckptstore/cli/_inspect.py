@@ -5,20 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .._errors import CkptstoreError, UnsupportedFormatError
+from .._lazy import lazy
 from .._units import fmt_bytes
 from ..format._info import CheckpointInfo
 from ..format._layout import OBJECTS_DIR, parse_object_key
 from ..format._manifest import Manifest
-from ..format._tensors import dtype_from_name
+from ..format._tensors import element_size
 from ..format._tree import decode_tree
 from ..store._gc import mark
 from ..store._store import Store
 from ._common import add_store_arg, open_store, progress_text, table
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy", globals(), "np")
 
 SHOW_SHARDED = 20  # sharded tensors listed by `show` (all with --json)
 
@@ -193,7 +197,7 @@ def _itemsize(kind: str, dtype: str) -> int:
         except TypeError:
             return 0
     try:
-        return int(dtype_from_name(dtype).itemsize)
+        return element_size(kind, dtype)
     except UnsupportedFormatError:
         return 0
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._manifest import Manifest, RngState
+
+if TYPE_CHECKING:
+    from ._header import ManifestHeader
 
 
 @dataclass(frozen=True)
@@ -58,4 +61,38 @@ class CheckpointInfo:
             meta=dict(m.meta),
             rng=m.rng,
             producer=dict(m.producer),
+        )
+
+    @classmethod
+    def from_header(
+        cls,
+        h: ManifestHeader,
+        *,
+        id: str,
+        key: str,
+        uri: str,
+        config: Any,
+        num_tensors: int,
+        logical_bytes: int,
+        stored_bytes: int,
+        new_bytes: int,
+    ) -> CheckpointInfo:
+        """The record of a manifest validated earlier, from its header and recorded figures."""
+        return cls(
+            id=id,
+            step=h.step,
+            epoch=h.epoch,
+            created_at=h.created_at,
+            metrics=dict(h.metrics),
+            tags=tuple(h.tags),
+            size=logical_bytes,
+            stored_bytes=stored_bytes,
+            new_bytes=new_bytes,
+            num_tensors=num_tensors,
+            key=key,
+            uri=uri,
+            config=config,
+            meta=dict(h.meta),
+            rng=h.rng,
+            producer=dict(h.producer),
         )

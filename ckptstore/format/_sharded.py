@@ -9,13 +9,17 @@ assembled tensor never holds uninitialised memory.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError
+from .._lazy import lazy
 from ._manifest import Manifest, ShardedTensor
 from ._tensors import dtype_from_name
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 
 def _overlap(a: Any, b: Any) -> bool:

@@ -7,17 +7,28 @@ hostile manifest gives an ``IntegrityError``, never an out-of-bounds sparse tens
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import IntegrityError, UnsupportedValueError
+from .._lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 #: layout name -> (torch layout, component names in the order they are written)
-LAYOUTS: dict[str, tuple[torch.layout, tuple[str, ...]]] = {
-    "coo": (torch.sparse_coo, ("indices", "values")),
-    "csr": (torch.sparse_csr, ("crow_indices", "col_indices", "values")),
+#: layout name -> the component tensors it is stored as
+LAYOUT_PARTS: dict[str, tuple[str, ...]] = {
+    "coo": ("indices", "values"),
+    "csr": ("crow_indices", "col_indices", "values"),
 }
+
+
+def _torch_layout(name: str) -> torch.layout:
+    return torch.sparse_coo if name == "coo" else torch.sparse_csr
+
+
 _FLAGS = {"coo": ("coalesced", "requires_grad", "parameter"), "csr": ("requires_grad", "parameter")}
 
 
@@ -49,9 +60,9 @@ def decode_sparse(a: Any, dec: Callable[[Any], Any], where: str) -> Any:
     """Rebuild a sparse tensor from its ``$sparse`` node (components decoded with ``dec``).
     When the components are not tensors (a tree decoded without data), the decoded node."""
     layout = a.get("layout") if isinstance(a, dict) else None
-    if layout not in LAYOUTS:
-        raise IntegrityError(f"{where}: $sparse needs a layout of {sorted(LAYOUTS)}, not {layout!r}")
-    torch_layout, names = LAYOUTS[layout]
+    if layout not in LAYOUT_PARTS:
+        raise IntegrityError(f"{where}: $sparse needs a layout of {sorted(LAYOUT_PARTS)}, not {layout!r}")
+    torch_layout, names = _torch_layout(layout), LAYOUT_PARTS[layout]
     if set(a) != {"layout", "size", *names, *_FLAGS[layout]}:
         raise IntegrityError(f"{where}: $sparse ({layout}) has members {sorted(a)}")
     size = a["size"]

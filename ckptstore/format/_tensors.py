@@ -10,22 +10,34 @@ Loading: a blob is a 1-D uint8 tensor; entries become typed views of it.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError, UnsupportedFormatError, UnsupportedValueError
+from .._lazy import lazy
 
-_DTYPES: dict[str, torch.dtype] = {
-    name: v
-    for name in dir(torch)
-    if isinstance(v := getattr(torch, name), torch.dtype)
-    and not name.startswith(("q", "_"))
-    and str(v) == f"torch.{name}"
-}
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
+
+
+@functools.cache
+def _dtypes() -> dict[str, torch.dtype]:
+    """torch's dtypes by name (built on first use: importing torch is slow)."""
+    mod = importlib.import_module("torch")  # the module itself: dir() of the stand-in lists nothing
+    return {
+        name: v
+        for name in dir(mod)
+        if isinstance(v := getattr(mod, name), mod.dtype)
+        and not name.startswith(("q", "_"))
+        and str(v) == f"torch.{name}"
+    }
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -33,7 +45,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def dtype_from_name(name: str) -> torch.dtype:
-    dt = _DTYPES.get(name)
+    dt = _dtypes().get(name)
     if dt is None:
         raise UnsupportedFormatError(
             f"the checkpoint has tensors of dtype {name!r}, which this torch ({torch.__version__}) "
@@ -43,7 +55,8 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 def supported_dtypes() -> list[torch.dtype]:
-    return [_DTYPES[n] for n in sorted(_DTYPES)]
+    table = _dtypes()
+    return [table[n] for n in sorted(table)]
 
 
 _NUMPY_DTYPE_RE = re.compile(r"^[<>|=]([biufc]\d{1,2}|[SUV]\d{1,9}|[mM]8(\[[0-9]*[a-zA-Z]{1,2}\])?)$")
@@ -214,9 +227,25 @@ def contiguous_strides(shape: list[int]) -> list[int]:
     return list(reversed(strides))
 
 
+#: element sizes of the torch dtypes every supported torch has, so that checking a manifest's
+#: structure (a listing does) needs no torch import; other names are looked up in torch
+_ITEMSIZES = {
+    "bool": 1, "uint8": 1, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "bfloat16": 2,
+    "float32": 4, "float64": 8, "complex32": 4, "complex64": 8, "complex128": 16,
+}  # fmt: skip
+
+
+def element_size(kind: str, dtype: str) -> int:
+    """Bytes per element of a tensor entry's dtype (``kind``: "torch" or "numpy")."""
+    if kind == "numpy":
+        return int(numpy_dtype_from_name(dtype).itemsize)
+    size = _ITEMSIZES.get(dtype)
+    return size if size is not None else dtype_from_name(dtype).itemsize
+
+
 def check_entry(e: Any, blob_nbytes: int, where: str) -> None:
     """Refuse entries whose view does not fit in its blob (before anything is allocated)."""
-    itemsize = numpy_dtype_from_name(e.dtype).itemsize if e.kind == "numpy" else dtype_from_name(e.dtype).itemsize
+    itemsize = element_size(e.kind, e.dtype)
     if len(e.shape) > 64:
         raise IntegrityError(f"{where}: {len(e.shape)} dimensions")
     stride = e.stride if e.stride is not None else contiguous_strides(e.shape)

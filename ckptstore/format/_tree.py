@@ -24,15 +24,20 @@ import base64
 import collections
 import math
 import pickle
-from typing import Any, Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import IntegrityError, PickleNotAllowedError, UnsupportedValueError
+from .._lazy import lazy
 from ._manifest import ShardedTensor
 from ._sparse import decode_sparse, encode_sparse, is_sparse
 from ._tensors import check_tensor, numpy_dtype_from_name
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
 
 
 class TensorRef:

@@ -26,9 +26,15 @@ import pathlib
 import re
 import types
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+from .._lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
+
 
 _ATTRDICT_NAMES = (
     "lightning.fabric.utilities.data.AttributeDict",

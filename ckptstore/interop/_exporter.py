@@ -18,15 +18,19 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .._lazy import lazy
 from ..format._info import CheckpointInfo
 from ..store._store import Store
 from . import _hf_folder
 from ._convert import from_plain
 from ._torchfile import exported_file
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 _WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "model_state", "weights", "net")
 

@@ -24,13 +24,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import UnsupportedFormatError
 from .._errors import warn_user as warn
+from .._lazy import lazy
 from ._convert import safe_torch_load, why_refused
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 FORMAT = "hf-checkpoint-folder/1"
 JSON_INLINE_MAX = 1 << 20  # larger JSON files (big tokenizer.json) are kept as bytes, deduplicated

@@ -29,16 +29,20 @@ import math
 import os
 import pickle
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import PickleNotAllowedError, UnsupportedFormatError, UnsupportedValueError
 from .._errors import warn_user as warn
+from .._lazy import lazy
 from ..format._info import CheckpointInfo
 from ..store._store import Store
 from ._convert import from_plain, safe_torch_load, to_plain, why_refused
 from ._names import EPOCH_KEYS, STEP_KEYS, first_key, progress_from_name
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 ALIASES = {
     "model": (

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import mmap
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+from .._lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
+
 
 _SCRATCH_MMAP_MIN = 1 << 20
 

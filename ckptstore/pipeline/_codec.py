@@ -1,5 +1,4 @@
 """Object codecs: how raw bytes become stored bytes and back.
-
 A codec is named in the manifest's object table, so a reader knows how to decode every object.
 
 - ``none``: the raw bytes.
@@ -18,14 +17,19 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import zstandard as _zstd
 from typing_extensions import Buffer
 
 from .._errors import IntegrityError
+from .._lazy import lazy
 from ._buffers import scratch
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy", globals(), "np")
 
 LEVEL = 1
 # a plane (or object) is stored compressed only when that saves at least this fraction

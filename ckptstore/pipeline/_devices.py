@@ -14,14 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from .._errors import DeviceUnavailableError
+from .._lazy import lazy
 
-MapLocation = Union[None, str, torch.device, Mapping[str, Any], Callable[[torch.Tensor, str], Any]]
-MPS_UNSUPPORTED = frozenset({torch.float64, torch.complex128})
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
+
+MapLocation = Union[None, str, "torch.device", Mapping[str, Any], Callable[["torch.Tensor", str], Any]]
+#: dtype names MPS cannot hold
+MPS_UNSUPPORTED = frozenset({"float64", "complex128"})
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class Placement:
             except RuntimeError:
                 rec = torch.device("cpu")
             dev = rec if available(rec, self.acc) else torch.device("cpu")
-        if dev.type == "mps" and any(dt in MPS_UNSUPPORTED for dt in dtypes):
+        if dev.type == "mps" and any(str(dt).removeprefix("torch.") in MPS_UNSUPPORTED for dt in dtypes):
             self.kept_on_cpu += 1
             return torch.device("cpu")
         return dev

@@ -19,12 +19,16 @@ import mmap
 import os
 import sys
 import threading
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import IntegrityError
+from .._lazy import lazy
 from ..storage._mounts import find_mount
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 PAGE = mmap.PAGESIZE
 _MAP_FIXED = 0x10  # the same value on Linux and macOS

@@ -1,5 +1,4 @@
 """The load pipeline: objects -> verified, decoded bytes -> blob buffers.
-
 Every object is read once (packs serve many blobs) on a thread pool, checked against the hash
 that names it (unless ``verify=False``), decoded with its codec, and its segments placed in the
 blob buffers, by the cheapest path the layout allows:
@@ -20,12 +19,10 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import IntegrityError, ObjectMissingError
+from .._lazy import lazy
 from ..format import _hashing
 from ..format._layout import object_key
 from ..format._manifest import Manifest
@@ -33,6 +30,13 @@ from ..storage._backend import Backend
 from . import _mmap
 from ._buffers import ByteBudget, Staging, copy_from_host, device_sync, scratch
 from ._codec import get_codec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
 
 BUDGET_FRACTION = 0.05
 

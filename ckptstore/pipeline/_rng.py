@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import random
 import warnings
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .._errors import CkptstoreWarning
+from .._lazy import lazy
 from ..format._manifest import NumpyRng, PythonRng, RngState
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 
 def _b64(t: torch.Tensor) -> str:

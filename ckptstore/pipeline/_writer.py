@@ -17,16 +17,15 @@ the dedup index (built from earlier manifests) and is neither re-encoded nor rew
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-import torch
-
+from .._lazy import lazy
 from ..format import _hashing
 from ..format._layout import object_key
 from ..format._manifest import Blob, Manifest, ObjectInfo, Segment
@@ -35,6 +34,13 @@ from ..storage._backend import Backend
 from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ._codec import MIN_SAVING, get_codec, object_codec
 from ._objwrite import BackendSink, LocalSink, sink_for
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
 
 BLOB_LABEL = b"ckptstore.blob.v1"
 PACK_ALIGN = 64
@@ -205,7 +211,10 @@ class _Batch:
     nbytes: int = 0
 
 
-_ZEROS = np.zeros(PACK_ALIGN, dtype=np.uint8)
+@functools.cache
+def _zeros() -> np.ndarray:
+    """Padding between the members of a pack."""
+    return np.zeros(PACK_ALIGN, dtype=np.uint8)
 
 
 def _align_down(n: int, a: int) -> int:
@@ -328,7 +337,7 @@ def write_blobs(
                 placed.append((bi, h, where[0], where[1], n))
                 continue
             if pad:
-                parts.append(_ZEROS[:pad])
+                parts.append(_zeros()[:pad])
             placed.append((bi, h, b.id, fill + pad, n))
             parts.append(raw)
             fill += pad + n

@@ -13,7 +13,10 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import ValidationError
 
 from .._errors import (
     CheckpointNotFoundError,
@@ -25,6 +28,7 @@ from .._errors import (
     warn_user,
 )
 from ..format import _hashing
+from ..format._header import header_end, parse_header
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, MANIFESTS_DIR, parse_manifest_key
 from ..format._manifest import (
@@ -36,11 +40,12 @@ from ..format._manifest import (
     parse_manifest,
     parse_store_config,
 )
-from ..format._tree import Decoder
-from ..pipeline._reader import check_manifest
-from ..pipeline._writer import DedupIndex
 from ..storage._backend import Backend
+from . import _verdicts
 from ._retention import Retention
+
+if TYPE_CHECKING:
+    from ..pipeline._writer import DedupIndex
 
 log = logging.getLogger("ckptstore")
 
@@ -48,6 +53,9 @@ log = logging.getLogger("ckptstore")
 Key = tuple[int, str, str]
 
 _UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
+#: a listing with at least this many manifests to read reads them on threads
+_PARALLEL_MIN = 16
+_LIST_THREADS = 4
 
 
 #: endings of single-file checkpoints: a store created under such a name is probably a mistake
@@ -85,6 +93,8 @@ class Catalog:
         self._restore = restore
         self._lock = threading.RLock()
         self._manifests: dict[str, Manifest] = {}
+        self._infos: dict[str, CheckpointInfo] = {}  # manifest key -> its record, as listed
+        self._verdict_dir = _verdicts.cache_dir()
         self._bad: dict[str, str] = {}
         self._logged: set[str] = set()  # damaged manifests ``newest`` already logged
         self._newer: dict[str, int] = {}  # manifest key -> step, for manifests of a newer format version
@@ -101,6 +111,7 @@ class Catalog:
         """Forget every cached manifest and the dedup index (the store may have changed)."""
         with self._lock:
             self._manifests.clear()
+            self._infos.clear()
             self._index = None
 
     # -- the store config ------------------------------------------------------------------
@@ -220,29 +231,101 @@ class Catalog:
             m = self._manifests.get(key)
         if m is not None:
             return m
+        step, digest = self._parse_key(key)
+        return self._validate(key, step, digest, self._read(key, step, digest))
+
+    @staticmethod
+    def _parse_key(key: str) -> tuple[int, str]:
         parsed = parse_manifest_key(key)
         if parsed is None:
             raise ValueError(f"{key!r} is not a manifest key")
-        step, digest = parsed
-        where = self.backend.describe(key)
+        return parsed
+
+    def _read(self, key: str, step: int, digest: str) -> bytes:
+        """The manifest bytes at ``key``, checked against the hash in its name."""
         try:
             data = self.backend.read(key)
         except FileNotFoundError:
+            where = self.backend.describe(key)
             raise CheckpointNotFoundError(f"checkpoint {digest[:12]} (step {step}) was removed: {where}") from None
-        if _hashing.digest(data) != digest:
-            raise IntegrityError(f"manifest {where} does not match its hash; the checkpoint is damaged")
+        if _hashing.digest(data, parallel=False) != digest:
+            raise IntegrityError(
+                f"manifest {self.backend.describe(key)} does not match its hash; the checkpoint is damaged"
+            )
+        return data
+
+    def _validate(self, key: str, step: int, digest: str, data: bytes) -> Manifest:
+        """Validate manifest bytes in full (their hash already checked), cache the model and
+        record the verdict for later listings."""
+        where = self.backend.describe(key)
         m = parse_manifest(data, where, digest)
         if m.step != step:
             raise IntegrityError(f"manifest {where} records step {m.step}, its name says {step}")
         # one rule for "does not validate" (format.md §8): the §5 structure checks count as much as
         # the schema, so a manifest failing them is skipped as damaged when looking for the newest
+        from ..pipeline._reader import check_manifest
+
         check_manifest(m, where)
-        with self._lock:
-            self._manifests[key] = m
+        self._remember(key, digest, m, data)
         return m
 
+    def _remember(self, key: str, digest: str, m: Manifest, data: bytes | None) -> None:
+        with self._lock:
+            self._manifests[key] = m
+        if data is not None:
+            s = m.stats
+            v = _verdicts.Verdict(
+                header_end(data, m), len(m.tensors), s.logical_bytes, s.stored_bytes, s.new_bytes, s.new_objects
+            )
+            _verdicts.record(self._verdict_dir, digest, v)
+
+    def _listed(self, step: int, digest: str, key: str) -> CheckpointInfo:
+        """The record of one manifest for a listing: from this process's cache, else read and
+        hash-checked, then from its header alone when a validation of these very bytes is on
+        record (``_verdicts``), else validated in full."""
+        with self._lock:
+            info = self._infos.get(key)
+            m = self._manifests.get(key)
+        if info is not None:
+            return info
+        if m is None:
+            data = self._read(key, step, digest)
+            v = _verdicts.lookup(self._verdict_dir, digest)
+            if v is not None and v.header_end > 0:
+                try:
+                    h = parse_header(data, v.header_end)
+                except (ValidationError, RecursionError):
+                    h = None
+                if h is not None and h.step == step:
+                    config = self._config_value(h.config)
+                    info = CheckpointInfo.from_header(
+                        h,
+                        id=digest,
+                        key=key,
+                        uri=self.uri,
+                        config=config,
+                        num_tensors=v.num_tensors,
+                        logical_bytes=v.logical_bytes,
+                        stored_bytes=v.stored_bytes,
+                        new_bytes=v.new_bytes,
+                    )
+            if info is None:
+                m = self._validate(key, step, digest, data)
+        if info is None:
+            assert m is not None
+            info = self.info(key, digest, m)
+        with self._lock:
+            self._infos[key] = info
+        return info
+
+    @staticmethod
+    def _config_value(node: Any) -> Any:
+        from ..format._tree import Decoder
+
+        return Decoder([], keep_pickle=True).decode(node) if node is not None else None
+
     def info(self, key: str, digest: str, m: Manifest) -> CheckpointInfo:
-        config = Decoder([], keep_pickle=True).decode(m.config) if m.config is not None else None
+        config = self._config_value(m.config)
         return CheckpointInfo.from_manifest(m, id=digest, key=key, uri=self.uri, config=config)
 
     def damaged(self) -> dict[str, str]:
@@ -269,17 +352,30 @@ class Catalog:
         """Every readable checkpoint, sorted by step then creation time; damaged manifests and
         those of a newer format version are skipped with one warning each."""
         self.config()
-        out = []
-        for step, digest, key in self.manifest_keys():
+        keys = self.manifest_keys()
+        results: list[CheckpointInfo | Exception] = []
+
+        def one(k: Key) -> CheckpointInfo | Exception:
             try:
-                m = self.manifest(key)
-            except (IntegrityError, UnsupportedFormatError) as e:
-                if self._note_damaged(key, step, e):
-                    warnings.warn(_skip_message(step, e), CkptstoreWarning, stacklevel=stacklevel)
+                return self._listed(*k)
+            except (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError) as e:
+                return e
+
+        with self._lock:
+            todo = sum(1 for k in keys if k[2] not in self._infos)
+        if todo >= _PARALLEL_MIN:  # reading and hashing run without the GIL
+            with ThreadPoolExecutor(max_workers=_LIST_THREADS, thread_name_prefix="ckptstore-list") as pool:
+                results = list(pool.map(one, keys))
+        else:
+            results = [one(k) for k in keys]
+        out = []
+        for (step, _digest, key), r in zip(keys, results):
+            if isinstance(r, (IntegrityError, UnsupportedFormatError)):
+                if self._note_damaged(key, step, r):
+                    warnings.warn(_skip_message(step, r), CkptstoreWarning, stacklevel=stacklevel)
                 continue
-            except CheckpointNotFoundError:
-                continue
-            out.append(self.info(key, digest, m))
+            if isinstance(r, CheckpointInfo):
+                out.append(r)
         out.sort(key=lambda i: (i.step, i.created_at, i.id))
         return out
 
@@ -370,10 +466,12 @@ class Catalog:
         return max(infos, key=lambda i: (i.created_at, i.id))
 
     # -- changes ---------------------------------------------------------------------------
-    def added(self, key: str, m: Manifest) -> None:
-        """A manifest this process committed: cache it and index its objects."""
+    def added(self, key: str, m: Manifest, data: bytes | None = None) -> None:
+        """A manifest this process committed (its bytes ``data``): cache it, record it as
+        validated, and index its objects."""
+        parsed = parse_manifest_key(key)
+        self._remember(key, parsed[1] if parsed is not None else "", m, data if parsed is not None else None)
         with self._lock:
-            self._manifests[key] = m
             if self._index is not None:
                 self._index.add_manifest(m)
             if self._index_keys is not None:
@@ -384,6 +482,7 @@ class Catalog:
         with self._lock:
             for key in keys:
                 self._manifests.pop(key, None)
+                self._infos.pop(key, None)
             self.invalidate()
 
     def objects_deleted(self, digests: set[str]) -> None:
@@ -409,6 +508,8 @@ class Catalog:
             if self._index is not None and (prev is None or not prev <= present):
                 self._index = None
             if self._index is None:
+                from ..pipeline._writer import DedupIndex
+
                 self._index = DedupIndex()
                 if parent is not None:
                     self._index.add_manifest(self.manifest(parent.key))

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from .._errors import InsufficientSpaceError, StorageError
+from .._lazy import lazy
 from .._progress import byte_bar
 from .._units import fmt_bytes
 from .._version import __version__
@@ -51,6 +51,11 @@ from ._catalog import Catalog
 from ._locks import Lease, acquire_save
 from ._retention import Retention, check_policy
 from ._space import SpaceCheck
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch", globals())
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -395,7 +400,7 @@ class SaveSession:
         self.backend.sync()
         self._writing = False
         self._written = set()
-        self.catalog.added(key, m)
+        self.catalog.added(key, m, data)
         info = self.catalog.info(key, digest, m)
         self.committed.append(info)
         return info

@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
+from .._lazy import lazy
 from ..format._info import CheckpointInfo
 from ..format._manifest import Manifest
 from ..format._tree import Decoder
 from ..store._store import Store
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+else:
+    np = lazy("numpy", globals(), "np")
+    torch = lazy("torch", globals())
 
 
 @dataclass(frozen=True)
