@@ -19,6 +19,7 @@ LAYERS = {
     "ckptstore._units": 0,
     "ckptstore._progress": 0,
     "ckptstore._version": 0,
+    "ckptstore._lazy": 0,
     "ckptstore.format": 1,
     "ckptstore.storage": 2,
     "ckptstore.pipeline": 3,

@@ -6,12 +6,13 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._errors import CkptstoreError
-from ..web._api import dashboard, diff_checkpoints
-from ..web._diff import CheckpointDiff
 from ._common import add_store_arg, storage_options, table
+
+if TYPE_CHECKING:
+    from ..web._diff import CheckpointDiff
 
 
 def add_parsers(sub: Any) -> None:
@@ -51,6 +52,8 @@ def _usage(msg: str) -> NoReturn:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ..web._api import dashboard
+
     opts = storage_options(args.storage_option)
     if args.compare and not args.output:
         _usage("--compare needs --output (the served page compares on demand)")
@@ -96,6 +99,8 @@ def _rel(v: float | None) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from ..web._api import diff_checkpoints
+
     d = diff_checkpoints(
         args.uri,
         args.a,

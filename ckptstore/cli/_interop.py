@@ -9,12 +9,13 @@ from typing import Any
 
 from .._errors import PickleNotAllowedError
 from .._units import fmt_bytes
-from ..interop import export_checkpoint, import_checkpoint
 from ..store._store import Store
 from ._common import add_store_arg, key_value, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ..interop import import_checkpoint
+
     options = storage_options(args.storage_option)
     try:
         with Store(args.dst, storage_options=options) as dst:
@@ -45,6 +46,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..interop import export_checkpoint
+
     out = os.path.abspath(args.dst)
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         print(

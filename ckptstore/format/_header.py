@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Literal, Optional
 
-from pydantic import Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from ._manifest import FORMAT_VERSION, Hash, Manifest, Metric, NonNeg, RngState, _Model
+from ._manifest import FORMAT_VERSION, Hash, Manifest, Metric, NonNeg, RngState
 
 #: the manifest's fields before ``tree``, in their order
 HEADER_FIELDS = ("format", "version", "step", "epoch", "created_at", "config", "metrics", "tags", "meta", "rng",
@@ -22,9 +22,11 @@ HEADER_FIELDS = ("format", "version", "step", "epoch", "created_at", "config", "
 _TREE = b',"tree":'
 
 
-class ManifestHeader(_Model):
+class ManifestHeader(BaseModel):
     """The header fields of ``Manifest`` with the same types and rules (``version`` is checked
     against the rest of the manifest by the full validation that found the header's end)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
     version: int = FORMAT_VERSION

@@ -84,7 +84,8 @@ def _require(*names: str) -> Any:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+    # built on first use: a listing never needs the full manifest model
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings", defer_build=True)
 
 
 def _store_config_schema(schema: dict[str, Any]) -> None:

@@ -5,14 +5,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from .._errors import BackendUnavailableError, InvalidArgumentError
 from ._backend import Backend
 from ._local import LocalBackend
 
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def _plain_local_path(uri: str, options: dict[str, Any]) -> str | None:
+    """The absolute path of a plain POSIX path (no protocol, no options) exactly as fsspec's local
+    filesystem spells it, without importing fsspec (slow to import); None for anything else."""
+    if options or os.sep != "/" or ":" in uri:
+        return None
+    if uri.startswith("/"):
+        path = uri
+    elif uri.startswith("~"):
+        path = os.path.expanduser(uri)
+    else:
+        rest = uri[2:] if uri.startswith("./") else "" if uri == "." else uri
+        path = f"{os.getcwd()}/{rest}"
+    return path.rstrip("/") or "/"
 
 
 def open_backend(
@@ -28,6 +40,12 @@ def open_backend(
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
         raise ValueError(f"retries must be a non-negative int, not {retries!r}")
     options = dict(storage_options or {})
+    local = _plain_local_path(uri, options)
+    if local is not None:
+        return LocalBackend(local, uri=uri)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
     proto = uri.split("://", 1)[0] if "://" in uri and "::" not in uri else None
     try:
         if proto in _EXTRAS:

@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import (
     CheckpointNotFoundError,
@@ -38,11 +38,13 @@ from ..storage._open import open_backend
 from . import _suspect
 from ._backup import Backup, Mirror, as_backup
 from ._catalog import Catalog
-from ._copy import CopyResult, copy_between, select_checkpoints
 from ._gc import GcReport, apply_after_save, forget, resolve_policy, run_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
-from ._session import SaveSession, check_details
 from ._space import SpaceGuard
+
+if TYPE_CHECKING:
+    from ._copy import CopyResult
+    from ._session import SaveSession
 
 log = logging.getLogger("ckptstore")
 
@@ -176,6 +178,8 @@ class Store:
         ``workers``: parallel transfers; ``readback``: read every new object back and check it;
         ``progress``: a progress bar (default: on a terminal). A damaged source checkpoint does not
         stop the healthy ones: they are copied, then an ``IntegrityError`` names the damaged ones."""
+        from ._copy import copy_between, select_checkpoints
+
         target = dst if isinstance(dst, Store) else Store(dst)
         try:
             chosen = (
@@ -231,6 +235,8 @@ class Store:
         will commit (which must hold it from before this session opens until its commit, as the
         coordinator of a distributed save does): N ranks then write one lease, not N. ``keep``: a
         retention policy applied after the commit (as ``save(keep=...)``)."""
+        from ._session import SaveSession
+
         return SaveSession(self, keep=keep, lease=lease)
 
     def save(
@@ -263,6 +269,8 @@ class Store:
         ``compression``: ``"zstd"``/``"none"``/True/False (default: the Store's); ``allow_pickle``:
         store values JSON cannot hold with pickle; ``progress``: a progress bar (default: on a
         terminal, for large saves)."""
+        from ._session import check_details
+
         step, metric_vals, tag_list = check_details(step=step, epoch=epoch, metrics=metrics, tags=tags)
         with self.session(keep=keep) as s:
             staged = s.stage(
