@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from ._errors import (
     BackendUnavailableError,
@@ -68,7 +68,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "restore_rng": (".pipeline._rng", "restore_rng_state"),
 }
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ._api import copy_checkpoints, info, list_checkpoints, load, save
     from .format._info import CheckpointInfo
     from .format._manifest import Distributed, Manifest, RngState, ShardChunk, ShardedTensor
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     restore_rng = restore_rng_state
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     where = _LAZY.get(name)
     if where is None:
         raise AttributeError(f"module 'ckptstore' has no attribute {name!r}")

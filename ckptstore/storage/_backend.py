@@ -66,6 +66,12 @@ class Backend(ABC):
         """Store ``data`` under ``key`` atomically. With ``if_absent``, skip (return False) when
         the key already exists. Returns True when bytes were written."""
 
+    def write_unsynced(self, key: str, data: Buffer) -> None:
+        """Store ``data`` under ``key`` atomically and visibly to other processes, without making
+        it durable (no fsync, and ``sync`` does not cover it): for files worthless after a crash,
+        such as leases."""
+        self.write(key, data)
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

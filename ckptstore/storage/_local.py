@@ -133,6 +133,13 @@ class LocalBackend(Backend):
         path = self._path(key)
         if if_absent and self._stat(path) is not None:
             return False
+        self._write(path, data, durable=True)
+        return True
+
+    def write_unsynced(self, key: str, data: Buffer) -> None:
+        self._write(self._path(key), data, durable=False)
+
+    def _write(self, path: str, data: Buffer, *, durable: bool) -> None:
         d, name = os.path.split(path)
         tmp = os.path.join(d, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
@@ -143,7 +150,8 @@ class LocalBackend(Backend):
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -153,9 +161,9 @@ class LocalBackend(Backend):
             except OSError:
                 pass
             raise storage_error(e, f"cannot write {path}", path) from e
-        with self._lock:
-            self._dirty.add(d)
-        return True
+        if durable:
+            with self._lock:
+                self._dirty.add(d)
 
     def sync(self) -> None:
         with self._lock:

@@ -269,15 +269,16 @@ class Catalog:
         self._remember(key, digest, m, data)
         return m
 
-    def _remember(self, key: str, digest: str, m: Manifest, data: bytes | None) -> None:
+    def _remember(self, key: str, digest: str, m: Manifest, data: bytes | None, *, later: bool = False) -> None:
+        """Cache a validated manifest and record its verdict (``later``: on a background thread)."""
         with self._lock:
             self._manifests[key] = m
-        if data is not None:
+        if data is not None and self._verdict_dir is not None:
             s = m.stats
             v = _verdicts.Verdict(
                 header_end(data, m), len(m.tensors), s.logical_bytes, s.stored_bytes, s.new_bytes, s.new_objects
             )
-            _verdicts.record(self._verdict_dir, digest, v)
+            (_verdicts.record_later if later else _verdicts.record)(self._verdict_dir, digest, v)
 
     def _listed(self, step: int, digest: str, key: str) -> CheckpointInfo:
         """The record of one manifest for a listing: from this process's cache, else read and
@@ -470,7 +471,7 @@ class Catalog:
         """A manifest this process committed (its bytes ``data``): cache it, record it as
         validated, and index its objects."""
         parsed = parse_manifest_key(key)
-        self._remember(key, parsed[1] if parsed is not None else "", m, data if parsed is not None else None)
+        self._remember(key, parsed[1] if parsed is not None else "", m, data if parsed else None, later=True)
         with self._lock:
             if self._index is not None:
                 self._index.add_manifest(m)

@@ -157,8 +157,9 @@ class Lease:
 
     def write(self) -> None:
         # visibility to other processes is what matters, not durability: after a crash the
-        # holder is gone and its lease is stale anyway, so no folder fsync here
-        self.backend.write(self.key, self._doc())
+        # holder is gone and its lease is stale anyway (an unreadable one is judged by its times),
+        # so neither the file nor its folder is fsync'd
+        self.backend.write_unsynced(self.key, self._doc())
         self._last_ok = time.time()
 
     def start_refreshing(self) -> None:

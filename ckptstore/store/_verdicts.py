@@ -16,9 +16,12 @@ is on the store, and every failure to read or write the cache only means a full 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import queue
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +100,38 @@ def record(folder: str | None, digest: str, v: Verdict) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+_queue: queue.SimpleQueue[tuple[str, str, Verdict] | None] = queue.SimpleQueue()
+_writer: threading.Thread | None = None
+_writer_lock = threading.Lock()
+
+
+def record_later(folder: str | None, digest: str, v: Verdict) -> None:
+    """``record`` on a background thread: a save does not wait for the cache (writing a file
+    right after the save's fsyncs can wait on the file system's journal)."""
+    global _writer
+    if folder is None:
+        return
+    with _writer_lock:
+        if _writer is None:
+            _writer = threading.Thread(target=_write_loop, name="ckptstore-verdicts", daemon=True)
+            _writer.start()
+            atexit.register(_drain)
+    _queue.put((folder, digest, v))
+
+
+def _write_loop() -> None:
+    while (item := _queue.get()) is not None:
+        record(*item)
+
+
+def _drain() -> None:
+    """At exit: write what is still queued (small files, no fsync)."""
+    while True:
+        try:
+            item = _queue.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            record(*item)
