@@ -160,11 +160,18 @@ class _Session:
                 self.new_objects += 1
 
 
-class _Pipeline:
-    """Runs object tasks on a pool, each holding its byte reservation until it finishes."""
+#: a save with less tensor data than this writes its objects on the calling thread: starting
+#: and waiting on pool threads would cost more than the work (a small save's fixed cost)
+INLINE_MAX = 1 << 20
 
-    def __init__(self, workers: int, budget: ByteBudget) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-write")
+
+class _Pipeline:
+    """Runs object tasks on a pool, each holding its byte reservation until it finishes
+    (``inline``: on the calling thread, at once)."""
+
+    def __init__(self, workers: int, budget: ByteBudget, *, inline: bool = False) -> None:
+        self.inline = inline
+        self.pool = ThreadPoolExecutor(max_workers=1 if inline else workers, thread_name_prefix="ckptstore-write")
         self.budget = budget
         self.slots = threading.BoundedSemaphore(2 * workers)
         self.futures: list[Future[Any]] = []
@@ -173,6 +180,11 @@ class _Pipeline:
     def submit(self, reserve: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self.error is not None:
             raise self.error
+        if self.inline:
+            f: Future[Any] = Future()
+            f.set_result(fn(*args))
+            self.futures.append(f)
+            return f
         self.slots.acquire()
         got = self.budget.acquire(reserve)
 
@@ -186,9 +198,9 @@ class _Pipeline:
                 self.budget.release(got)
                 self.slots.release()
 
-        f = self.pool.submit(run)
-        self.futures.append(f)
-        return f
+        fut = self.pool.submit(run)
+        self.futures.append(fut)
+        return fut
 
     def finish(self) -> None:
         self.pool.shutdown(wait=True)
@@ -270,7 +282,7 @@ def write_blobs(
     # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
     # copies, compression), so one thread per core; remote writes wait on the network
     threads = workers if sink.joins_parts else max(2, min(workers, os.cpu_count() or 2))
-    pipe = _Pipeline(threads, ByteBudget(limit))
+    pipe = _Pipeline(threads, ByteBudget(limit), inline=total < INLINE_MAX and staging is None)
     pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 
     blobs: list[Blob | None] = [None] * len(planned)

@@ -83,6 +83,11 @@ class Backend(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
+    def delete_unsynced(self, key: str) -> None:
+        """``delete`` without making the removal durable (``sync`` does not cover it): for files
+        written with ``write_unsynced``."""
+        self.delete(key)
+
     @abstractmethod
     def size(self, key: str) -> int: ...
 

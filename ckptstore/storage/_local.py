@@ -189,15 +189,22 @@ class LocalBackend(Backend):
         return out
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        if self._unlink(self._path(key)):
+            with self._lock:
+                self._dirty.add(os.path.dirname(self._path(key)))
+
+    def delete_unsynced(self, key: str) -> None:
+        self._unlink(self._path(key))
+
+    @staticmethod
+    def _unlink(path: str) -> bool:
         try:
             os.unlink(path)
         except FileNotFoundError:
-            return
+            return False
         except OSError as e:
             raise storage_error(e, f"cannot delete {path}", path) from e
-        with self._lock:
-            self._dirty.add(os.path.dirname(path))
+        return True
 
     def size(self, key: str) -> int:
         st = self._stat(self._path(key))

@@ -195,7 +195,7 @@ class Lease:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
-            self.backend.delete(self.key)
+            self.backend.delete_unsynced(self.key)  # as its writes: nothing to keep after a crash
         except OSError as e:
             log.warning("cannot remove lease %s: %s (it goes stale on its own)", self.key, e)
 
