@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..format._info import CheckpointInfo
-from ..store._store import Store
+if TYPE_CHECKING:
+    from ..format._info import CheckpointInfo
+    from ..store._store import Store
 
 
 def add_store_arg(sp: argparse.ArgumentParser) -> None:
@@ -46,6 +47,8 @@ def storage_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def open_store(args: argparse.Namespace) -> Store:
+    from ..store._store import Store
+
     return Store(args.uri, storage_options=storage_options(args.storage_option))
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from .._units import fmt_bytes
 from ..format._layout import parse_manifest_key
-from ..store._store import Store
 from ._common import key_value, storage_options
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
     from .._api import copy_checkpoints
     from ..store._copy import CopyIncompleteError
+    from ..store._store import Store
 
     """``ckptstore cp SRC DST``: copy checkpoints, deduplicated and verified, manifests last.
     A damaged source checkpoint is reported and the healthy ones are still copied (exit 1)."""

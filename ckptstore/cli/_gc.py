@@ -7,14 +7,15 @@ import json
 import sys
 import warnings
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import CkptstoreWarning, InvalidArgumentError
 from .._units import fmt_bytes
-from ..format._info import CheckpointInfo
-from ..store._gc import GRACE
 from ..store._retention import Retention, format_duration, parse_duration
 from ._common import add_store_arg, open_store, positive_int, table, when
+
+if TYPE_CHECKING:
+    from ..format._info import CheckpointInfo
 
 
 def add_parsers(sub: Any) -> None:
@@ -188,6 +189,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if report.deleted_temp:
         print(f"{'would delete' if report.dry_run else 'deleted'} {report.deleted_temp} stale temporary file(s)")
     if report.young_objects:
+        from ..store._gc import GRACE
+
         g = format_duration(timedelta(seconds=grace if grace is not None else GRACE))
         print(
             f"kept {report.young_objects} unreferenced object(s) ({fmt_bytes(report.young_bytes)}) younger than "

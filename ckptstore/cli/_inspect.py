@@ -10,17 +10,15 @@ from typing import TYPE_CHECKING, Any
 from .._errors import CkptstoreError, UnsupportedFormatError
 from .._lazy import lazy
 from .._units import fmt_bytes
-from ..format._info import CheckpointInfo
 from ..format._layout import OBJECTS_DIR, parse_object_key
-from ..format._manifest import Manifest
-from ..format._tensors import element_size
-from ..format._tree import decode_tree
-from ..store._gc import mark
-from ..store._store import Store
 from ._common import add_store_arg, open_store, progress_text, table
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ..format._info import CheckpointInfo
+    from ..format._manifest import Manifest
+    from ..store._store import Store
 else:
     np = lazy("numpy", globals(), "np")
 
@@ -164,6 +162,8 @@ def _sharding(m: Manifest) -> dict[str, Any] | None:
         return None
     index = {id(st): j for j, st in enumerate(d.sharded)}
     try:
+        from ..format._tree import decode_tree
+
         state = decode_tree(m)
     except CkptstoreError:
         state = None
@@ -197,6 +197,8 @@ def _itemsize(kind: str, dtype: str) -> int:
         except TypeError:
             return 0
     try:
+        from ..format._tensors import element_size
+
         return element_size(kind, dtype)
     except UnsupportedFormatError:
         return 0
@@ -331,6 +333,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_du(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         infos = store.list()
+        from ..store._gc import mark
+
         referenced, problems, manifests = mark(store)
         users: dict[str, int] = {}
         size: dict[str, int] = {}

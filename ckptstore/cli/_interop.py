@@ -9,12 +9,12 @@ from typing import Any
 
 from .._errors import PickleNotAllowedError
 from .._units import fmt_bytes
-from ..store._store import Store
 from ._common import add_store_arg, key_value, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..interop import import_checkpoint
+    from ..store._store import Store
 
     options = storage_options(args.storage_option)
     try:

@@ -12,17 +12,17 @@ import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
 from .._progress import byte_bar
 from ..format import _hashing
 from ..format._layout import object_key
-from ..format._manifest import Manifest
-from ..pipeline._codec import get_codec
-from ..pipeline._reader import check_manifest
-from ..store._store import Store
 from ._common import add_store_arg, open_store
+
+if TYPE_CHECKING:
+    from ..format._manifest import Manifest
+    from ..store._store import Store
 
 
 def add_parsers(sub: Any) -> None:
@@ -62,6 +62,8 @@ def _check_object(store: Store, key: str, m: Manifest, read_data: bool) -> str |
     if _hashing.digest(data) != key:
         return "does not match its hash"
     try:
+        from ..pipeline._codec import get_codec
+
         raw = get_codec(info.codec).decode(data, info.raw_size)
     except (IntegrityError, ValueError) as e:
         return f"does not decode: {e}"
@@ -71,6 +73,8 @@ def _check_object(store: Store, key: str, m: Manifest, read_data: bool) -> str |
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..pipeline._reader import check_manifest
+
     problems: list[str] = []
     results: list[dict[str, Any]] = []
     with open_store(args) as store:

@@ -367,17 +367,25 @@ def loads_strict(data: bytes | str, what: str) -> Any:
 
 
 def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tuple[int, ...]) -> Any:
-    raw = loads_strict(data, what)
-    _check_version(raw, what, name, versions)
+    """Parse once: the model from the bytes; only bytes that are not the canonical serialisation
+    of what they validate to (or do not validate) are parsed a second time, to report JSON
+    damage, duplicate keys, bare non-finite tokens and the version first, as format.md asks."""
     try:
         # strict: a file holds exactly the JSON types the writer writes (no "5" for 5, no true for 1)
-        return model.model_validate_json(data, strict=True)
-    except ValidationError as e:
+        m = model.model_validate_json(data, strict=True)
+    except (ValidationError, RecursionError) as e:
+        raw = loads_strict(data, what)
+        _check_version(raw, what, name, versions)
+        if isinstance(e, RecursionError):
+            raise IntegrityError(f"{what} is nested too deeply") from None
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise IntegrityError(f"{what} does not validate ({e.error_count()} errors; {loc}: {first['msg']})") from None
-    except RecursionError:
-        raise IntegrityError(f"{what} is nested too deeply") from None
+    if dump(m) != data:  # canonical bytes hold no duplicate key and no bare NaN: no second parse
+        raw = loads_strict(data, what)
+        _check_version(raw, what, name, versions)
+    _check_version({"format": m.format, "version": m.version}, what, name, versions)
+    return m
 
 
 _PARSED: OrderedDict[str, Manifest] = OrderedDict()
