@@ -162,6 +162,7 @@ def measure(big: str, small: str, repeats: int, n: int) -> dict[str, Any]:
         k: [] for k in [f"list_checkpoints {big_name}", f"ckptstore ls {big_name}", *commands]
     }
     samples[f"list_checkpoints {big_name}, empty validation cache"] = []
+    samples["python -c pass (interpreter start, reference)"] = []
     samples["small save: ckptstore s"] = []
     samples["small save: torch.save s"] = []
     samples["small save: ckptstore / torch.save"] = []
@@ -172,6 +173,7 @@ def measure(big: str, small: str, repeats: int, n: int) -> dict[str, Any]:
             (f"list_checkpoints {big_name}", [PY, "-c", _LIST, big], _env()),
             (f"ckptstore ls {big_name}", [*cli, "ls", big], _env()),
             *((name, [*cli, *argv], _env()) for name, argv in commands.items()),
+            ("python -c pass (interpreter start, reference)", [PY, "-c", "pass"], _env()),
         ]
         order = order[r % len(order) :] + order[: r % len(order)]  # rotated: no contender always first
         for name, cmd, env in order:
@@ -230,6 +232,9 @@ def main() -> None:
     small = os.path.join(CACHE, "listing-20x232")
     build(big, args.checkpoints)
     build(small, 20)
+    # bytecode, as an installed package has it (this environment may set PYTHONDONTWRITEBYTECODE)
+    subprocess.run([PY, "-m", "compileall", "-q", os.path.join(ROOT, "ckptstore")], check=True)
+    load_before = os.getloadavg()
     spinner = subprocess.Popen([PY, "-c", "while True: pass"]) if args.busy else None
     try:
         result = measure(big, small, args.repeats, args.checkpoints)
@@ -238,6 +243,7 @@ def main() -> None:
             spinner.kill()
             spinner.wait()
     load = os.getloadavg()
+    result["machine_load_before"] = load_before
     result.update(
         {
             "busy": args.busy,
@@ -250,8 +256,9 @@ def main() -> None:
         }
     )
     text = table(result)
-    print(f"\n{'busy' if args.busy else 'quiet'} machine, {args.repeats} repeats, fresh processes; "
-          f"manifests of {result['manifest_bytes'] // 1000} KB\n")  # fmt: skip
+    print(f"\n{'busy (one competing CPU-bound process)' if args.busy else 'no competing process'}, "
+          f"{args.repeats} repeats, fresh processes; manifests of {result['manifest_bytes'] // 1000} KB; "
+          f"load average before {load_before[0]:.1f}, after {load[0]:.1f}\n")  # fmt: skip
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
     name = f"listing{'-busy' if args.busy else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"

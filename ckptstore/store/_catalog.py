@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
@@ -53,6 +54,30 @@ log = logging.getLogger("ckptstore")
 Key = tuple[int, str, str]
 
 _UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
+#: manifests validated in full in this process, by digest, shared by every Catalog: a
+#: ``ckptstore.save()`` opens a new Store each time, and its parent was written or checked by
+#: the previous call (manifests are immutable and named by their hash)
+_VALIDATED: OrderedDict[str, Manifest] = OrderedDict()
+_VALIDATED_MAX = 64
+_validated_lock = threading.Lock()
+
+
+def _validated(digest: str) -> Manifest | None:
+    with _validated_lock:
+        m = _VALIDATED.get(digest)
+        if m is not None:
+            _VALIDATED.move_to_end(digest)
+        return m
+
+
+def _note_validated(digest: str, m: Manifest) -> None:
+    with _validated_lock:
+        _VALIDATED[digest] = m
+        _VALIDATED.move_to_end(digest)
+        while len(_VALIDATED) > _VALIDATED_MAX:
+            _VALIDATED.popitem(last=False)
+
+
 #: a listing with at least this many manifests to read reads them on threads
 _PARALLEL_MIN = 16
 _LIST_THREADS = 4
@@ -257,6 +282,11 @@ class Catalog:
     def _validate(self, key: str, step: int, digest: str, data: bytes) -> Manifest:
         """Validate manifest bytes in full (their hash already checked), cache the model and
         record the verdict for later listings."""
+        m = _validated(digest)
+        if m is not None and m.step == step:
+            with self._lock:
+                self._manifests[key] = m
+            return m
         where = self.backend.describe(key)
         m = parse_manifest(data, where, digest)
         if m.step != step:
@@ -273,6 +303,8 @@ class Catalog:
         """Cache a validated manifest and record its verdict (``later``: on a background thread)."""
         with self._lock:
             self._manifests[key] = m
+        if digest:
+            _note_validated(digest, m)
         if data is not None and self._verdict_dir is not None:
             s = m.stats
             v = _verdicts.Verdict(

@@ -145,8 +145,8 @@ class Lease:
         self.refresh_every = REFRESH_EVERY if refresh_every is None else refresh_every
         self.stale_after = STALE_AFTER if stale_after is None else stale_after
         self.key = f"{LOCKS_DIR}/{kind}-{time.time_ns():020d}-{secrets.token_hex(8)}.json"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a refresh and the release never interleave
+        self._released = False
         self._last_ok = 0.0
         self.lost = False
 
@@ -163,19 +163,22 @@ class Lease:
         self._last_ok = time.time()
 
     def start_refreshing(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._refresh_loop, name=f"ckptstore-{self.kind}-lease", daemon=True)
-            self._thread.start()
+        _KEEPER.add(self)
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_every):
+    def refresh(self) -> bool:
+        """Rewrite the lease (the keeper calls this every ``refresh_every`` seconds); False once
+        it is lost or released, after which it is never written again."""
+        with self._lock:
+            if self._released or self.lost:
+                return False
             try:
                 if time.time() - self._last_ok > self.stale_after or not self.backend.exists(self.key):
                     self.lost = True  # others may have judged it stale: never resurrect it
-                    return
+                    return False
                 self.write()
             except Exception as e:  # noqa: BLE001 - a failed refresh only shortens the lease
                 log.warning("cannot refresh lease %s: %s", self.key, e)
+            return True
 
     def held(self) -> bool:
         """True while the lease is ours: not lost, not overdue, and still on storage."""
@@ -191,9 +194,9 @@ class Lease:
         return ok
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        _KEEPER.remove(self)
+        with self._lock:  # waits for a refresh in progress; none comes after
+            self._released = True
         try:
             self.backend.delete_unsynced(self.key)  # as its writes: nothing to keep after a crash
         except OSError as e:
@@ -204,6 +207,45 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _Keeper:
+    """The one thread of a process that refreshes every lease it holds: starting (and joining) a
+    thread per lease cost more than a small save itself."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Lease, float] = {}  # lease -> when its next refresh is due (monotonic)
+        self._thread: threading.Thread | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self._cond:
+            self._due[lease] = time.monotonic() + lease.refresh_every
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ckptstore-lease-keeper", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self._cond:
+            self._due.pop(lease, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [lease for lease, t in self._due.items() if t <= now]
+                if not due:
+                    self._cond.wait(min(self._due.values(), default=now + 3600) - now)
+                    continue
+                for lease in due:
+                    self._due[lease] = now + lease.refresh_every
+            for lease in due:
+                if not lease.refresh():
+                    self.remove(lease)
+
+
+_KEEPER = _Keeper()
 
 
 def acquire_save(backend: Backend, *, timeout: float | None = None) -> Lease:
