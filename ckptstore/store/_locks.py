@@ -217,14 +217,16 @@ class _Keeper:
         self._cond = threading.Condition()
         self._due: dict[Lease, float] = {}  # lease -> when its next refresh is due (monotonic)
         self._thread: threading.Thread | None = None
+        self._wake = 0.0  # when the keeper wakes next (monotonic)
 
     def add(self, lease: Lease) -> None:
         with self._cond:
-            self._due[lease] = time.monotonic() + lease.refresh_every
+            due = self._due[lease] = time.monotonic() + lease.refresh_every
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ckptstore-lease-keeper", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif due < self._wake:  # waking the keeper for nothing costs a small save time
+                self._cond.notify()
 
     def remove(self, lease: Lease) -> None:
         with self._cond:
@@ -236,7 +238,8 @@ class _Keeper:
                 now = time.monotonic()
                 due = [lease for lease, t in self._due.items() if t <= now]
                 if not due:
-                    self._cond.wait(min(self._due.values(), default=now + 3600) - now)
+                    self._wake = min(self._due.values(), default=now + REFRESH_EVERY)
+                    self._cond.wait(self._wake - now)
                     continue
                 for lease in due:
                     self._due[lease] = now + lease.refresh_every
