@@ -384,7 +384,7 @@ def _parse(data: bytes, model: type[_Model], what: str, name: str, versions: tup
     if dump(m) != data:  # canonical bytes hold no duplicate key and no bare NaN: no second parse
         raw = loads_strict(data, what)
         _check_version(raw, what, name, versions)
-    _check_version({"format": m.format, "version": m.version}, what, name, versions)
+    _check_version({"format": getattr(m, "format", None), "version": getattr(m, "version", None)}, what, name, versions)
     return m
 
 
