@@ -89,11 +89,17 @@ if typing.TYPE_CHECKING:
 
 def __getattr__(name: str) -> typing.Any:
     where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'ckptstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where[0], __name__), where[1])
-    globals()[name] = value
-    return value
+    if where is not None:
+        value = getattr(importlib.import_module(where[0], __name__), where[1])
+        globals()[name] = value
+        return value
+    if name.isidentifier() and not name.startswith("__"):  # a subpackage: ckptstore.interop.read_hf_folder
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module 'ckptstore' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

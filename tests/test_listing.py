@@ -169,6 +169,8 @@ def test_import_ckptstore_does_not_import_torch_until_needed(store_uri):
         "import sys, ckptstore\n"
         "assert 'torch' not in sys.modules\n"
         "from ckptstore import Store, CheckpointInfo, list_checkpoints\n"
+        "assert callable(ckptstore.interop.read_hf_folder)  # subpackages are attributes, as before\n"
+        "assert not hasattr(ckptstore, 'no_such_name')\n"
         "assert 'torch' not in sys.modules\n"
         "import torch\n"
         "ckptstore.save({'w': torch.ones(2)}, sys.argv[1])\n"
