@@ -58,7 +58,7 @@ _UNREADABLE = (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError)
 #: ``ckptstore.save()`` opens a new Store each time, and its parent was written or checked by
 #: the previous call (manifests are immutable and named by their hash)
 _VALIDATED: OrderedDict[str, Manifest] = OrderedDict()
-_VALIDATED_MAX = 64
+_VALIDATED_MAX = 8  # the parent of the next save, for a few stores; full manifests are large
 _validated_lock = threading.Lock()
 
 
