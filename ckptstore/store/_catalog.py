@@ -287,6 +287,15 @@ class Catalog:
             with self._lock:
                 self._manifests[key] = m
             return m
+        if _verdicts.lookup(self._verdict_dir, digest) is not None:
+            # these very bytes passed every check before (the verdict): build the model only
+            try:
+                m = Manifest.model_validate_json(data, strict=True)
+            except (ValidationError, RecursionError):
+                m = None
+            if m is not None and m.step == step:
+                self._remember(key, digest, m, None)
+                return m
         where = self.backend.describe(key)
         m = parse_manifest(data, where, digest)
         if m.step != step:
