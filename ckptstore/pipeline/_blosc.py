@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from typing_extensions import Buffer
 
 from .._errors import IntegrityError, UnsupportedFormatError
 from ._buffers import scratch
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 #: Zstandard level (Blosc's clevel 1 is zstd level 1)
 CLEVEL = 1
@@ -79,6 +81,8 @@ def _off_main(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     with _helper_lock:
         if _helper is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptstore-blosc")
     return _helper.submit(fn, *args).result()
 
