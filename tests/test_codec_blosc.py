@@ -151,3 +151,17 @@ def test_old_byte_grouped_store_loads_verifies_and_dedups(tmp_path: Path) -> Non
     info = ckptstore.Store(root, chunk_size=256 << 10).save(golden_bg_state(), step=2, rng=False, compression="zstd")
     assert info.new_bytes == 0
     assert_same(ckptstore.load(root, step=2), golden_bg_state())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_main_thread_calls_still_work_in_a_forked_child() -> None:
+    """The helper thread that main-thread calls use does not survive fork; a child makes its own."""
+    raw = _weights(1 << 20, torch.float32)
+    codec = get_codec("blosc-zstd-bg4")
+    enc = bytes(codec.encode(raw))  # the parent's helper thread exists now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child reports through its exit code)
+        ok = bytes(codec.encode(raw)) == enc
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

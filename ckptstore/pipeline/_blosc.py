@@ -16,6 +16,7 @@ a helper thread for that reason (the buffer is then also the same whatever the c
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable
@@ -46,6 +47,7 @@ FLAG_RESERVED = 0x08
 COMPRESSOR_ZSTD = 4  # the top three bits of the flags
 
 _helper: ThreadPoolExecutor | None = None
+_helper_pid = 0
 _helper_lock = threading.Lock()
 
 
@@ -76,15 +78,17 @@ def _blosc() -> Any:
 
 def _off_main(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn`` where numcodecs runs Blosc single-threaded: off the main thread."""
-    global _helper
+    global _helper, _helper_pid
     if threading.current_thread() is not threading.main_thread():
         return fn(*args)
     with _helper_lock:
-        if _helper is None:
+        if _helper is None or _helper_pid != os.getpid():  # a forked child has no helper thread
             from concurrent.futures import ThreadPoolExecutor
 
             _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptstore-blosc")
-    return _helper.submit(fn, *args).result()
+            _helper_pid = os.getpid()
+        helper = _helper
+    return helper.submit(fn, *args).result()
 
 
 def _u8(b: Buffer) -> np.ndarray:
