@@ -165,3 +165,21 @@ def test_main_thread_calls_still_work_in_a_forked_child() -> None:
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_load_decodes_chunks_straight_into_the_tensors(tmp_path: Path, monkeypatch) -> None:
+    """A compressed chunk that fills its part of a tensor is decoded into the tensor's memory:
+    the reader asks for no decode buffer."""
+    from ckptstore.pipeline import _reader
+
+    state = {"w": torch.from_numpy(_weights(10 << 20, torch.float32).view(np.float32))}  # 3 chunks
+    ckptstore.Store(tmp_path, chunk_size=4 << 20).save(state, step=1, rng=False, compression="zstd")
+    m = ckptstore.Store(tmp_path).manifest()
+    assert len(m.blobs[0].segments) == 3
+    assert {m.objects[s.object].codec for s in m.blobs[0].segments} == {"blosc-zstd-bg4"}
+    asked: list[str | None] = []
+    real = _reader.scratch
+    monkeypatch.setattr(_reader, "scratch", lambda n, slot=None: asked.append(slot) or real(n, slot))
+    for verify in (True, False):
+        assert_same(ckptstore.load(tmp_path, verify=verify), state)
+    assert "decode" not in asked
