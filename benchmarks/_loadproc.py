@@ -7,7 +7,10 @@ view of every distinct tensor's bytes, so lazy loads such as safetensors' and
 ``torch.load(mmap=True)`` read every byte too), then the touch again on the loaded tensors (the
 touch's own cost). Measured inside the process: wall seconds of load + touch, CPU seconds of the
 process over that span (``getrusage(RUSAGE_SELF)``: user + system, every thread), peak RSS above
-the start (kernel high-water mark, reset first) and anonymous memory kept at the end.
+the start (kernel high-water mark, reset first) less the library pages the process faulted in
+meanwhile (``peak_rss_raw`` keeps the uncorrected peak), and anonymous memory kept at the end.
+The libraries (torch, torch.distributed.checkpoint, safetensors, blake3, ckptstore) are imported
+before the timed span; what a loader imports lazily on its first call counts.
 
 Two ways to get the fresh process (``--fresh``):
 
@@ -38,6 +41,7 @@ import blake3  # noqa: E402
 import numpy  # noqa: E402, F401  (the raw loader; imported before any fork)
 import safetensors.torch  # noqa: E402, F401
 import torch  # noqa: E402
+import torch.distributed.checkpoint  # noqa: E402, F401
 from _measure import PeakRss, _status, cpu_seconds, files_under  # noqa: E402
 
 import ckptstore  # noqa: E402, F401
@@ -55,6 +59,26 @@ def hash_files(path: str) -> int:
             h.digest()
             n += size
     return n
+
+
+def mapped_file_rss(skip: str) -> int:
+    """Resident bytes of this process's file mappings other than those under ``skip``: the
+    libraries' code and data pages. A fresh process faults more of them in as it first runs a
+    code path; that is not memory the load allocated, so it is taken out of the peak."""
+    skip = os.path.abspath(skip)
+    total, counting = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head, _, rest = line.partition(" ")
+            if "-" in head and ":" not in head:  # a mapping's header line: address range, perms, ..., path
+                parts = rest.split(None, 4)
+                path = parts[4].strip() if len(parts) == 5 else ""
+                counting = (
+                    path.startswith("/") and not path.startswith(("/dev/", "/memfd:")) and not path.startswith(skip)
+                )
+            elif counting and head == "Rss:":
+                total += int(rest.split()[0]) * 1024
+    return total
 
 
 def _raw(path: str) -> torch.Tensor:
@@ -84,6 +108,7 @@ def measure(loader: str, path: str) -> dict[str, Any]:
     if peak.exact:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5\n")
+    lib0 = mapped_file_rss(path)
     base, anon0 = _status("VmRSS"), _status("RssAnon")
     c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn(path)
@@ -93,8 +118,9 @@ def measure(loader: str, path: str) -> dict[str, Any]:
     else:
         checksum, touched = _peers.touch(out)
     t2, c1 = time.perf_counter(), cpu_seconds()
-    rss = _status("VmHWM") - base if peak.exact else 0
+    hwm = _status("VmHWM") - base if peak.exact else 0
     anon = _status("RssAnon") - anon0
+    libs = mapped_file_rss(path) - lib0
     touch2 = float("nan")
     if loader != "hash only":
         t3 = time.perf_counter()
@@ -106,7 +132,9 @@ def measure(loader: str, path: str) -> dict[str, Any]:
         "touch_seconds": t2 - t1,
         "touch2_seconds": touch2,
         "cpu_seconds": c1 - c0,
-        "peak_rss": rss,
+        "peak_rss": hwm - libs,
+        "peak_rss_raw": hwm,
+        "library_rss": libs,
         "anon_rss": anon,
         "checksum": checksum,
         "touched_bytes": touched,
