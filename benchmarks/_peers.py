@@ -176,6 +176,8 @@ SAVES: dict[str, tuple[Callable[[Any, str], Any], tuple[str, ...]]] = {
     "safetensors": (st_save, ("safetensors",)),
     "dcp": (dcp_save, ("dcp",)),
 }
+#: load rows measured only with --extra-loads (no target reads them)
+EXTRA_LOADS = ("ckptstore mmap=False",)
 #: the peers that targets compare against (save rows, load rows)
 PEER_SAVES = ("torch.save", "safetensors", "dcp")
 PEER_LOADS = ("torch.load", "torch.load mmap=True", "safetensors", "dcp")

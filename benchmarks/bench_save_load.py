@@ -102,7 +102,7 @@ class Runner:
         with Busy(mode == "busy") as busy:
             self.save(mode, name, fn, path)
             self.rows[mode][name]["save"].setdefault("stored_bytes", []).append(du(path))
-            for row in load_rows:
+            for row in (r for r in load_rows if self.args.extra_loads or r not in _peers.EXTRA_LOADS):
                 for kind in ("warm",) if row == "hash only" else ("cold", "warm"):
                     self.load(mode, row, kind, path)
             if name == "ckptstore":
@@ -130,7 +130,7 @@ class Runner:
             t0 = time.perf_counter()
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
-                if name in SLOW and self.args.slow_repeats is not None and rep >= self.args.slow_repeats:
+                if name in SLOW and 0 <= self.args.slow_repeats <= rep:
                     continue
                 for mode in modes if k % 2 == 0 else modes[::-1]:
                     self.step(rep, name, mode)
@@ -205,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", choices=("quiet", "busy", "both"), default="both")
     p.add_argument(
-        "--slow-repeats", type=int, default=None, help=f"run {' and '.join(SLOW)} in the first N repeats only"
+        "--slow-repeats",
+        type=int,
+        default=1,
+        help=f"run {' and '.join(SLOW)} in the first N repeats only (default 1; 0: never, -1: every repeat)",
+    )
+    p.add_argument(
+        "--extra-loads", action="store_true", help=f"also measure {', '.join(_peers.EXTRA_LOADS)} (no target needs it)"
     )
     p.add_argument("--skip", default="", help="comma-separated save methods to leave out, e.g. dcp,raw disk")
     p.add_argument("--fresh", choices=("fork", "spawn"), default="fork", help="how each load gets its fresh process")
