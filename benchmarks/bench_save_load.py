@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="AdamW steps to train the model (cached)")
     p.add_argument("--variants", default="fp32", help="comma-separated: fp32, bf16 (default fp32)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--mode", choices=("quiet", "busy", "both"), default="both")
+    p.add_argument(
+        "--mode",
+        choices=("quiet", "busy", "both"),
+        default="both",
+        help="busy: one competing CPU-bound process runs during every measurement; both: each method quiet and busy",
+    )
+    p.add_argument("--busy", dest="mode", action="store_const", const="busy", help="the same as --mode busy")
     p.add_argument(
         "--slow-repeats",
         type=int,
