@@ -1,7 +1,7 @@
 """Durable save and load of a real training checkpoint: ckptstore against its peers, on a quiet
 and on a busy machine (issue 13).
 
-    python benchmarks/bench_save_load.py --size tiny --repeats 2          # smoke run, ~1 min
+    python benchmarks/bench_save_load.py --size tiny --repeats 2          # smoke run, ~2 min
     python benchmarks/bench_save_load.py --size medium --repeats 3 --mode both   # issue 13's run
 
 The state is a GPT-style transformer trained for real AdamW steps (benchmarks/_state.py), in an
