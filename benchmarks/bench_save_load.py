@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -136,6 +137,7 @@ class Runner:
                     self.step(rep, name, mode)
                 k += 1
             print(f"  repeat {rep + 1}/{self.args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        shutil.rmtree(self.work, ignore_errors=True)
         for m in self.mismatches:
             print(f"  WARNING: a load read other bytes than the state's: {m}", flush=True)
         return {
