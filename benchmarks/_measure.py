@@ -1,9 +1,10 @@
-"""Measuring helpers for the benchmarks: page-cache dropping, peak RSS, fsync, timing."""
+"""Measuring helpers for the benchmarks: page-cache dropping, peak RSS, CPU time, fsync, timing."""
 
 from __future__ import annotations
 
 import gc
 import os
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,10 +53,15 @@ def du(path: str) -> int:
 
 class CacheDropper:
     """Evict files from the page cache: the whole cache as root (drop_caches), else each file
-    with posix_fadvise(DONTNEED) (works for clean pages, i.e. after fsync)."""
+    with posix_fadvise(DONTNEED) (works for clean pages, i.e. after fsync). ``prefer="fadvise"``
+    evicts only the named files even as root (the rest of the cache, e.g. torch's own libraries,
+    stays warm)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefer: str = "drop_caches") -> None:
         self.method = "drop_caches"
+        if prefer == "fadvise" and hasattr(os, "posix_fadvise"):
+            self.method = "fadvise"
+            return
         try:
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("1\n")
@@ -130,6 +136,12 @@ class PeakRss:
             th.join()
         peak[0] = max(peak[0], proc.memory_info().rss)
         return out, peak[0] - base
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all its threads included."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 @dataclass

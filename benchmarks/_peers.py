@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -28,15 +27,6 @@ def flat_unique(state: Any) -> dict[str, torch.Tensor]:
         seen.add(key)
         out[name] = t
     return out
-
-
-@dataclass
-class Method:
-    name: str
-    save: Callable[[Any, str], Any]
-    load: Callable[[str], Any]
-    #: loads that map the file and read nothing until a tensor is touched
-    lazy_load: bool = False
 
 
 def _rm(path: str) -> None:
@@ -115,26 +105,29 @@ def dcp_save(state: Any, path: str) -> None:
     fsync_path(path)  # its folder entries too
 
 
-def make_dcp_load(state: Any) -> Callable[[str], Any]:
-    template = {k: (v.shape, v.dtype) for k, v in flat_unique(state).items()}
+def dcp_load(path: str) -> Any:
+    """DCP loads in place: the tensors to fill are made from the checkpoint's own metadata (as a
+    script does from its model), then filled by one single-process ``dcp.load``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    def load(path: str) -> Any:
-        import torch.distributed.checkpoint as dcp
-
-        sd = {k: torch.empty(shape, dtype=dt) for k, (shape, dt) in template.items()}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dcp.load(sd, checkpoint_id=path)
-        return sd
-
-    return load
+    md = dcp.FileSystemReader(path).read_metadata()
+    sd = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in md.state_dict_metadata.items()
+        if isinstance(m, TensorStorageMetadata)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(sd, checkpoint_id=path)
+    return sd
 
 
 def ckpt_save(compression: str | None = None) -> Callable[[Any, str], Any]:
     def save(state: Any, path: str) -> Any:
         import ckptstore
 
-        return ckptstore.save(state, path, compression=compression, rng=False)
+        return ckptstore.save(state, path, compression=compression, rng=False, progress=False)
 
     return save
 
@@ -148,20 +141,45 @@ def ckpt_load(**kw: Any) -> Callable[[str], Any]:
     return load
 
 
-def methods(state: Any) -> list[Method]:
-    return [
-        Method("ckptstore", ckpt_save(), ckpt_load()),
-        Method("torch.save", torch_save, torch_load),
-        Method("safetensors", st_save, st_load, lazy_load=True),
-        Method("dcp", dcp_save, make_dcp_load(state)),
-    ]
+def touch(state: Any) -> tuple[int, int]:
+    """Read every byte of every distinct tensor: the same pass after every load, so that lazy
+    (memory-mapped) loads pay for the bytes they did not read yet. Each tensor's bytes are
+    summed as 64-bit words by numpy on one thread (wrapping; the last nbytes % 8 bytes one by
+    one): it reads the memory once, allocates nothing of the tensor's size, and does not depend
+    on torch's thread pool (whose hand-offs cost milliseconds per tensor on a busy 2-core
+    machine). Returns (the sum mod 2**64, the bytes read): equal sums mean equal bytes loaded."""
+    total = nbytes = 0
+    for t in flat_unique(state).values():
+        b = t.detach().contiguous().view(-1).view(torch.uint8)
+        if b.storage_offset() % 8:  # a word view needs 8-byte offsets; rare, copy it
+            b = b.clone()
+        n8 = b.numel() // 8 * 8
+        if n8:
+            total += int(b[:n8].view(torch.int64).numpy().sum())
+        if n8 < b.numel():
+            total += int(b[n8:].numpy().sum(dtype=np.uint64))
+        total &= _MASK64
+        nbytes += b.numel()
+    return total, nbytes
 
 
-#: extra load variants measured on the files a method above wrote
-LOAD_VARIANTS: dict[str, tuple[str, Callable[[str], Any], bool]] = {
-    "ckptstore verify=False": ("ckptstore", ckpt_load(verify=False), True),
-    "ckptstore mmap=False": ("ckptstore", ckpt_load(mmap=False), False),
-    "torch.load mmap=True": ("torch.save", torch_load_mmap, True),
+_MASK64 = (1 << 64) - 1
+
+
+#: save row -> (save function, the load rows measured on the files it wrote). Load rows are the
+#: names of benchmarks/_loadproc.py's LOADERS; "raw disk" is the disk's own limits.
+SAVES: dict[str, tuple[Callable[[Any, str], Any], tuple[str, ...]]] = {
+    "raw disk": (raw_write, ("raw disk",)),
+    "ckptstore": (ckpt_save(), ("ckptstore", "ckptstore verify=False", "ckptstore mmap=False", "hash only")),
+    "ckptstore zstd": (ckpt_save("zstd"), ("ckptstore zstd",)),
+    "torch.save": (torch_save, ("torch.load", "torch.load mmap=True")),
+    "safetensors": (st_save, ("safetensors",)),
+    "dcp": (dcp_save, ("dcp",)),
 }
+#: load rows measured only with --extra-loads (no target reads them)
+EXTRA_LOADS = ("ckptstore mmap=False",)
+#: the peers that targets compare against (save rows, load rows)
+PEER_SAVES = ("torch.save", "safetensors", "dcp")
+PEER_LOADS = ("torch.load", "torch.load mmap=True", "safetensors", "dcp")
 
 remove = _rm

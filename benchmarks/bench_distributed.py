@@ -39,6 +39,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import torch  # noqa: E402
+from _measure import CacheDropper  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -159,13 +160,18 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
         methods.append(("ckptstore s3", ck_save, ck_load, s3_size))
         methods.append(("dcp fsspec s3", fx_save, fx_load, s3_size))
 
+    dropper = CacheDropper()
     for rep in range(cfg["repeats"]):
         order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
         for name, save, load, size in order:
             leaf = f"w{world}-{name.replace(' ', '_')}-{rep}"  # a fresh location per world, method, repeat
             base = f"{s3['prefix']}/{leaf}" if name.endswith("s3") else os.path.join(root, leaf)
             save_s, save_rss = timed(lambda: save(base))
+            if rank == 0 and not base.startswith("s3://"):
+                dropper.drop(base)  # loads start cold for every method, as a resume after a crash does
+            dist.barrier()
             load_s, load_rss = timed(lambda: load(base))
+            warm_s, _ = timed(lambda: load(base))  # again, with the files in the page cache
             nbytes = size(base) if rank == 0 else 0
             rows.append(
                 {
@@ -173,6 +179,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
                     "repeat": rep,
                     "save_s": save_s,
                     "load_s": load_s,
+                    "warm_load_s": warm_s,
                     "bytes": nbytes,
                     "save_rss": save_rss,
                     "load_rss": load_rss,
@@ -243,6 +250,10 @@ def summarize(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "method": name,
                 "save_s": statistics.median(r["save_s"] for r in rs),
                 "load_s": statistics.median(r["load_s"] for r in rs),
+                "warm_load_s": statistics.median(r["warm_load_s"] for r in rs),
+                "spread": {
+                    k: [min(r[k] for r in rs), max(r[k] for r in rs)] for k in ("save_s", "load_s", "warm_load_s")
+                },
                 "bytes": max(r["bytes"] for r in rs),
                 "save_rss": max(r["save_rss"] for r in rs),
                 "load_rss": max(r["load_rss"] for r in rs),
@@ -314,12 +325,18 @@ def main() -> None:
         json.dump(doc, f, indent=2)
     for w, r in results.items():
         print(f"\n### {w} ranks: {r['state_bytes'] / (1 << 20):.1f} MiB FSDP2 state, medians of {args.repeats}\n")
-        print("| method | save s | load s | bytes written | peak RSS save | peak RSS load |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| method | save s | cold load s | warm load s | bytes written | peak RSS save | peak RSS load |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+
+        def cell(o: dict[str, Any], k: str) -> str:
+            lo, hi = o["spread"][k]
+            return f"{o[k]:.3f} ({lo:.2f}-{hi:.2f})"
+
         for o in r["summary"]:
             print(
-                f"| {o['method']} | {o['save_s']:.3f} | {o['load_s']:.3f} | {o['bytes'] / (1 << 20):.1f} MiB | "
-                f"{o['save_rss'] / (1 << 20):.0f} MiB | {o['load_rss'] / (1 << 20):.0f} MiB |"
+                f"| {o['method']} | {cell(o, 'save_s')} | {cell(o, 'load_s')} | {cell(o, 'warm_load_s')} | "
+                f"{o['bytes'] / (1 << 20):.1f} MiB | {o['save_rss'] / (1 << 20):.0f} MiB | "
+                f"{o['load_rss'] / (1 << 20):.0f} MiB |"
             )
         d = r["ddp"]
         print(

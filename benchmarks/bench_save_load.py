@@ -1,15 +1,20 @@
-"""Durable save and load of a real training checkpoint: ckptstore against its peers.
+"""Durable save and load of a real training checkpoint: ckptstore against its peers, on a quiet
+and on a busy machine (issue 13).
 
-    python benchmarks/bench_save_load.py                  # small model (~0.4 GB fp32+Adam), ~2 min
-    python benchmarks/bench_save_load.py --size medium    # ~1.3 GB, the size the issue measured
+    python benchmarks/bench_save_load.py --size tiny --repeats 2          # smoke run, ~2 min
+    python benchmarks/bench_save_load.py --size medium --repeats 3 --mode both   # issue 13's run
 
 The state is a GPT-style transformer trained for real AdamW steps (benchmarks/_state.py), in an
-fp32 variant (weights + Adam moments) and a bf16 variant. Every method runs on the same state,
-in an order that rotates each repeat, and reports medians. Saves are durable for every method
-(fsync of data and folder). Loads are measured cold (page cache dropped) and warm (right after a
-load). The disk's own limits are measured in the same run: one sequential write + fsync of all
-the bytes, and one sequential read of that file. Prints markdown tables, the targets of issue 4
-with met / not met, and writes JSON to benchmarks/results/.
+fp32 variant (weights + Adam moments) and optionally a bf16 variant. Saves (durable for every
+method: fsync of data and folder) run in this process and report wall time, CPU seconds (every
+thread) and peak RSS. Every load runs in a fresh process (benchmarks/_loadproc.py), cold (the
+files evicted from the page cache) then warm (a second fresh process right after), and touches
+every byte of every tensor, lazy loads included; "hash only" is BLAKE3 of the checkpoint's files
+on all cores, warm: the floor of a verified warm load. ``--mode busy`` runs one CPU-bound
+competing process during every measurement; ``both`` measures each method quiet and busy back
+to back (order alternating). Methods rotate each repeat; tables show median (min-max). Prints
+the tables and issue 13's targets per mode and writes JSON with every sample to
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _peers  # noqa: E402
-from _measure import CacheDropper, PeakRss, Samples, du, timed  # noqa: E402
+import _report  # noqa: E402
+from _busy import Busy  # noqa: E402
+from _loadproc import FreshLoads  # noqa: E402
+from _measure import CacheDropper, PeakRss, cpu_seconds, du, timed  # noqa: E402
 from _state import SIZES, as_bf16, state_bytes, tensors_of, trained_state  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GB = 1e9
 MB = 1e6
+#: contenders that --slow-repeats limits (the slowest to save and load)
+SLOW = ("dcp", "raw disk")
 
 
 def changed_subset(state: Any, rep: int, fraction: float = 0.1) -> list[torch.Tensor]:
@@ -45,77 +55,98 @@ def changed_subset(state: Any, rep: int, fraction: float = 0.1) -> list[torch.Te
     return [t for i, t in enumerate(ts) if i % step == rep % step]
 
 
-def run_variant(state: Any, args: argparse.Namespace, drop: CacheDropper, peak: PeakRss) -> dict[str, Any]:
-    nbytes = state_bytes(state)
-    work = os.path.join(args.dir, "work")
-    os.makedirs(work, exist_ok=True)
-    methods = _peers.methods(state)
-    if args.compression:
-        methods.append(_peers.Method("ckptstore zstd", _peers.ckpt_save("zstd"), _peers.ckpt_load()))
-    names = ["raw disk"] + [m.name for m in methods]
-    by_name = {m.name: m for m in methods}
-    res: dict[str, dict[str, Samples]] = {}
+class Runner:
+    """One variant's measurements: ``rows[mode][row][kind][field] -> [samples]``."""
 
-    def rec(name: str, kind: str, dt: float, rss: int) -> None:
-        s = res.setdefault(name, {}).setdefault(kind, Samples())
-        s.seconds.append(dt)
-        s.rss.append(rss)
+    def __init__(self, state: Any, args: argparse.Namespace, loads: FreshLoads) -> None:
+        self.state, self.args, self.loads = state, args, loads
+        self.drop, self.peak = CacheDropper(args.drop), PeakRss()
+        self.work = os.path.join(args.dir, "work")
+        self.rows: dict[str, dict[str, dict[str, dict[str, list[Any]]]]] = {}
+        self.busy_share: dict[str, list[float]] = {}
+        self.reference = _peers.touch(state)  # (byte sum, bytes) every load must reproduce
+        self.mismatches: list[str] = []
 
-    for rep in range(args.repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            path = os.path.join(work, f"{name.replace(' ', '_')}-{rep}")
-            _peers.remove(path)
-            if name == "raw disk":
-                _, dt, rss = timed(peak, lambda: _peers.raw_write(state, path))
-                rec(name, "save", dt, rss)
-                for kind in ("cold", "warm"):
-                    if kind == "cold":
-                        drop.drop(path)
-                    out, dt, rss = timed(peak, lambda: _peers.raw_read(path))
-                    del out
-                    rec(name, kind, dt, rss)
-                _peers.remove(path)
-                continue
-            m = by_name[name]
-            _, dt, rss = timed(peak, lambda: m.save(state, path))
-            rec(name, "save", dt, rss)
-            res[name]["save"].extra["stored_bytes"] = du(path)
-            loads = [(name, m.load)] + [(v, fn) for v, (base, fn, _) in _peers.LOAD_VARIANTS.items() if base == name]
-            for label, fn in loads:
-                for kind in ("cold", "warm"):
-                    if kind == "cold":
-                        drop.drop(path)
-                    out, dt, rss = timed(peak, lambda: fn(path))
-                    del out
-                    rec(label, kind, dt, rss)
-            if name == "ckptstore":  # re-save with 10% of the tensors changed
-                subset = changed_subset(state, rep)
+    def rec(self, mode: str, row: str, kind: str, sample: dict[str, Any]) -> None:
+        fields = self.rows.setdefault(mode, {}).setdefault(row, {}).setdefault(kind, {})
+        for k, v in sample.items():
+            fields.setdefault(k, []).append(v)
+
+    def save(self, mode: str, row: str, fn: Any, path: str) -> Any:
+        def run() -> tuple[Any, float]:
+            c0 = cpu_seconds()
+            out = fn(self.state, path)
+            return out, cpu_seconds() - c0
+
+        (out, cpu), dt, rss = timed(self.peak, run)
+        self.rec(mode, row, "save", {"seconds": dt, "cpu_seconds": cpu, "peak_rss": rss})
+        return out
+
+    def load(self, mode: str, row: str, kind: str, path: str) -> None:
+        if kind == "cold":
+            self.drop.drop(path)
+        r = self.loads.run(row, path)
+        # raw disk reads one concatenated buffer: its word sum differs, its byte count must not
+        got = (r["checksum"] if row != "raw disk" else self.reference[0], r["touched_bytes"])
+        if r["checksum"] is not None and got != self.reference:
+            self.mismatches.append(
+                f"{mode} {row} {kind}: touched {r['touched_bytes']} bytes summing to {r['checksum']}, "
+                f"the state has {self.reference[1]} summing to {self.reference[0]}"
+            )
+        self.rec(mode, row, kind, r)
+
+    def step(self, rep: int, name: str, mode: str) -> None:
+        """One method in one mode: save, its loads cold and warm, (ckptstore) a 10% re-save."""
+        fn, load_rows = _peers.SAVES[name]
+        path = os.path.join(self.work, f"{name.replace(' ', '_')}-{mode}-{rep}")
+        _peers.remove(path)
+        with Busy(mode == "busy") as busy:
+            self.save(mode, name, fn, path)
+            self.rows[mode][name]["save"].setdefault("stored_bytes", []).append(du(path))
+            for row in (r for r in load_rows if self.args.extra_loads or r not in _peers.EXTRA_LOADS):
+                for kind in ("warm",) if row == "hash only" else ("cold", "warm"):
+                    self.load(mode, row, kind, path)
+            if name == "ckptstore":
+                subset = changed_subset(self.state, rep)
                 saved = [t.clone() for t in subset]
                 with torch.no_grad():
                     for t in subset:
                         t.add_(1e-3)
-                info, dt, rss = timed(peak, lambda: m.save(state, path))
-                rec("ckptstore re-save 10%", "save", dt, rss)
-                res["ckptstore re-save 10%"]["save"].extra["new_bytes"] = info.new_bytes
+                info = self.save(mode, "ckptstore re-save 10%", fn, path)
+                self.rows[mode]["ckptstore re-save 10%"]["save"].setdefault("new_bytes", []).append(info.new_bytes)
                 with torch.no_grad():
                     for t, s in zip(subset, saved):
                         t.copy_(s)
                 del saved
-            _peers.remove(path)
-        print(f"  repeat {rep + 1}/{args.repeats} done", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
-    return {
-        "state_bytes": nbytes,
-        "num_tensors": len(tensors_of(state)),
-        "methods": {
-            k: {
-                kind: {"seconds": s.seconds, "median": s.median(), "peak_rss": s.rss, **s.extra}
-                for kind, s in v.items()
-            }
-            for k, v in res.items()
-        },
-    }
+        _peers.remove(path)
+        if busy.on:
+            self.busy_share.setdefault(mode, []).append(busy.share)
+
+    def run(self, modes: list[str]) -> dict[str, Any]:
+        os.makedirs(self.work, exist_ok=True)
+        names = [n for n in _peers.SAVES if self.args.compression or n != "ckptstore zstd"]
+        names = [n for n in names if n not in self.args.skip]
+        k = 0
+        for rep in range(self.args.repeats):
+            t0 = time.perf_counter()
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in order:
+                if name in SLOW and 0 <= self.args.slow_repeats <= rep:
+                    continue
+                for mode in modes if k % 2 == 0 else modes[::-1]:
+                    self.step(rep, name, mode)
+                k += 1
+            print(f"  repeat {rep + 1}/{self.args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        for m in self.mismatches:
+            print(f"  WARNING: a load read other bytes than the state's: {m}", flush=True)
+        return {
+            "state_bytes": state_bytes(self.state),
+            "num_tensors": len(tensors_of(self.state)),
+            "reference_touch": {"checksum": self.reference[0], "bytes": self.reference[1]},
+            "checksum_mismatches": self.mismatches,
+            "modes": {m: {"rows": self.rows.get(m, {}), "busy_share": self.busy_share.get(m, [])} for m in modes},
+        }
 
 
 def codec_throughput(state32: Any) -> dict[str, Any]:
@@ -168,182 +199,84 @@ def _f(x: float, nd: int = 2) -> str:
     return "-" if x != x else f"{x:.{nd}f}"
 
 
-def tables(variant: str, r: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    n = r["state_bytes"]
-    ms = r["methods"]
-
-    def med(name: str, kind: str) -> float:
-        return ms.get(name, {}).get(kind, {}).get("median", float("nan"))
-
-    peers = ["torch.save", "safetensors", "dcp"]
-    lines = [
-        f"### {variant}: {n / GB:.2f} GB, {r['num_tensors']} tensors",
-        "",
-        "| save (durable) | s | GB/s | x raw write | "
-        + " | ".join(f"x {p}" for p in peers)
-        + " | peak RSS +MB (% of state) | stored/raw |",
-        "|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|",
-    ]
-    raw_w = med("raw disk", "save")
-    for name in ms:
-        t = med(name, "save")
-        if t != t:
-            continue
-        rss = max(ms[name]["save"]["peak_rss"]) if ms[name]["save"]["peak_rss"] else 0
-        stored = ms[name]["save"].get("stored_bytes")
-        lines.append(
-            f"| {name} | {_f(t)} | {_f(n / t / GB)} | {_f(t / raw_w)} | "
-            + " | ".join(_f(t / med(p, "save")) for p in peers)
-            + f" | {rss / MB:.0f} ({100 * rss / n:.1f}%) | {_f(stored / n, 3) if stored else '-'} |"
-        )
-    raw_r, st_w = med("raw disk", "cold"), med("safetensors", "warm")
-    lines += [
-        "",
-        "| load | cold s | cold GB/s | x raw read | warm s | x safetensors warm | "
-        "x torch.load warm | peak RSS +MB (above state) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in ms:
-        c, w = med(name, "cold"), med(name, "warm")
-        if c != c:
-            continue
-        rss = max(ms[name]["cold"]["peak_rss"] + ms[name]["warm"]["peak_rss"])
-        above = max(0, rss - n)
-        lines.append(
-            f"| {name} | {_f(c)} | {_f(n / c / GB)} | {_f(c / raw_r)} | {_f(w, 3)} | {_f(w / st_w)} | "
-            f"{_f(w / med('torch.save', 'warm'))} | {rss / MB:.0f} ({above / MB:.0f} = {100 * above / n:.1f}%) |"
-        )
-    key = {
-        "save_vs_fastest_peer": med("ckptstore", "save") / min(med(p, "save") for p in peers),
-        "save_bandwidth_vs_disk": raw_w / med("ckptstore", "save"),
-        "resave_vs_torch_save": med("ckptstore re-save 10%", "save") / med("torch.save", "save"),
-        "cold_load_vs_disk_read": med("ckptstore", "cold") / raw_r,
-        "warm_load_vs_safetensors": med("ckptstore", "warm") / st_w,
-        "warm_load_noverify_vs_safetensors": med("ckptstore verify=False", "warm") / st_w,
-        "save_rss_above_state": max(ms["ckptstore"]["save"]["peak_rss"]) / n,
-        "load_rss_above_state": max(
-            0, max(ms["ckptstore"]["cold"]["peak_rss"] + ms["ckptstore"]["warm"]["peak_rss"]) - n
-        )
-        / n,
-    }
-    if "ckptstore zstd" in ms:
-        key["zstd_save_rss_above_state"] = max(ms["ckptstore zstd"]["save"]["peak_rss"]) / n
-        key["zstd_load_rss_above_state"] = max(0, max(ms["ckptstore zstd"]["cold"]["peak_rss"]) - n) / n
-    return "\n".join(lines), key
-
-
-def targets(keys: dict[str, dict[str, float]], codec: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    out = []
-    for v, k in keys.items():
-        out += [
-            (f"1 {v} save <= 0.9x fastest peer", f"{k['save_vs_fastest_peer']:.2f}x", k["save_vs_fastest_peer"] <= 0.9),
-            (
-                f"1 {v} save >= 0.9x disk write bandwidth",
-                f"{k['save_bandwidth_vs_disk']:.2f}x",
-                k["save_bandwidth_vs_disk"] >= 0.9,
-            ),
-            (
-                f"2 {v} re-save 10% <= 0.25x torch.save",
-                f"{k['resave_vs_torch_save']:.2f}x",
-                k["resave_vs_torch_save"] <= 0.25,
-            ),
-            (
-                f"3 {v} cold load <= 1.1x disk read",
-                f"{k['cold_load_vs_disk_read']:.2f}x",
-                k["cold_load_vs_disk_read"] <= 1.1,
-            ),
-            (
-                f"3 {v} warm load (verify) <= 2x safetensors",
-                f"{k['warm_load_vs_safetensors']:.2f}x",
-                k["warm_load_vs_safetensors"] <= 2,
-            ),
-            (
-                f"3 {v} warm load verify=False <= 2x safetensors",
-                f"{k['warm_load_noverify_vs_safetensors']:.2f}x",
-                k["warm_load_noverify_vs_safetensors"] <= 2,
-            ),
-            (
-                f"5 {v} save peak RSS above state <= 10%",
-                f"{100 * k['save_rss_above_state']:.1f}%",
-                k["save_rss_above_state"] <= 0.1,
-            ),
-            (
-                f"5 {v} load peak RSS above state <= 10%",
-                f"{100 * k['load_rss_above_state']:.1f}%",
-                k["load_rss_above_state"] <= 0.1,
-            ),
-        ]
-        if "zstd_save_rss_above_state" in k:
-            out.append(
-                (
-                    f"5 {v} zstd save peak RSS above state <= 10%",
-                    f"{100 * k['zstd_save_rss_above_state']:.1f}%",
-                    k["zstd_save_rss_above_state"] <= 0.1,
-                )
-            )
-            out.append(
-                (
-                    f"5 {v} zstd load peak RSS above state <= 10%",
-                    f"{100 * k['zstd_load_rss_above_state']:.1f}%",
-                    k["zstd_load_rss_above_state"] <= 0.1,
-                )
-            )
-    if codec:
-        r32, r16 = codec["fp32 weights+adam"]["ratio"], codec["bf16 weights"]["ratio"]
-        out += [
-            ("4 fp32 weights+adam ratio <= 0.82", f"{r32:.3f}", r32 <= 0.82),
-            ("4 bf16 weights ratio <= 0.66", f"{r16:.3f}", r16 <= 0.66),
-        ]
-        for k, v in codec.items():
-            if "compress_MBps" in v:
-                out.append((f"4 {k} compress >= 300 MB/s/core", f"{v['compress_MBps']:.0f}", v["compress_MBps"] >= 300))
-                out.append(
-                    (f"4 {k} decompress >= 800 MB/s/core", f"{v['decompress_MBps']:.0f}", v["decompress_MBps"] >= 800)
-                )
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--steps", type=int, default=20, help="AdamW steps to train the model (cached)")
-    p.add_argument("--variants", default="fp32,bf16")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--variants", default="fp32", help="comma-separated: fp32, bf16 (default fp32)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--mode",
+        choices=("quiet", "busy", "both"),
+        default="both",
+        help="busy: one competing CPU-bound process runs during every measurement; both: each method quiet and busy",
+    )
+    p.add_argument("--busy", dest="mode", action="store_const", const="busy", help="the same as --mode busy")
+    p.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=1,
+        help=f"run {' and '.join(SLOW)} in the first N repeats only (default 1; 0: never, -1: every repeat)",
+    )
+    p.add_argument(
+        "--extra-loads", action="store_true", help=f"also measure {', '.join(_peers.EXTRA_LOADS)} (no target needs it)"
+    )
+    p.add_argument("--skip", default="", help="comma-separated save methods to leave out, e.g. dcp,raw disk")
+    p.add_argument("--fresh", choices=("fork", "spawn"), default="fork", help="how each load gets its fresh process")
+    p.add_argument(
+        "--drop",
+        choices=("fadvise", "drop_caches"),
+        default="fadvise",
+        help="cold loads: evict the checkpoint's files (fadvise) or the whole page cache (root only)",
+    )
     p.add_argument("--dir", default=os.path.join(HERE, ".work"), help="a folder on the disk to measure")
     p.add_argument("--no-compression", dest="compression", action="store_false")
     p.add_argument("--json", default=None, help="output file (default benchmarks/results/<date>-<size>.json)")
     args = p.parse_args(argv)
+    args.skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    unknown = [s for s in args.skip if s not in _peers.SAVES]
+    if unknown:
+        p.error(f"--skip: unknown method(s) {unknown}; choose from {list(_peers.SAVES)}")
+    modes = ["quiet", "busy"] if args.mode == "both" else [args.mode]
 
-    drop, peak = CacheDropper(), PeakRss()
+    loads = FreshLoads(args.fresh)
     print(
         f"ckptstore benchmark: {platform.node()} {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"cache drop: {drop.method}, RSS: {'VmHWM' if peak.exact else 'sampled'}, dir: {args.dir}",
+        f"cold: {CacheDropper(args.drop).method}, fresh load processes: {args.fresh}, modes: {modes}, "
+        f"dir: {args.dir}",
         flush=True,
     )
     t0 = time.perf_counter()
     state32 = trained_state(args.size, args.steps)
-    results, keys = {}, {}
-    for variant in args.variants.split(","):
-        state = state32 if variant == "fp32" else as_bf16(state32)
-        print(f"{variant}: {state_bytes(state) / GB:.2f} GB, {args.repeats} repeats", flush=True)
-        results[variant] = run_variant(state, args, drop, peak)
+    results: dict[str, Any] = {}
+    try:
+        for variant in args.variants.split(","):
+            state = state32 if variant == "fp32" else as_bf16(state32)
+            print(f"{variant}: {state_bytes(state) / GB:.2f} GB, {args.repeats} repeats", flush=True)
+            results[variant] = Runner(state, args, loads).run(modes)
+    finally:
+        loads.close()
     codec = codec_throughput(state32) if args.compression else {}
     print()
+    tg_all: list[dict[str, Any]] = []
     for variant, r in results.items():
-        text, keys[variant] = tables(variant, r)
-        print(text + "\n")
+        print(f"### {variant}: {r['state_bytes'] / GB:.2f} GB, {r['num_tensors']} tensors\n")
+        for mode, m in r["modes"].items():
+            print(_report.tables(f"{variant}, {mode}", r["state_bytes"], m["rows"], m["busy_share"]) + "\n")
+        for mode, m in r["modes"].items():
+            tg = _report.targets(mode, r["state_bytes"], m["rows"])
+            print(f"Issue 13 targets, {variant}, {mode}:\n\n{_report.target_table(tg)}\n")
+            tg_all += [{"variant": variant, "mode": mode, "target": n, "measured": v, "met": ok} for n, v, ok in tg]
     if codec:
-        print("| codec (1 core, 8 MiB chunks) | ratio | compress MB/s | decompress MB/s |\n|---|---:|---:|---:|")
+        print("| codec (1 core, 8 MiB chunks, quiet) | ratio | compress MB/s | decompress MB/s |\n|---|---:|---:|---:|")
         for k, v in codec.items():
             print(
                 f"| {k} | {v['ratio']:.3f} | {_f(v.get('compress_MBps', float('nan')), 0)} | "
                 f"{_f(v.get('decompress_MBps', float('nan')), 0)} |"
             )
-        print()
-    tg = targets(keys, codec)
-    print("| target | measured | met |\n|---|---:|---|")
-    for name, val, ok in tg:
-        print(f"| {name} | {val} | {'yes' if ok else 'NO'} |")
+        tg = _report.codec_targets(codec)
+        print(f"\nIssue 13 targets, codec:\n\n{_report.target_table(tg)}")
+        tg_all += [{"variant": "codec", "mode": "quiet", "target": n, "measured": v, "met": ok} for n, v, ok in tg]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     doc = {
         "when": datetime.now(timezone.utc).isoformat(),
@@ -353,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "args": vars(args),
-        "cache_drop": drop.method,
+        "cache_drop": CacheDropper(args.drop).method,
+        "load_server_threads_at_fork": loads.server_threads,
         "variants": results,
         "codec": codec,
-        "ratios": keys,
-        "targets": [{"target": n, "measured": v, "met": ok} for n, v, ok in tg],
+        "targets": tg_all,
         "wall_seconds": time.perf_counter() - t0,
     }
     path = args.json or os.path.join(HERE, "results", f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.size}.json")

@@ -1,4 +1,5 @@
-"""The float-aware codec (zstd-bgG): round trips, plane choices, hostile input."""
+"""The float-aware codecs: zstd-bgG (read forever) and blosc-zstd-bgG (written by new saves):
+round trips, plane choices, hostile input."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def test_byte_grouped_round_trip_any_length(group: int, n: int) -> None:
 )
 def test_float_planes_compress_and_mantissas_stay_raw(dtype: torch.dtype, group: int, bound: float) -> None:
     raw = _float_weights(1 << 18, dtype)
-    codec = get_codec(object_codec("zstd", group_for_dtype("torch", str(dtype).removeprefix("torch."))))
-    assert codec.name == f"zstd-bg{group}"
+    assert group_for_dtype("torch", str(dtype).removeprefix("torch.")) == group
+    codec = get_codec(f"zstd-bg{group}")
     enc = np.asarray(codec.encode(raw))
     assert enc.nbytes < bound * raw.nbytes
     methods = struct.unpack_from(f"<B{group}B", enc, 0)[1:]
@@ -125,7 +126,15 @@ def test_group_for_dtype(kind: str, dtype: str, group: int) -> None:
 def test_object_codec_names() -> None:
     assert object_codec("none", 4) == "none"
     assert object_codec("zstd", 1) == "zstd"
-    assert object_codec("zstd", 2) == "zstd-bg2"
+    assert object_codec("zstd", 2) == "blosc-zstd-bg2"
+    assert object_codec("zstd", 8) == "blosc-zstd-bg8"
+
+
+def test_without_numcodecs_new_saves_write_the_byte_grouped_codec(monkeypatch) -> None:
+    from ckptstore.pipeline import _blosc
+
+    monkeypatch.setattr(_blosc, "_available", False)
+    assert object_codec("zstd", 4) == "zstd-bg4"
 
 
 def test_user_facing_compression_names() -> None:

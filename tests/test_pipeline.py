@@ -80,7 +80,7 @@ def test_round_trip_every_path(tmp_path: Path, compression: str | None, chunk_si
     if compression is None:
         assert codecs == {"none"}
     else:
-        assert {"zstd-bg2", "zstd-bg4"} <= codecs  # bf16/half and float32 planes
+        assert {"blosc-zstd-bg2", "blosc-zstd-bg4"} <= codecs  # bf16/half and float32 planes
     if chunk_size == SMALL_CHUNK:
         assert max(len(b.segments) for b in m.blobs) > 1  # large blobs were chunked
 
@@ -111,9 +111,9 @@ def test_compressed_objects_name_their_codec_per_dtype(tmp_path: Path) -> None:
     for name, e in zip(state, m.tensors):
         by_tensor[name] = {m.objects[s.object].codec for s in m.blobs[e.blob].segments}
     assert by_tensor == {
-        "f32": {"zstd-bg4"},
-        "bf16": {"zstd-bg2"},
-        "i64": {"zstd-bg8"},
+        "f32": {"blosc-zstd-bg4"},
+        "bf16": {"blosc-zstd-bg2"},
+        "i64": {"blosc-zstd-bg8"},
         "mask": {"zstd"},
         "noise": {"none"},
     }  # random bytes do not compress: stored raw
@@ -136,7 +136,7 @@ def test_small_tensors_share_packs_by_dtype_width(tmp_path: Path) -> None:
     assert len({objs[f"a{i}"] for i in range(20)}) == 1
     assert len({objs[f"b{i}"] for i in range(20)}) == 1
     assert objs["a0"] != objs["b0"]  # float32 and bf16 packs are separate (each compresses by its planes)
-    assert m.objects[objs["a0"]].codec == "zstd-bg4" and m.objects[objs["b0"]].codec == "zstd-bg2"
+    assert m.objects[objs["a0"]].codec == "blosc-zstd-bg4" and m.objects[objs["b0"]].codec == "blosc-zstd-bg2"
     segs = [m.blobs[e.blob].segments[0] for e in m.tensors]
     assert all(s.offset % 64 == 0 for s in segs)
     e1, e2 = m.tensors[-2], m.tensors[-1]
@@ -375,3 +375,76 @@ def test_views_of_one_storage_with_different_dtypes(tmp_path: Path) -> None:
     assert torch.equal(out["f"], x) and torch.equal(out["bytes"], state["bytes"])
     assert torch.equal(out["h"].view(torch.int16), state["h"].view(torch.int16))  # (NaN bit patterns)
     assert out["bytes"].untyped_storage().data_ptr() == out["f"].untyped_storage().data_ptr()
+
+
+def _cached_pages(path: Path) -> int:
+    """How many of a file's pages are in the page cache (Linux ``mincore`` over a mapping that
+    is never touched, so mapping it caches nothing)."""
+    import ctypes
+    import mmap as _mmap
+
+    size = path.stat().st_size
+    pages = -(-size // _mmap.PAGESIZE)
+    with open(path, "rb") as f:
+        mm = _mmap.mmap(f.fileno(), size, access=_mmap.ACCESS_COPY)
+    anchor = ctypes.c_char.from_buffer(mm)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        vec = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.addressof(anchor), size, vec) == 0, ctypes.get_errno()
+        return sum(v & 1 for v in vec)
+    finally:
+        del anchor
+        mm.close()
+
+
+def _object_files(root: Path) -> list[Path]:
+    return [p for p in (root / "objects").rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O and mincore: Linux")
+def test_large_objects_are_written_past_the_page_cache(tmp_path: Path) -> None:
+    """On a filesystem with direct I/O, a save's large objects reach the disk without filling
+    the page cache (no page-cache copy, no writeback work for the kernel), and load back exactly."""
+    from ckptstore.pipeline._objwrite import DIRECT_MIN
+
+    state = {"w": torch.randn(3 * DIRECT_MIN // 4 + 1001), "b": torch.randn(10)}  # ~3 MiB, not whole pages
+    store = Store(tmp_path)
+    store.save(state, step=1)
+    big = [p for p in _object_files(tmp_path) if p.stat().st_size >= DIRECT_MIN]
+    assert big and all(p.stat().st_size % 4096 for p in big)  # cut back to the exact size
+    assert sum(_cached_pages(p) for p in big) <= len(big)  # at most the tail page of each is cached
+    out = Store(tmp_path).load()
+    assert out.keys() == state.keys() and all(torch.equal(out[k], v) for k, v in state.items())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O: Linux")
+def test_refused_direct_io_falls_back_to_ordinary_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that accepts ``O_DIRECT`` at open but refuses the writes (``EINVAL``, as some
+    network and FUSE filesystems do) gets the object written the ordinary way, and the sink
+    stops trying direct I/O."""
+    import errno
+    import fcntl
+
+    from ckptstore.pipeline._objwrite import DIRECT_MIN, LocalSink
+    from ckptstore.storage._local import LocalBackend
+
+    real = os.pwrite
+    refused = []
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:  # the refusal a real filesystem gives
+        if os.O_DIRECT & fcntl.fcntl(fd, fcntl.F_GETFL):
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    sink = LocalSink(LocalBackend(str(tmp_path)))
+    data = np.random.default_rng(0).integers(0, 256, 2 * DIRECT_MIN + 3, dtype=np.uint8)
+    key = object_key("cd" * 32)
+    assert sink.put(key, [data[:10], data[10:]])
+    assert refused and not sink.direct
+    sink.finish()
+    assert (tmp_path / key).read_bytes() == data.tobytes()
+    assert _temp_files(tmp_path) == []

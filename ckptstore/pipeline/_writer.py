@@ -5,13 +5,14 @@ blobs are grouped into packs of about ``pack_size`` bytes (one pack per byte-gro
 pack of float32 tensors still compresses as float32). The producer only slices; every object is
 one task on a thread pool that hashes, looks up, encodes and writes (BLAKE3, zstd, numpy copies
 and file writes release the GIL, so tasks overlap on all cores). On a local disk the objects go
-through ``_objwrite.LocalSink``: gather writes, writeback started at once, one wait for all the
-fsyncs at the end.
+through ``_objwrite.LocalSink``: large objects by direct I/O through small aligned buffers, small
+ones by gather writes with writeback started at once, one wait for all the fsyncs at the end.
 
-Memory stays bounded: CPU tensors are hashed and written straight from their own memory (no
-copy, packs included); work that needs buffers (compression, copies off an accelerator through
-reusable pinned buffers, packs for a remote backend) reserves their size from a byte budget of
-about 5% of the state before it is queued. Unchanged data is recognised by its raw hash through
+Memory stays bounded: CPU tensors are hashed straight from their own memory (no copy, packs
+included), and written from it or through the sink's few direct-I/O buffers; work that needs
+buffers (compression, copies off an accelerator through reusable pinned buffers, packs for a
+remote backend) reserves their size from a byte budget of about 5% of the state before it is
+queued. Unchanged data is recognised by its raw hash through
 the dedup index (built from earlier manifests) and is neither re-encoded nor rewritten.
 """
 
@@ -263,25 +264,30 @@ def write_blobs(
     """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
     ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
-    byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2/4/8`` where that helps.
+    byte-group width (from its dtype) so ``zstd`` becomes ``blosc-zstd-bg2/4/8`` where that helps.
     When this returns, every object is durable under its name. ``written``: a set this fills with
     the objects the save creates as each lands (so a caller can remove them after a failure).
     """
-    sink = sink_for(backend, workers)
+    total = sum(p.nbytes for p in planned)
+    sink = sink_for(backend, workers, total=total)
     s = _Session(sink, index, suspect, written)
     groups = groups or [1] * len(planned)
     compressing = codec != "none"
     chunk_size, pack_threshold, pack_size = effective_chunking(codec, chunk_size, pack_threshold, pack_size)
-    total = sum(p.nbytes for p in planned)
     # what one compression task needs: the encoded copy (about the raw size) and one plane;
     # at least two such tasks may run at once
     per_chunk = chunk_size + chunk_size // 4 if compressing else 0
     limit = budget if budget is not None else max(2 * per_chunk, int(total * BUDGET_FRACTION))
     if staging is None and any(is_accelerator(p.source) for p in planned):
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
-    # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
-    # copies, compression), so one thread per core; remote writes wait on the network
-    threads = workers if sink.joins_parts else max(2, min(workers, os.cpu_count() or 2))
+    # remote writes wait on the network: one thread per worker. Buffered local writes hardly block
+    # (writeback runs in the kernel): tasks are CPU work (hashing, copies, compression), so one
+    # thread per core. Direct writes wait for the device: two threads per core keep it busy.
+    cores = os.cpu_count() or 2
+    if sink.joins_parts:
+        threads = workers
+    else:
+        threads = max(2, min(workers, 2 * cores if isinstance(sink, LocalSink) and sink.direct else cores))
     pipe = _Pipeline(threads, ByteBudget(limit), inline=total < INLINE_MAX and staging is None)
     pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 
