@@ -188,6 +188,13 @@ class _Loader:
         path = self.backend.local_path(object_key(key))
         if path is None:
             try:
+                if into is not None:  # straight into the caller's buffer where the backend can
+                    got = self.backend.read_into(object_key(key), into)
+                    if got != size:
+                        raise IntegrityError(
+                            f"{self.where}: object {key} has {got} bytes, expected {size} (truncated?)", key
+                        )
+                    return into
                 data = self.backend.read(object_key(key))
             except FileNotFoundError:
                 raise _missing(self.where, key, self.backend) from None
@@ -253,7 +260,7 @@ class _Loader:
         dest = self.bufs[uses[0][0]] if whole else None
         if dest is not None and _on_host(dest):
             out = dest.numpy()[uses[0][3] : uses[0][3] + info.raw_size]
-            if info.codec == "none" and self.local:
+            if info.codec == "none":
                 self.check(key, self.read(key, info.size, into=out))  # straight into the tensor
             else:
                 stored = self.read(key, info.size)

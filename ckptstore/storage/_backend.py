@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from typing_extensions import Buffer
 
@@ -61,10 +62,28 @@ class Backend(ABC):
             raise ValueError(f"bad range: offset={offset}, length={length}")
         return self.read(key)[offset : offset + length]
 
+    def read_into(self, key: str, out: Buffer) -> int:
+        """Read all bytes under ``key`` into ``out`` (a writable buffer of the size the caller
+        expects) and return the object's size; when that differs from ``len(out)``, ``out`` is
+        left unspecified (the caller reports it). ``FileNotFoundError`` when absent. Backends that
+        can fill the buffer straight from the storage override it (no intermediate ``bytes``)."""
+        data = self.read(key)
+        view = memoryview(out).cast("B")
+        if len(data) == len(view):
+            view[:] = data
+        return len(data)
+
     @abstractmethod
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
         """Store ``data`` under ``key`` atomically. With ``if_absent``, skip (return False) when
         the key already exists. Returns True when bytes were written."""
+
+    def write_parts(self, key: str, parts: Sequence[Buffer], *, if_absent: bool = False) -> bool:
+        """``write`` of the concatenation of ``parts`` (a pack's tensors and padding). Backends
+        that can send the parts as they are override it; this one joins them first."""
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
+        data: Buffer = views[0] if len(views) == 1 else b"".join(views)
+        return self.write(key, data, if_absent=if_absent)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
