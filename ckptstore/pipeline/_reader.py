@@ -412,7 +412,8 @@ def read_blobs(
         staging = Staging(max((i.raw_size for i in m.objects.values()), default=1), count=min(workers, 4))
     loader = _Loader(backend, m, where, verify, bufs, staging)
     total = sum(b.nbytes for b in m.blobs)
-    needs = {k: _need(m.objects[k], uses, bufs, k in mapped_obj, loader.local) for k, uses in by_object.items()}
+    direct = loader.local or backend.supports_read_into  # whole objects land in their tensors, no temporary
+    needs = {k: _need(m.objects[k], uses, bufs, k in mapped_obj, direct) for k, uses in by_object.items()}
     budget = ByteBudget(max(max(needs.values(), default=0), int(total * BUDGET_FRACTION)))
 
     def task(key: str, reserved: int) -> None:

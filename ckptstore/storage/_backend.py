@@ -40,6 +40,8 @@ class Backend(ABC):
     - ``supports_local_writes``: the save pipeline may write objects straight to the files that
       ``local_path`` names (``pipeline._objwrite.LocalSink``: temporary file, fsync, rename,
       folder fsync, with the fsyncs batched per save), bypassing ``write``. Needs ``local_path``.
+    - ``supports_read_into``: ``read_into`` fills the caller's buffer straight from the storage,
+      with no temporary copy of the object (a load then needs no memory budget for it).
     """
 
     #: the URI the store was opened with, for messages
@@ -49,6 +51,7 @@ class Backend(ABC):
     supports_multipart: bool = False
     supports_mtime: bool = False
     supports_local_writes: bool = False
+    supports_read_into: bool = False
     #: multipart part size in bytes when ``supports_multipart`` (None: the library's default)
     part_size: int | None = None
 

@@ -113,6 +113,7 @@ class FsspecBackend(Backend):
         self.part_size: int | None = part_size
         # s3fs: PUTs send the caller's buffers and GETs fill them, without intermediate copies
         self._zero_copy = _s3io.usable(fs)
+        self.supports_read_into = self._zero_copy
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root

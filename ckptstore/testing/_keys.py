@@ -23,6 +23,7 @@ class KeyContract(ContractBase):
             "supports_multipart",
             "supports_mtime",
             "supports_local_writes",
+            "supports_read_into",
         ):
             assert isinstance(getattr(backend, flag), bool), f"{type(backend).__name__}.{flag} must be a bool"
         if backend.supports_local_writes:
