@@ -44,6 +44,31 @@ class KeyContract(ContractBase):
         assert backend.read("a/memoryview") == payload[10:20]
         assert backend.read("a/empty") == b""
 
+    def test_write_parts_stores_their_concatenation(self, backend: Backend) -> None:
+        rng = np.random.default_rng(3)
+        parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1000, 0, 64, 70001)]
+        parts.append(memoryview(b"tail bytes"))
+        whole = b"".join(memoryview(p).cast("B") for p in parts)
+        key = object_key(_hashing.digest(whole))
+        assert backend.write_parts(key, parts, if_absent=True) is True
+        assert backend.read(key) == whole
+        assert backend.write_parts(key, parts, if_absent=True) in (False, True)  # identical bytes: never an error
+        assert backend.write_parts("p/empty", []) is True
+        assert backend.read("p/empty") == b""
+
+    def test_read_into_fills_the_buffer_or_reports_the_size(self, backend: Backend) -> None:
+        data = np.random.default_rng(4).integers(0, 256, 300_001, dtype=np.uint8).tobytes()
+        backend.write("ri/obj", data)
+        out = np.zeros(len(data), dtype=np.uint8)
+        assert backend.read_into("ri/obj", out) == len(data)
+        assert out.tobytes() == data
+        view = bytearray(10)
+        assert backend.read_into("ri/obj", view) == len(data)  # wrong size: reported, nothing more promised
+        backend.write("ri/empty", b"")
+        assert backend.read_into("ri/empty", bytearray()) == 0
+        with pytest.raises(FileNotFoundError):
+            backend.read_into("ri/missing", bytearray(5))
+
     def test_overwrite_replaces_the_bytes(self, backend: Backend) -> None:
         backend.write("k", b"first")
         backend.write("k", b"second, longer")
