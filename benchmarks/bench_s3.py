@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         state = make_state(args.mb)
         objects = raw_objects(state)
         nbytes = sum(len(o) for o in objects)
-        runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("raw put", "ckptstore save", "raw get", "ckptstore load")}
+        runs: dict[str, list[dict[str, float]]] = {
+            k: [] for k in ("raw put", "ckptstore save", "raw get", "ckptstore load")
+        }
 
         def rm(prefix: str) -> None:
             if fs.exists(f"{bucket}/{prefix}"):
@@ -198,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             rm(f"raw-{r}")
             rm(prefix)
             print(
-                f"round {r + 1}/{args.repeat}: "
-                + ", ".join(f"{k} {v[-1]['wall']:.2f} s" for k, v in runs.items()),
+                f"round {r + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]['wall']:.2f} s" for k, v in runs.items()),
                 flush=True,
             )
     finally:

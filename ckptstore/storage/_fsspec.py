@@ -209,7 +209,7 @@ class FsspecBackend(Backend):
                 return None
 
     # -- writes -----------------------------------------------------------------------------
-    def _pipe(self, key: str, views: list[memoryview], create: bool) -> None:
+    def _pipe(self, key: str, views: Sequence[memoryview], create: bool) -> None:
         path = self._path(key)
         kw: dict[str, Any] = {}
         if create and self.supports_create_only:
@@ -229,7 +229,7 @@ class FsspecBackend(Backend):
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.pipe_file(path, self._payload(views), **kw)
 
-    def _payload(self, views: list[memoryview]) -> Any:
+    def _payload(self, views: Sequence[memoryview]) -> Any:
         """What ``pipe_file`` sends: a body over the buffers themselves (s3fs), else bytes. A
         fresh one per call: botocore reads it and moves its position."""
         if not views:
@@ -255,7 +255,7 @@ class FsspecBackend(Backend):
                 raise StorageError(f"cannot write {self.describe(key)}: the storage refused to overwrite it") from None
             return self._resolve_existing(key, views)
 
-    def _resolve_existing(self, key: str, views: list[memoryview]) -> bool:
+    def _resolve_existing(self, key: str, views: Sequence[memoryview]) -> bool:
         """A create-only write found the key taken: by identical bytes (an earlier save, or our
         own PUT whose response was lost: the ambiguous write), by a damaged copy of a
         content-named key (replaced), or by other content (left alone: ``if_absent``)."""

@@ -69,20 +69,21 @@ def _make_body_class() -> Any:
         def __init__(self, parts: list[memoryview]) -> None:
             super().__init__(parts, content_type="application/octet-stream")
             self._parts = [p for p in parts if len(p)]
-            self._size = sum(len(p) for p in self._parts)
+            self._nbytes = sum(len(p) for p in self._parts)
+            self._size = self._nbytes  # what aiohttp reads as the payload's size
             self._pos = 0
 
         def __repr__(self) -> str:
-            return f"<ViewBody {self._size} bytes in {len(self._parts)} parts>"
+            return f"<ViewBody {self._nbytes} bytes in {len(self._parts)} parts>"
 
         def __len__(self) -> int:
-            return self._size
+            return self._nbytes
 
         def __getitem__(self, item: slice) -> ViewBody:
             """A body over ``[start:stop]`` (s3fs slices the data for a multipart upload)."""
             if not isinstance(item, slice) or item.step not in (None, 1):
                 raise TypeError("ViewBody supports only contiguous slices")
-            start, stop, _ = item.indices(self._size)
+            start, stop, _ = item.indices(self._nbytes)
             return ViewBody(self._span(start, max(start, stop)))
 
         def _span(self, start: int, stop: int) -> list[memoryview]:
@@ -107,12 +108,12 @@ def _make_body_class() -> Any:
             return self._pos
 
         def seek(self, offset: int, whence: int = 0) -> int:
-            base = {0: 0, 1: self._pos, 2: self._size}[whence]
-            self._pos = min(max(0, base + offset), self._size)
+            base = {0: 0, 1: self._pos, 2: self._nbytes}[whence]
+            self._pos = min(max(0, base + offset), self._nbytes)
             return self._pos
 
         def read(self, n: int | None = -1) -> bytes:
-            stop = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+            stop = self._nbytes if n is None or n < 0 else min(self._nbytes, self._pos + n)
             pieces = self._span(self._pos, stop)
             self._pos = stop
             return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
@@ -128,7 +129,7 @@ def _make_body_class() -> Any:
             await self.write_with_length(writer, None)
 
         async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-            left = self._size if content_length is None else min(self._size, content_length)
+            left = self._nbytes if content_length is None else min(self._nbytes, content_length)
             for p in self._parts:
                 for a in range(0, len(p), SEND_SLICE):
                     if left <= 0:
@@ -155,6 +156,7 @@ async def get_into(fs: Any, path: str, out: memoryview) -> int:
     bucket, key, version = fs.split_path(path)
     kw = {"VersionId": version} if version else {}
     attempts = max(1, int(getattr(fs, "retries", 1) or 1))
+    broken = (_Truncated, IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
     for attempt in range(attempts):
         resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **kw)
         body = resp["Body"]
@@ -171,7 +173,7 @@ async def get_into(fs: Any, path: str, out: memoryview) -> int:
             # one more read at the end: the body checks its length (and checksum, when one came)
             extra = await body.readinto(bytearray(1))
             return got + extra
-        except (_Truncated, IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+        except broken as e:
             if attempt == attempts - 1:
                 raise OSError(f"reading {path} broke off: {e}") from e
             await asyncio.sleep(min(0.1 * 1.7**attempt, 2.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ class KeyContract(ContractBase):
 
     def test_write_parts_stores_their_concatenation(self, backend: Backend) -> None:
         rng = np.random.default_rng(3)
-        parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1000, 0, 64, 70001)]
+        parts: list[Any] = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1000, 0, 64, 70001)]
         parts.append(memoryview(b"tail bytes"))
         whole = b"".join(memoryview(p).cast("B") for p in parts)
         key = object_key(_hashing.digest(whole))
