@@ -77,7 +77,7 @@ def _state() -> dict[str, Any]:
 
 def test_s3_store_uses_the_zero_copy_paths_and_round_trips(moto: cs.Server) -> None:
     t = cs.new_s3_bucket(moto.url)
-    assert open_backend(t.uri, t.options).supports_read_into
+    assert open_backend(t.uri, t.options).supports_zero_copy
     state = _state()
     ckptstore.Store(t.uri, storage_options=t.options, compression=None).save(state, step=1)
     back = ckptstore.Store(t.uri, storage_options=t.options).load()

@@ -412,7 +412,7 @@ def read_blobs(
         staging = Staging(max((i.raw_size for i in m.objects.values()), default=1), count=min(workers, 4))
     loader = _Loader(backend, m, where, verify, bufs, staging)
     total = sum(b.nbytes for b in m.blobs)
-    direct = loader.local or backend.supports_read_into  # whole objects land in their tensors, no temporary
+    direct = loader.local or backend.supports_zero_copy  # whole objects land in their tensors, no temporary
     needs = {k: _need(m.objects[k], uses, bufs, k in mapped_obj, direct) for k, uses in by_object.items()}
     budget = ByteBudget(max(max(needs.values(), default=0), int(total * BUDGET_FRACTION)))
 
@@ -427,6 +427,8 @@ def read_blobs(
             budget.release(reserved)
 
     keys = list(by_object)
+    if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
+        workers = max(workers, min(len(keys), backend.parallel_transfers))
     errors: list[BaseException] = []
 
     def guarded(key: str, reserved: int) -> None:

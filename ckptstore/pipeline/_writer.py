@@ -261,6 +261,8 @@ def write_blobs(
     # local writes hardly block (writeback runs in the kernel): tasks are CPU work (hashing,
     # copies, compression), so one thread per core; remote writes wait on the network
     threads = workers if sink.joins_parts else max(2, min(workers, os.cpu_count() or 2))
+    if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
+        threads = max(threads, backend.parallel_transfers)
     pipe = _Pipeline(threads, ByteBudget(limit))
     pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 

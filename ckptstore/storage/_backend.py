@@ -40,8 +40,11 @@ class Backend(ABC):
     - ``supports_local_writes``: the save pipeline may write objects straight to the files that
       ``local_path`` names (``pipeline._objwrite.LocalSink``: temporary file, fsync, rename,
       folder fsync, with the fsyncs batched per save), bypassing ``write``. Needs ``local_path``.
-    - ``supports_read_into``: ``read_into`` fills the caller's buffer straight from the storage,
-      with no temporary copy of the object (a load then needs no memory budget for it).
+    - ``supports_zero_copy``: ``read_into`` fills the caller's buffer straight from the storage
+      and ``write_parts`` sends the caller's buffers as they are: no temporary copy of an object
+      either way, so the pipelines need no memory budget for a transfer and may keep up to
+      ``parallel_transfers`` of them in flight (object stores answer each request slowly, but
+      many at once).
     """
 
     #: the URI the store was opened with, for messages
@@ -51,7 +54,9 @@ class Backend(ABC):
     supports_multipart: bool = False
     supports_mtime: bool = False
     supports_local_writes: bool = False
-    supports_read_into: bool = False
+    supports_zero_copy: bool = False
+    #: transfers worth keeping in flight at once where ``supports_zero_copy`` (else: one per worker)
+    parallel_transfers: int = 1
     #: multipart part size in bytes when ``supports_multipart`` (None: the library's default)
     part_size: int | None = None
 

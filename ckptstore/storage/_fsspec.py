@@ -113,7 +113,8 @@ class FsspecBackend(Backend):
         self.part_size: int | None = part_size
         # s3fs: PUTs send the caller's buffers and GETs fill them, without intermediate copies
         self._zero_copy = _s3io.usable(fs)
-        self.supports_read_into = self._zero_copy
+        self.supports_zero_copy = self._zero_copy
+        self.parallel_transfers = _s3io.PARALLEL_TRANSFERS if self._zero_copy else 1
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root

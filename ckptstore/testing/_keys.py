@@ -24,7 +24,7 @@ class KeyContract(ContractBase):
             "supports_multipart",
             "supports_mtime",
             "supports_local_writes",
-            "supports_read_into",
+            "supports_zero_copy",
         ):
             assert isinstance(getattr(backend, flag), bool), f"{type(backend).__name__}.{flag} must be a bool"
         if backend.supports_local_writes:
@@ -32,6 +32,7 @@ class KeyContract(ContractBase):
                 "supports_local_writes needs local_path() to name the object files"
             )
         assert backend.part_size is None or (isinstance(backend.part_size, int) and backend.part_size > 0)
+        assert isinstance(backend.parallel_transfers, int) and backend.parallel_transfers >= 1
 
     def test_write_then_read_roundtrips_every_buffer_kind(self, backend: Backend) -> None:
         payload = bytes(range(256)) * 10
