@@ -26,7 +26,7 @@ from typing import Any
 #: bytes handed to the socket per write (aiohttp waits for the transport to drain between)
 SEND_SLICE = 256 << 10
 #: requests a save or load keeps in flight (each waits on the network; none needs a buffer)
-PARALLEL_TRANSFERS = 8
+PARALLEL_TRANSFERS = 16
 
 
 def usable(fs: Any) -> bool:
