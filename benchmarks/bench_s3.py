@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import s3fs
 
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     server = cs.start_moto() if args.server == "moto" else cs.start_rclone_s3()
     busy = None
     try:
@@ -216,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         "load": round(rows["raw get"]["median_s"] / rows["ckptstore load"]["median_s"], 3),
     }
     met = {k: v >= TARGET for k, v in ratios.items()}
-    mode = "busy (one CPU-bound competing process)" if args.busy else "quiet"
+    mode = "busy (one CPU-bound competing process)" if args.busy else "no competing process of ours"
     print(
         f"\nS3 on {args.server} (127.0.0.1), {mib:.0f} MiB state ({len(state)} tensors, {len(objects)} objects), "
-        f"{args.repeat} interleaved rounds, {mode}"
+        f"{args.repeat} interleaved rounds, {mode}; load average {load_before[0] if load_before else float('nan'):.1f} before"
     )
     print(f"{'operation':<16}{'median s':>9}{'min-max s':>14}{'MiB/s':>8}{'client cpu':>11}{'server cpu':>11}")
     for name, r in rows.items():
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
             "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__,
             "ckptstore": ckptstore.__version__,

@@ -164,6 +164,7 @@ class FsspecBackend(Backend):
         if not self._zero_copy:
             return super().read_into(key, out)
         view = memoryview(out).cast("B")
+        _s3io.prefault(view)
         with self._errors(f"cannot read {self.describe(key)}"):
             return int(fsspec.asyn.sync(self.fs.loop, _s3io.get_into, self.fs, self._path(key), view))
 

@@ -20,6 +20,8 @@ aiobotocore's ``readinto`` (which keeps botocore's length and checksum checks).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,6 +143,35 @@ def _make_body_class() -> Any:
                     left -= len(piece)
 
     return ViewBody
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_madvise: Any = None
+
+
+def prefault(view: memoryview) -> None:
+    """Map fresh memory's pages in one call (``MADV_POPULATE_WRITE``) on the calling thread,
+    before a GET fills them: cheaper than a fault per page, and not on the event loop's thread,
+    which copies the body in. Does nothing where the call is unknown."""
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):
+                pass
+    if not _madvise or len(view) < (1 << 20):
+        return
+    try:
+        start = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except TypeError:  # read-only: not a destination
+        return
+    page = start & ~4095
+    _madvise(page, start + len(view) - page, _MADV_POPULATE_WRITE)  # a failure only costs the speed-up
 
 
 class _Truncated(Exception):
