@@ -37,6 +37,9 @@ THIRD_PARTY_PRIVATE = {
     "_strip_protocol",
     "_request",
     "_getframe",
+    # s3fs's coroutine for one API call (its retries and error translation): storage/_s3io.py
+    # streams a GET's body into the caller's buffer with it
+    "_call_s3",
     # torch's own underscored API: a state_dict()'s per-module versions, and the parts of an
     # uncoalesced sparse COO tensor (.indices()/.values() refuse those)
     "_metadata",

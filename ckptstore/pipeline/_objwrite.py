@@ -104,8 +104,9 @@ def _pwrite_direct(fd: int, data: memoryview, off: int) -> bool:
 class BackendSink:
     """Objects through ``Backend.write`` (the backend's own atomicity and durability)."""
 
-    #: an object's parts are joined into one buffer before the write; writes wait on the storage
-    #: (the network), so the pipeline runs one thread per worker, not per core
+    #: an object's parts may be joined into one buffer for the write (``Backend.write_parts``;
+    #: S3 sends them as they are); writes wait on the storage (the network), so the pipeline
+    #: runs one thread per worker, not per core
     joins_parts = True
 
     def __init__(self, backend: Backend) -> None:
@@ -113,9 +114,7 @@ class BackendSink:
 
     def put(self, key: str, parts: Sequence[Any], force: bool = False) -> bool:
         """Write unless the key exists; ``force`` overwrites (an object found damaged)."""
-        views = _flat(parts)
-        data: Any = views[0] if len(views) == 1 else b"".join(views)
-        return self.backend.write(key, data if views else b"", if_absent=not force)
+        return self.backend.write_parts(key, _flat(parts), if_absent=not force)
 
     def finish(self) -> None:
         pass

@@ -192,6 +192,13 @@ class _Loader:
         path = self.backend.local_path(object_key(key))
         if path is None:
             try:
+                if into is not None:  # straight into the caller's buffer where the backend can
+                    got = self.backend.read_into(object_key(key), into)
+                    if got != size:
+                        raise IntegrityError(
+                            f"{self.where}: object {key} has {got} bytes, expected {size} (truncated?)", key
+                        )
+                    return into
                 data = self.backend.read(object_key(key))
             except FileNotFoundError:
                 raise _missing(self.where, key, self.backend) from None
@@ -257,7 +264,7 @@ class _Loader:
         dest = self.bufs[uses[0][0]] if whole else None
         if dest is not None and _on_host(dest):
             out = dest.numpy()[uses[0][3] : uses[0][3] + info.raw_size]
-            if info.codec == "none" and self.local:
+            if info.codec == "none":
                 self.check(key, self.read(key, info.size, into=out))  # straight into the tensor
             else:
                 stored = self.read(key, info.size)
@@ -409,7 +416,8 @@ def read_blobs(
         staging = Staging(max((i.raw_size for i in m.objects.values()), default=1), count=min(workers, 4))
     loader = _Loader(backend, m, where, verify, bufs, staging)
     total = sum(b.nbytes for b in m.blobs)
-    needs = {k: _need(m.objects[k], uses, bufs, k in mapped_obj, loader.local) for k, uses in by_object.items()}
+    direct = loader.local or backend.supports_zero_copy  # whole objects land in their tensors, no temporary
+    needs = {k: _need(m.objects[k], uses, bufs, k in mapped_obj, direct) for k, uses in by_object.items()}
     budget = ByteBudget(max(max(needs.values(), default=0), int(total * BUDGET_FRACTION)))
 
     def task(key: str, reserved: int) -> None:
@@ -423,6 +431,8 @@ def read_blobs(
             budget.release(reserved)
 
     keys = list(by_object)
+    if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
+        workers = max(workers, min(len(keys), backend.parallel_transfers))
     errors: list[BaseException] = []
 
     def guarded(key: str, reserved: int) -> None:

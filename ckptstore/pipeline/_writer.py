@@ -288,6 +288,8 @@ def write_blobs(
         threads = workers
     else:
         threads = max(2, min(workers, 2 * cores if isinstance(sink, LocalSink) and sink.direct else cores))
+    if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
+        threads = max(threads, backend.parallel_transfers)
     pipe = _Pipeline(threads, ByteBudget(limit), inline=total < INLINE_MAX and staging is None)
     pack_copies = compressing or sink.joins_parts  # packs need one contiguous buffer
 

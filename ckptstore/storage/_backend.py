@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from typing_extensions import Buffer
 
@@ -39,6 +40,11 @@ class Backend(ABC):
     - ``supports_local_writes``: the save pipeline may write objects straight to the files that
       ``local_path`` names (``pipeline._objwrite.LocalSink``: temporary file, fsync, rename,
       folder fsync, with the fsyncs batched per save), bypassing ``write``. Needs ``local_path``.
+    - ``supports_zero_copy``: ``read_into`` fills the caller's buffer straight from the storage
+      and ``write_parts`` sends the caller's buffers as they are: no temporary copy of an object
+      either way, so the pipelines need no memory budget for a transfer and may keep up to
+      ``parallel_transfers`` of them in flight (object stores answer each request slowly, but
+      many at once).
     """
 
     #: the URI the store was opened with, for messages
@@ -48,6 +54,9 @@ class Backend(ABC):
     supports_multipart: bool = False
     supports_mtime: bool = False
     supports_local_writes: bool = False
+    supports_zero_copy: bool = False
+    #: transfers worth keeping in flight at once where ``supports_zero_copy`` (else: one per worker)
+    parallel_transfers: int = 1
     #: multipart part size in bytes when ``supports_multipart`` (None: the library's default)
     part_size: int | None = None
 
@@ -61,6 +70,17 @@ class Backend(ABC):
             raise ValueError(f"bad range: offset={offset}, length={length}")
         return self.read(key)[offset : offset + length]
 
+    def read_into(self, key: str, out: Buffer) -> int:
+        """Read all bytes under ``key`` into ``out`` (a writable buffer of the size the caller
+        expects) and return the object's size; when that differs from ``len(out)``, ``out`` is
+        left unspecified (the caller reports it). ``FileNotFoundError`` when absent. Backends that
+        can fill the buffer straight from the storage override it (no intermediate ``bytes``)."""
+        data = self.read(key)
+        view = memoryview(out).cast("B")
+        if len(data) == len(view):
+            view[:] = data
+        return len(data)
+
     @abstractmethod
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
         """Store ``data`` under ``key`` atomically. With ``if_absent``, skip (return False) when
@@ -71,6 +91,13 @@ class Backend(ABC):
         it durable (no fsync, and ``sync`` does not cover it): for files worthless after a crash,
         such as leases."""
         self.write(key, data)
+
+    def write_parts(self, key: str, parts: Sequence[Buffer], *, if_absent: bool = False) -> bool:
+        """``write`` of the concatenation of ``parts`` (a pack's tensors and padding). Backends
+        that can send the parts as they are override it; this one joins them first."""
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
+        data: Buffer = views[0] if len(views) == 1 else b"".join(views)
+        return self.write(key, data, if_absent=if_absent)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -24,14 +24,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 
 from .._errors import CkptstoreError, StorageError
 from ..format import _hashing
 from ..format._layout import parse_manifest_key, parse_object_key
+from . import _s3io
 from ._backend import Backend, Buffer
 
 log = logging.getLogger("ckptstore")
@@ -109,6 +111,10 @@ class FsspecBackend(Backend):
         #: multipart part size (S3) / resumable chunk size (GCS); objects of at least twice this
         #: size (S3) or this size (GCS) go up in parts. None keeps the library default (50 MiB).
         self.part_size: int | None = part_size
+        # s3fs: PUTs send the caller's buffers and GETs fill them, without intermediate copies
+        self._zero_copy = _s3io.usable(fs)
+        self.supports_zero_copy = self._zero_copy
+        self.parallel_transfers = _s3io.PARALLEL_TRANSFERS if self._zero_copy else 1
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -154,6 +160,14 @@ class FsspecBackend(Backend):
         with self._errors(f"cannot read {self.describe(key)}"):
             return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
 
+    def read_into(self, key: str, out: Buffer) -> int:
+        if not self._zero_copy:
+            return super().read_into(key, out)
+        view = memoryview(out).cast("B")
+        _s3io.prefault(view)
+        with self._errors(f"cannot read {self.describe(key)}"):
+            return int(fsspec.asyn.sync(self.fs.loop, _s3io.get_into, self.fs, self._path(key), view))
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise ValueError(f"bad range: offset={offset}, length={length}")
@@ -197,7 +211,7 @@ class FsspecBackend(Backend):
                 return None
 
     # -- writes -----------------------------------------------------------------------------
-    def _pipe(self, key: str, payload: bytes, create: bool) -> None:
+    def _pipe(self, key: str, views: Sequence[memoryview], create: bool) -> None:
         path = self._path(key)
         kw: dict[str, Any] = {}
         if create and self.supports_create_only:
@@ -206,7 +220,7 @@ class FsspecBackend(Backend):
             kw["chunksize"] = self.part_size
         with self._errors(f"cannot write {self.describe(key)}"):
             try:
-                self.fs.pipe_file(path, payload, **kw)
+                self.fs.pipe_file(path, self._payload(views), **kw)
             except FileNotFoundError:
                 if self.object_store:
                     bucket = self.fs._strip_protocol(self.root).split("/", 1)[0]
@@ -215,36 +229,51 @@ class FsspecBackend(Backend):
                         "exist (or is not visible with these credentials). Create it first."
                     ) from None
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.pipe_file(path, payload, **kw)
+                self.fs.pipe_file(path, self._payload(views), **kw)
+
+    def _payload(self, views: Sequence[memoryview]) -> Any:
+        """What ``pipe_file`` sends: a body over the buffers themselves (s3fs), else bytes. A
+        fresh one per call: botocore reads it and moves its position."""
+        if not views:
+            return b""
+        if self._zero_copy:
+            return _s3io.view_body(views)
+        if len(views) == 1 and isinstance(views[0].obj, bytes) and len(views[0]) == len(views[0].obj):
+            return views[0].obj
+        return b"".join(views)
 
     def write(self, key: str, data: Buffer, *, if_absent: bool = False) -> bool:
-        payload = data if isinstance(data, bytes) else bytes(data)
+        return self.write_parts(key, [data], if_absent=if_absent)
+
+    def write_parts(self, key: str, parts: Sequence[Buffer], *, if_absent: bool = False) -> bool:
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
         if if_absent and not self.supports_create_only and self.exists(key):
             return False
         try:
-            self._pipe(key, payload, create=if_absent)
+            self._pipe(key, views, create=if_absent)
             return True
         except FileExistsError:
             if not if_absent:
                 raise StorageError(f"cannot write {self.describe(key)}: the storage refused to overwrite it") from None
-            return self._resolve_existing(key, payload)
+            return self._resolve_existing(key, views)
 
-    def _resolve_existing(self, key: str, payload: bytes) -> bool:
+    def _resolve_existing(self, key: str, views: Sequence[memoryview]) -> bool:
         """A create-only write found the key taken: by identical bytes (an earlier save, or our
         own PUT whose response was lost: the ambiguous write), by a damaged copy of a
         content-named key (replaced), or by other content (left alone: ``if_absent``)."""
         try:
             existing = self.read(key)
         except FileNotFoundError:  # deleted in between: write it plainly
-            self._pipe(key, payload, create=False)
+            self._pipe(key, views, create=False)
             return True
+        payload = b"".join(views)
         if existing == payload:
             log.debug("%s already holds these bytes", self.describe(key))
             return False
         expected = _self_hash(key)
         if expected is not None and _hashing.digest(existing) != expected and _hashing.digest(payload) == expected:
             log.warning("replacing %s: its bytes do not match the hash in its name (damaged)", self.describe(key))
-            self._pipe(key, payload, create=False)
+            self._pipe(key, views, create=False)
             return True
         return False
 

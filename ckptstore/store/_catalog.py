@@ -24,6 +24,7 @@ from .._errors import (
     CkptstoreWarning,
     IntegrityError,
     InvalidArgumentError,
+    StorageError,
     StoreNotFoundError,
     UnsupportedFormatError,
     warn_user,
@@ -165,15 +166,24 @@ class Catalog:
         with self._lock:
             if self._config is not None:
                 return self._config
-        if self.backend.root_state() == "file":
-            raise self.not_found()
-        try:
-            data = self.backend.read(CONFIG_KEY)
-        except (FileNotFoundError, NotADirectoryError):
+        data = self._read_config()
+        if data is None:
             if self._restore is None or not self._restore():
-                raise self.not_found() from None
+                raise self.not_found()
             data = self.backend.read(CONFIG_KEY)  # the restore created the store
         return self._set_config(data)
+
+    def _read_config(self) -> bytes | None:
+        """The config's bytes, None when there is none; StoreNotFoundError when the root is a file.
+        The config is read first: on an object store, asking what the root is costs requests."""
+        try:
+            return self.backend.read(CONFIG_KEY)
+        except (FileNotFoundError, NotADirectoryError, StorageError) as e:
+            if self.backend.root_state() == "file":
+                raise self.not_found() from None
+            if isinstance(e, StorageError):
+                raise
+        return None
 
     def ensure(self) -> StoreConfig:
         """The store config, creating the store first when there is none (recording the catalog's
@@ -181,8 +191,9 @@ class Catalog:
         with self._lock:
             if self._config is not None:
                 return self._config
-            if self.backend.root_state() == "file":
-                raise self.not_found()
+            data = self._read_config()
+            if data is not None:  # an existing store: one read
+                return self._set_config(data)
             if not self.backend.exists(CONFIG_KEY):
                 self.backend.write(CONFIG_KEY, dump(new_store_config(self.chunk_size)), if_absent=True)
                 self.backend.sync()
