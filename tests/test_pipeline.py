@@ -80,7 +80,7 @@ def test_round_trip_every_path(tmp_path: Path, compression: str | None, chunk_si
     if compression is None:
         assert codecs == {"none"}
     else:
-        assert {"blosc-zstd-bg2", "blosc-zstd-bg4"} <= codecs  # bf16/half and float32 planes
+        assert {"zstd-bg2", "blosc-zstd-bg4"} <= codecs  # bf16/half and float32 planes
     if chunk_size == SMALL_CHUNK:
         assert max(len(b.segments) for b in m.blobs) > 1  # large blobs were chunked
 
@@ -112,7 +112,7 @@ def test_compressed_objects_name_their_codec_per_dtype(tmp_path: Path) -> None:
         by_tensor[name] = {m.objects[s.object].codec for s in m.blobs[e.blob].segments}
     assert by_tensor == {
         "f32": {"blosc-zstd-bg4"},
-        "bf16": {"blosc-zstd-bg2"},
+        "bf16": {"zstd-bg2"},
         "i64": {"blosc-zstd-bg8"},
         "mask": {"zstd"},
         "noise": {"none"},
@@ -136,7 +136,7 @@ def test_small_tensors_share_packs_by_dtype_width(tmp_path: Path) -> None:
     assert len({objs[f"a{i}"] for i in range(20)}) == 1
     assert len({objs[f"b{i}"] for i in range(20)}) == 1
     assert objs["a0"] != objs["b0"]  # float32 and bf16 packs are separate (each compresses by its planes)
-    assert m.objects[objs["a0"]].codec == "blosc-zstd-bg4" and m.objects[objs["b0"]].codec == "blosc-zstd-bg2"
+    assert m.objects[objs["a0"]].codec == "blosc-zstd-bg4" and m.objects[objs["b0"]].codec == "zstd-bg2"
     segs = [m.blobs[e.blob].segments[0] for e in m.tensors]
     assert all(s.offset % 64 == 0 for s in segs)
     e1, e2 = m.tensors[-2], m.tensors[-1]

@@ -264,7 +264,7 @@ def write_blobs(
     """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
     ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
-    byte-group width (from its dtype) so ``zstd`` becomes ``blosc-zstd-bg2/4/8`` where that helps.
+    byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2`` / ``blosc-zstd-bg4/8`` where that helps.
     When this returns, every object is durable under its name. ``written``: a set this fills with
     the objects the save creates as each lands (so a caller can remove them after a failure).
     """
