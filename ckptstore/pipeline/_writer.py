@@ -282,12 +282,14 @@ def write_blobs(
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     # remote writes wait on the network: one thread per worker. Buffered local writes hardly block
     # (writeback runs in the kernel): tasks are CPU work (hashing, copies, compression), so one
-    # thread per core. Direct writes wait for the device: two threads per core keep it busy.
+    # thread per core. Direct writes wait for the device: two threads per core keep it busy
+    # (not when compressing: then the CPU is the limit, and each thread holds codec buffers).
     cores = os.cpu_count() or 2
+    waits = isinstance(sink, LocalSink) and sink.direct and not compressing
     if sink.joins_parts:
         threads = workers
     else:
-        threads = max(2, min(workers, 2 * cores if isinstance(sink, LocalSink) and sink.direct else cores))
+        threads = max(2, min(workers, 2 * cores if waits else cores))
     if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
         threads = max(threads, backend.parallel_transfers)
     pipe = _Pipeline(threads, ByteBudget(limit), inline=total < INLINE_MAX and staging is None)
