@@ -286,10 +286,7 @@ def write_blobs(
     # (not when compressing: then the CPU is the limit, and each thread holds codec buffers).
     cores = os.cpu_count() or 2
     waits = isinstance(sink, LocalSink) and sink.direct and not compressing
-    if sink.joins_parts:
-        threads = workers
-    else:
-        threads = max(2, min(workers, 2 * cores if waits else cores))
+    threads = workers if sink.joins_parts else max(2, min(workers, 2 * cores if waits else cores))
     if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
         threads = max(threads, backend.parallel_transfers)
     pipe = _Pipeline(threads, ByteBudget(limit), inline=total < INLINE_MAX and staging is None)
