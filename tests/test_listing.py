@@ -184,3 +184,33 @@ def test_import_ckptstore_does_not_import_torch_until_needed(store_uri):
     )
     r = subprocess.run([sys.executable, "-c", code, store_uri], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+_PROGRAM = """
+import sys
+from ckptstore.cli import {entry}
+sys.argv = ["ckptstore", *sys.argv[1:]]
+code = {entry}() if "{entry}" == "run" else {entry}(sys.argv[1:])
+from pydantic.plugin import _loader
+print("scanned" if _loader._plugins is not None else "skipped")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "preset", "expect"), [("run", None, "skipped"), ("main", None, "scanned"), ("run", "", "scanned")]
+)
+def test_the_program_skips_pydantics_plugin_scan(store_uri, entry, preset, expect):
+    """The ``ckptstore`` program (``run``) does not scan every installed package for pydantic
+    plugins; ``main`` called from a user's own process leaves pydantic as the user has it, and
+    so does the program when the environment names its own ``PYDANTIC_DISABLE_PLUGINS``."""
+    _save_some(store_uri, 1)
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if preset is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = preset
+    code = _PROGRAM.replace("{entry}", entry)
+    r = subprocess.run(
+        [sys.executable, "-c", code, "gc", "--dry-run", store_uri], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == expect

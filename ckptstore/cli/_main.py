@@ -140,6 +140,16 @@ def _in_cli_words(message: str, parser: argparse.ArgumentParser | None) -> str:
     return message
 
 
+def run() -> int:
+    """The ``ckptstore`` program (console script and ``python -m ckptstore``): ``main`` in a
+    process of its own. pydantic looks for plugins by scanning every installed package's entry
+    points the first time it builds a model (tens of milliseconds in a large environment);
+    plugins observe an application's validation, and this program has none to observe, so the
+    scan is skipped unless the environment says otherwise."""
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
