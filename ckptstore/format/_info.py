@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._manifest import Manifest, RngState
-
-if TYPE_CHECKING:
-    from ._header import ManifestHeader
+from ._manifest import Manifest, ManifestHeader, RngState
 
 
 @dataclass(frozen=True)
@@ -44,23 +41,16 @@ class CheckpointInfo:
 
     @classmethod
     def from_manifest(cls, m: Manifest, *, id: str, key: str, uri: str, config: Any) -> CheckpointInfo:
-        return cls(
+        return cls.from_header(
+            m,
             id=id,
-            step=m.step,
-            epoch=m.epoch,
-            created_at=m.created_at,
-            metrics=dict(m.metrics),
-            tags=tuple(m.tags),
-            size=m.stats.logical_bytes,
-            stored_bytes=m.stats.stored_bytes,
-            new_bytes=m.stats.new_bytes,
-            num_tensors=len(m.tensors),
             key=key,
             uri=uri,
             config=config,
-            meta=dict(m.meta),
-            rng=m.rng,
-            producer=dict(m.producer),
+            num_tensors=len(m.tensors),
+            logical_bytes=m.stats.logical_bytes,
+            stored_bytes=m.stats.stored_bytes,
+            new_bytes=m.stats.new_bytes,
         )
 
     @classmethod

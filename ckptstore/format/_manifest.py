@@ -276,8 +276,9 @@ def _manifest_schema(schema: dict[str, Any]) -> None:
     schema["else"] = {"properties": {"version": {"enum": [FORMAT_VERSION, STATE_VERSION]}}}
 
 
-class Manifest(_Model):
-    model_config = ConfigDict(json_schema_extra=_manifest_schema)
+class ManifestHeader(_Model):
+    """A manifest's header: its fields before ``tree``, in order (what a listing shows). A
+    canonical manifest's header is a prefix of its bytes (``format/_header``)."""
 
     format: Literal["ckptstore.manifest"] = "ckptstore.manifest"
     version: int = FORMAT_VERSION
@@ -291,6 +292,18 @@ class Manifest(_Model):
     rng: Optional[RngState] = None
     producer: dict[str, str] = Field(default_factory=dict)
     parent: Optional[Hash] = Field(None, description="id of the newest checkpoint when this was saved")
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("created_at needs a time zone")
+        return v.astimezone(timezone.utc)
+
+
+class Manifest(ManifestHeader):
+    model_config = ConfigDict(json_schema_extra=_manifest_schema)
+
     tree: JsonValue
     tensors: list[TensorEntry]
     blobs: list[Blob]
@@ -309,13 +322,6 @@ class Manifest(_Model):
                 f"must be version {' or '.join(map(str, allowed))}, not {self.version}"
             )
         return self
-
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("created_at needs a time zone")
-        return v.astimezone(timezone.utc)
 
 
 def dump(model: BaseModel) -> bytes:
