@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import resource
 import statistics
@@ -165,3 +166,18 @@ def timed(peak: PeakRss, fn: Callable[[], Any]) -> tuple[Any, float, int]:
 
     (out, dt), rss = peak.run(run)
     return out, dt, rss
+
+
+def write_results(doc: dict[str, Any], path: str | None, name: str, t0: float) -> str:
+    """Write a benchmark's JSON document to ``path`` (default ``results/<date>-<name>.json``) and
+    say where, with the run's wall time and the load average at its end; returns the path."""
+    from datetime import datetime
+
+    path = path or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"{datetime.now():%Y%m%d-%H%M%S}-{name}.json"
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\nwrote {path} ({time.perf_counter() - t0:.0f} s, load average at the end {doc.get('loadavg_end')})")
+    return path

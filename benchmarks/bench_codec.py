@@ -17,7 +17,6 @@ benchmarks/results/<date>-codec-<size>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from _measure import write_results  # noqa: E402
 from _state import SIZES, as_bf16, tensors_of, trained_state  # noqa: E402
 
 from ckptstore.format import _hashing  # noqa: E402
@@ -201,12 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [{"target": n, "measured": v, "met": ok} for n, v, ok in tg],
         "wall_seconds": time.perf_counter() - t0,
     }
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = args.json or os.path.join(HERE, "results", f"{stamp}-codec-{args.size}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"\nwrote {path} ({time.perf_counter() - t0:.0f} s, load average at the end {load})")
+    write_results(doc, args.json, f"codec-{args.size}", t0)
     return 0
 
 

@@ -20,7 +20,6 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -38,7 +37,7 @@ import _peers  # noqa: E402
 import _report  # noqa: E402
 from _busy import Busy  # noqa: E402
 from _loadproc import FreshLoads  # noqa: E402
-from _measure import CacheDropper, PeakRss, cpu_seconds, du, timed  # noqa: E402
+from _measure import CacheDropper, PeakRss, cpu_seconds, du, timed, write_results  # noqa: E402
 from _state import SIZES, as_bf16, state_bytes, tensors_of, trained_state  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -293,11 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": tg_all,
         "wall_seconds": time.perf_counter() - t0,
     }
-    path = args.json or os.path.join(HERE, "results", f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.size}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"\nwrote {path} ({time.perf_counter() - t0:.0f} s, load average at the end {load})")
+    write_results(doc, args.json, args.size, t0)
     return 0
 
 
