@@ -102,7 +102,7 @@ def record(folder: str | None, digest: str, v: Verdict) -> None:
             pass
 
 
-_queue: queue.SimpleQueue[tuple[str, str, Verdict] | None] = queue.SimpleQueue()
+_queue: queue.Queue[tuple[str, str, Verdict]] = queue.Queue()
 _writer: threading.Thread | None = None
 _writer_lock = threading.Lock()
 
@@ -122,16 +122,24 @@ def record_later(folder: str | None, digest: str, v: Verdict) -> None:
 
 
 def _write_loop() -> None:
-    while (item := _queue.get()) is not None:
-        record(*item)
+    while True:
+        item = _queue.get()
+        try:
+            record(*item)
+        finally:
+            _queue.task_done()
 
 
 def _drain() -> None:
-    """At exit: write what is still queued (small files, no fsync)."""
-    while True:
+    """Return once every queued verdict is written, including one the writer thread is writing
+    now (at exit, so that none is lost; tests call it too). Small files, no fsync."""
+    if _writer is not None and _writer.is_alive():
+        _queue.join()
+        return
+    while True:  # no writer thread (it never started): write what is queued here
         try:
             item = _queue.get_nowait()
         except queue.Empty:
             return
-        if item is not None:
-            record(*item)
+        record(*item)
+        _queue.task_done()
