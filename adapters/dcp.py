@@ -340,8 +340,23 @@ class CkptstoreReader(StorageReader):
         by_tensor: dict[int, list[Any]],
         planner: LoadPlanner,
     ) -> None:
-        loaded = store.load_tensors(batch, id=info.id, verify=self.verify, map_location="cpu")
-        for idx, src in zip(batch, loaded):
+        # a chunk read whole by one item goes straight into its target tensor (no mapping, no copy)
+        entries = store.manifest(id=info.id).tensors
+        shapes = {i: list(entries[i].shape) for i in batch}
+        out: list[torch.Tensor | None] = []
+        for idx in batch:
+            items = by_tensor[idx]
+            target = None
+            if len(items) == 1 and not any(items[0].storage_offsets) and list(items[0].lengths) == shapes[idx]:
+                t = planner.resolve_tensor(items[0]).detach()
+                if t.device.type == "cpu" and t.is_contiguous() and list(t.size()) == list(items[0].lengths):
+                    target = t
+            out.append(target)
+        loaded = store.load_tensors(batch, id=info.id, verify=self.verify, map_location="cpu", out=out)
+        for idx, src, direct in zip(batch, loaded, out):
+            if direct is not None and src is direct:
+                planner.commit_tensor(by_tensor[idx][0], direct)
+                continue
             for item in by_tensor[idx]:
                 piece: torch.Tensor = src
                 for d, (o, n) in enumerate(zip(item.storage_offsets, item.lengths)):

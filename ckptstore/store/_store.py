@@ -10,7 +10,7 @@ import builtins
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -21,6 +21,7 @@ from .._errors import (
     PickleNotAllowedError,
     StoreNotFoundError,
 )
+from .._lazy import lazy
 from .._progress import byte_bar
 from ..format._info import CheckpointInfo
 from ..format._layout import CONFIG_KEY, object_key
@@ -43,8 +44,12 @@ from ._retention import Retention, RetentionPlan, check_policy, plan
 from ._space import SpaceGuard
 
 if TYPE_CHECKING:
+    import torch
+
     from ._copy import CopyResult
     from ._session import SaveSession
+else:
+    torch = lazy("torch", globals())
 
 log = logging.getLogger("ckptstore")
 
@@ -350,25 +355,52 @@ class Store:
         map_location: MapLocation = None,
         verify: bool = True,
         mmap: bool | None = None,
+        out: Sequence[torch.Tensor | None] | None = None,
     ) -> builtins.list[Any]:
         """Tensor entries ``indices`` of a checkpoint's tensor table (``Store.manifest(...).tensors``),
         reading and verifying only the objects they use: a process that needs a few chunks of a
         large checkpoint (a rank of a distributed load) reads only those. The checkpoint is the
         one at ``step`` or with id (prefix) ``id``, the newest by default; ``map_location``,
-        ``verify`` and ``mmap`` as in ``load``."""
+        ``verify`` and ``mmap`` as in ``load``.
+
+        ``out``: one entry per index, a tensor to fill in place (or None). A contiguous tensor of
+        the entry's dtype and number of elements receives the bytes straight from storage (no
+        temporary, no mapping); any other tensor of the entry's shape gets a copy. The returned
+        list holds those tensors. On an error, an ``out`` tensor may hold part of the data."""
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
         where = f"checkpoint step {info.step} ({info.short_id}) in {self.uri}"
         check_manifest(m, where)
-        return self._read_tensors(
+        wanted = builtins.list(indices)
+        targets = builtins.list(out) if out is not None else []
+        if out is not None and len(targets) != len(wanted):
+            raise ValueError(f"out has {len(targets)} entries for {len(wanted)} indices; give one per index")
+        sel = select_tensors(m, wanted)
+        into = _direct_targets(sel, targets)
+        loaded = self._read_tensors(
             info,
-            select_tensors(m, list(indices)),
+            sel,
             where,
             placement=Placement(map_location),
             verify=verify,
             progress=False,
             mmap=mmap,
+            into=into,
         )
+        for j, dst in enumerate(targets):
+            if dst is None:
+                continue
+            if sel.tensors[j].blob not in into:
+                src = loaded[j]
+                if not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(dst.shape):
+                    raise ValueError(
+                        f"out[{j}] has shape {tuple(dst.shape)}; tensor entry {wanted[j]} of {where} is "
+                        f"{tuple(getattr(src, 'shape', ()))}"
+                    )
+                with torch.no_grad():
+                    dst.copy_(src)
+            loaded[j] = dst
+        return loaded
 
     def _read_tensors(
         self,
@@ -380,9 +412,13 @@ class Store:
         verify: bool,
         progress: bool | None,
         mmap: bool | None,
+        into: dict[int, torch.Tensor] | None = None,
     ) -> builtins.list[Any]:
-        """The tensors of ``m``'s tensor table, read and placed."""
+        """The tensors of ``m``'s tensor table, read and placed (blobs in ``into`` straight into
+        those byte buffers)."""
         devices = blob_devices(m, placement)
+        for bi, buf in (into or {}).items():
+            devices[bi] = buf.device
         if mmap is None:
             root = self._backend.local_path(CONFIG_KEY)
             mmap = root is not None and mmap_default(root)
@@ -397,6 +433,7 @@ class Store:
                     progress=bar,
                     devices=devices,
                     mmap=bool(mmap),
+                    into=into,
                 )
             except ObjectMissingError as e:
                 if not self._backend.exists(info.key):
@@ -495,6 +532,30 @@ class Store:
                 CkptstoreWarning,
                 stacklevel=3,
             )
+
+
+def _direct_targets(m: Manifest, out: builtins.list[Any]) -> dict[int, torch.Tensor]:
+    """Blobs of ``m`` that can be read straight into the ``out`` tensor of their entry: a plain
+    contiguous tensor entry alone in its blob, and an ``out`` of its dtype and element count that
+    is contiguous. Maps the blob to the tensor's bytes (1-D uint8)."""
+    users: dict[int, int] = {}
+    for e in m.tensors:
+        users[e.blob] = users.get(e.blob, 0) + 1
+    found: dict[int, torch.Tensor] = {}
+    for e, dst in zip(m.tensors, out):
+        if dst is None or e.kind != "torch" or users[e.blob] != 1 or e.offset != 0 or e.stride is not None:
+            continue
+        if not isinstance(dst, torch.Tensor) or dst.is_sparse or not dst.is_contiguous() or dst.numel() == 0:
+            continue
+        nbytes = dst.numel() * dst.element_size()
+        if str(dst.dtype).removeprefix("torch.") != e.dtype or nbytes != m.blobs[e.blob].nbytes:
+            continue
+        n = 1
+        for s in e.shape:
+            n *= s
+        if n == dst.numel():
+            found[e.blob] = dst.detach().reshape(-1).view(torch.uint8)
+    return found
 
 
 def _materialize(m: Manifest, bufs: list[Any], placement: Placement) -> list[Any]:
