@@ -36,11 +36,11 @@ import secrets
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..storage._backend import Backend, storage_error
 from ..storage._local import ensure_dir, fsync_dir
+from ._pools import borrow
 
 _IOV_MAX = 512
 _SYNC_FILE_RANGE_WRITE = 2
@@ -253,16 +253,16 @@ class LocalSink:
         with self._lock:
             pending, self._pending = self._pending, []
         if len(pending) > _FEW and self.workers > 1:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-fsync") as pool:
-                list(pool.map(self._commit, pending))
+            with borrow(self.workers, "ckptstore-fsync") as pool:
+                pool.map(self._commit, pending)
         else:
             for item in pending:
                 self._commit(item)
         with self._lock:
             dirs, self._dirs = sorted(self._dirs, key=len, reverse=True), set()
         if len(dirs) > _FEW and self.workers > 1:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-fsync") as pool:
-                list(pool.map(fsync_dir, dirs))
+            with borrow(self.workers, "ckptstore-fsync") as pool:
+                pool.map(fsync_dir, dirs)
         else:
             for d in dirs:
                 fsync_dir(d)

@@ -17,8 +17,6 @@ copies. Temporary buffers draw on a byte budget, so memory stays bounded.
 from __future__ import annotations
 
 import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._errors import IntegrityError, ObjectMissingError
@@ -30,6 +28,7 @@ from ..storage._backend import Backend
 from . import _mmap
 from ._buffers import ByteBudget, Staging, copy_from_host, device_sync, scratch
 from ._codec import get_codec
+from ._pools import borrow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -475,14 +474,13 @@ def read_blobs(
         for k in keys:
             task(k, budget.acquire(needs[k]))
     else:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-read")
-        try:
+        with borrow(workers, "ckptstore-read") as pool:
             for k in keys:
                 if errors:
                     break
                 pool.submit(guarded, k, budget.acquire(needs[k]))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=bool(errors) or sys.exc_info()[0] is not None)
+            if errors:
+                pool.cancel()
         if errors:
             raise errors[0]
     if progress:
@@ -538,6 +536,5 @@ def verify_objects(backend: Backend, m: Manifest, *, where: str, workers: int) -
         for k in keys:
             one(k)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptstore-verify") as pool:
-        for _ in pool.map(one, keys):
-            pass
+    with borrow(workers, "ckptstore-verify") as pool:
+        pool.map(one, keys)

@@ -22,7 +22,8 @@ import functools
 import itertools
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,6 +36,7 @@ from ..storage._backend import Backend
 from ._buffers import ByteBudget, Staging, copy_many_to_host, copy_to_host, is_accelerator, scratch
 from ._codec import MIN_SAVING, get_codec, object_codec
 from ._objwrite import BackendSink, LocalSink, sink_for
+from ._pools import borrow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -172,7 +174,8 @@ class _Pipeline:
 
     def __init__(self, workers: int, budget: ByteBudget, *, inline: bool = False) -> None:
         self.inline = inline
-        self.pool = ThreadPoolExecutor(max_workers=1 if inline else workers, thread_name_prefix="ckptstore-write")
+        self._lease = ExitStack()
+        self.pool = None if inline else self._lease.enter_context(borrow(workers, "ckptstore-write"))
         self.budget = budget
         self.slots = threading.BoundedSemaphore(2 * workers)
         self.futures: list[Future[Any]] = []
@@ -199,19 +202,20 @@ class _Pipeline:
                 self.budget.release(got)
                 self.slots.release()
 
+        assert self.pool is not None
         fut = self.pool.submit(run)
         self.futures.append(fut)
         return fut
 
     def finish(self) -> None:
-        self.pool.shutdown(wait=True)
+        self._lease.close()  # every task finished; the threads go back for the next save
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
         for f in self.futures:
             f.cancel()
-        self.pool.shutdown(wait=True)
+        self._lease.close()
 
 
 @dataclass

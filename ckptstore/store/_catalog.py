@@ -14,7 +14,6 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
@@ -42,6 +41,7 @@ from ..format._manifest import (
     parse_manifest,
     parse_store_config,
 )
+from ..pipeline._pools import borrow
 from ..storage._backend import Backend
 from . import _verdicts
 from ._retention import Retention
@@ -417,8 +417,8 @@ class Catalog:
         with self._lock:
             todo = sum(1 for k in keys if k[2] not in self._infos)
         if todo >= _PARALLEL_MIN:  # reading and hashing run without the GIL
-            with ThreadPoolExecutor(max_workers=_LIST_THREADS, thread_name_prefix="ckptstore-list") as pool:
-                results = list(pool.map(one, keys))
+            with borrow(_LIST_THREADS, "ckptstore-list") as pool:
+                results = pool.map(one, keys)
         else:
             results = [one(k) for k in keys]
         out = []
