@@ -319,18 +319,35 @@ class CkptstoreReader(StorageReader):
                 ) from None
             by_tensor.setdefault(idx, []).append(item)
         m = store.manifest(id=info.id)
+        # a chunk that one item reads whole goes straight into that item's tensor (no mapping, no
+        # temporary, no copy); only the other chunks need memory of their own, so only they count
+        # toward a batch's size
+        targets = {
+            idx: self._direct_target(items, list(m.tensors[idx].shape), planner) for idx, items in by_tensor.items()
+        }
         batch: list[int] = []
         size = 0
         for idx in sorted(by_tensor):
             batch.append(idx)
-            e = m.tensors[idx]
-            size += m.blobs[e.blob].nbytes
+            if targets[idx] is None:
+                size += m.blobs[m.tensors[idx].blob].nbytes
             if size >= READ_BATCH_BYTES:
-                self._read_batch(store, info, batch, by_tensor, planner)
+                self._read_batch(store, info, batch, by_tensor, targets, planner)
                 batch, size = [], 0
         if batch:
-            self._read_batch(store, info, batch, by_tensor, planner)
+            self._read_batch(store, info, batch, by_tensor, targets, planner)
         return _done(None)
+
+    @staticmethod
+    def _direct_target(items: list[Any], shape: list[int], planner: LoadPlanner) -> torch.Tensor | None:
+        """The tensor a stored chunk can be read straight into: one item that needs the chunk
+        whole, resolved by the planner to a contiguous CPU tensor of the chunk's shape."""
+        if len(items) != 1 or any(items[0].storage_offsets) or list(items[0].lengths) != shape:
+            return None
+        t = planner.resolve_tensor(items[0]).detach()
+        if t.device.type == "cpu" and t.is_contiguous() and list(t.size()) == shape:
+            return t
+        return None
 
     def _read_batch(
         self,
@@ -338,20 +355,10 @@ class CkptstoreReader(StorageReader):
         info: CheckpointInfo,
         batch: list[int],
         by_tensor: dict[int, list[Any]],
+        targets: dict[int, torch.Tensor | None],
         planner: LoadPlanner,
     ) -> None:
-        # a chunk read whole by one item goes straight into its target tensor (no mapping, no copy)
-        entries = store.manifest(id=info.id).tensors
-        shapes = {i: list(entries[i].shape) for i in batch}
-        out: list[torch.Tensor | None] = []
-        for idx in batch:
-            items = by_tensor[idx]
-            target = None
-            if len(items) == 1 and not any(items[0].storage_offsets) and list(items[0].lengths) == shapes[idx]:
-                t = planner.resolve_tensor(items[0]).detach()
-                if t.device.type == "cpu" and t.is_contiguous() and list(t.size()) == list(items[0].lengths):
-                    target = t
-            out.append(target)
+        out = [targets[idx] for idx in batch]
         loaded = store.load_tensors(batch, id=info.id, verify=self.verify, map_location="cpu", out=out)
         for idx, src, direct in zip(batch, loaded, out):
             if direct is not None and src is direct:

@@ -123,3 +123,42 @@ def test_chunked_tensor_lands_whole(tmp_path, monkeypatch):
         dst = torch.empty(5 << 20)
         (got,) = store.load_tensors([0], out=[dst])
     assert got is dst and torch.equal(dst, w)
+
+
+def test_out_tensors_sharing_memory_are_not_read_into_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(_reader, "READ_PIECE", 64 << 10)  # many pieces: two reads would interleave
+    root = str(tmp_path / "o")
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    ckptstore.save({"a": a, "b": b}, root, step=1)
+    with ckptstore.Store(root) as store:
+        ia, ib = 0, 1  # entries in the state's order: "a", "b"
+        both = torch.empty(1024, 1024)
+        for _ in range(5):  # one read lands directly, the other is copied after it: no false damage
+            got = store.load_tensors([ia, ib], out=[both, both])
+            assert got[0] is both and got[1] is both
+        store.verify()
+    assert torch.equal(both, b) or torch.equal(both, a)
+
+
+def test_special_out_tensors_get_a_copy_and_autograd_sees_the_write(saved):
+    root, state = saved
+    with ckptstore.Store(root) as store:
+        i = _index_of(store, (300, 1000))
+        same_count = torch.zeros(1000, 300)  # as many elements, another shape: refused, not filled
+        with pytest.raises(ValueError, match="shape"):
+            store.load_tensors([i], out=[same_count])
+        leaf = torch.zeros(300, 1000, requires_grad=True)
+        before = leaf._version
+        (got,) = store.load_tensors([i], out=[leaf])
+        assert got is leaf and torch.equal(leaf.detach(), state["big"])
+        assert leaf._version > before  # in-place write recorded: autograd refuses stale graphs
+
+
+def test_conjugate_view_out_gets_a_copy(tmp_path):
+    root = str(tmp_path / "c")
+    z = torch.randn(64, 64, dtype=torch.complex64)
+    ckptstore.save({"z": z}, root, step=1)
+    with ckptstore.Store(root) as store:
+        dst = torch.zeros(64, 64, dtype=torch.complex64).conj()
+        (got,) = store.load_tensors([0], out=[dst])
+    assert got is dst and torch.equal(dst, z)

@@ -106,3 +106,25 @@ def test_saves_and_loads_reuse_their_threads(tmp_path):
                 assert first <= live, sorted(t.name for t in first - live)
     assert any(t.name.startswith("ckptstore-write") for t in first)
     assert any(t.name.startswith("ckptstore-read") for t in first)
+
+
+def test_idle_pools_are_capped_per_name_and_drop_their_thread_caches():
+    for size in range(1, 7):  # a pool per size, as loads with different object counts borrow
+        with _pools.borrow(size, "test-cap") as pool:
+            pool.map(lambda _: _pools.thread_cache().setdefault("buf", bytearray(1 << 20)), range(size))
+    assert len(_pools._idle["test-cap"]) <= _pools.KEEP
+    idle_threads = {t.ident for _, p in _pools._idle["test-cap"] for t in p._threads}
+    assert idle_threads and not idle_threads & set(_pools._caches)  # idle threads hold no buffers
+
+
+def test_a_pool_lent_across_a_fork_is_not_kept_by_the_child():
+    import os
+
+    with _pools.borrow(2, "test-fork-inside") as pool:
+        pool.map(lambda x: x, range(4))
+        pid = os.fork()
+    if pid == 0:  # the child left the block too: it must not keep a pool that has no threads there
+        os._exit(0 if not _pools._idle.get("test-fork-inside") else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _pools._idle.get("test-fork-inside")  # the parent kept it

@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy
+from ._pools import thread_cache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,9 +27,6 @@ else:
 _SCRATCH_MMAP_MIN = 1 << 20
 
 
-_tls = threading.local()
-
-
 def scratch(n: int, slot: str | None = None) -> np.ndarray:
     """An uninitialised 1-D uint8 buffer for temporary use.
 
@@ -36,15 +34,14 @@ def scratch(n: int, slot: str | None = None) -> np.ndarray:
     allocated with malloc on worker threads would stay in per-thread heaps and raise the
     process's resident memory for good). With ``slot``, a pipeline thread keeps its buffer for
     that slot and reuses it for its next task (fresh memory costs a page fault per 4 KiB); the
-    buffer goes when the thread ends, with its pool, at the end of the save or load. A slot's
-    buffer is valid until the same thread asks for the same slot again."""
+    buffer goes when the thread's pool is given back, at the end of the save or load
+    (``_pools.thread_cache``). A slot's buffer is valid until the same thread asks for the same
+    slot again."""
     if n < _SCRATCH_MMAP_MIN:
         return np.empty(n, dtype=np.uint8)
     if slot is None or not threading.current_thread().name.startswith("ckptstore-"):
         return np.frombuffer(mmap.mmap(-1, n), dtype=np.uint8)
-    bufs = getattr(_tls, "bufs", None)
-    if bufs is None:
-        bufs = _tls.bufs = {}
+    bufs = thread_cache()
     buf = bufs.get(slot)
     if buf is None or buf.nbytes < n:
         buf = bufs[slot] = np.frombuffer(mmap.mmap(-1, n), dtype=np.uint8)

@@ -5,11 +5,14 @@ through the scheduler: on a busy machine, or with several ranks sharing the core
 thread, and a distributed save started a dozen (10% of a 2-rank save in a profile). Operations
 therefore borrow a pool here and give it back when every task they submitted has finished.
 
-Each borrower has its pool to itself while it holds it: a task never queues behind another
-operation's tasks (an async save and a load at once), and a pool goes back only when idle.
-A few idle pools are kept per (name, size); their threads sleep on an empty queue, and Python's
-exit hook for ``concurrent.futures`` ends them. A forked child starts with none: the parent's
-pool threads do not exist there.
+- Each borrower has its pool to itself while it holds it: a task never queues behind another
+  operation's tasks (an async save and a load at once), and a pool goes back only when idle.
+- At most ``KEEP`` idle pools are kept per name (whatever their sizes); their threads sleep on
+  an empty queue, and Python's exit hook for ``concurrent.futures`` ends them.
+- A thread's cache (``thread_cache``: the pipeline's reusable scratch buffers) is dropped when
+  its pool is given back, so idle threads hold no memory.
+- A forked child starts with no pools, and a pool lent before a fork is never kept by the child:
+  the parent's threads do not exist there.
 """
 
 from __future__ import annotations
@@ -23,21 +26,34 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: idle pools kept per (name, size)
+#: idle pools kept per name
 KEEP = 2
 
 _lock = threading.Lock()
-_idle: dict[tuple[str, int], list[ThreadPoolExecutor]] = {}
+_idle: dict[str, list[tuple[int, ThreadPoolExecutor]]] = {}  # name -> (size, pool), oldest first
+_caches: dict[int, dict[str, Any]] = {}  # thread ident -> that pool thread's cache
 
 
 def _forget_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
     _idle.clear()
+    _caches.clear()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def thread_cache() -> dict[str, Any]:
+    """A dict private to the calling thread that lives until the thread's pool is given back
+    (for buffers a pool thread reuses from one task to the next)."""
+    ident = threading.get_ident()
+    with _lock:
+        cache = _caches.get(ident)
+        if cache is None:
+            cache = _caches[ident] = {}
+    return cache
 
 
 class Borrowed:
@@ -78,12 +94,17 @@ def borrow(workers: int, name: str) -> Iterator[Borrowed]:
     """A pool of ``workers`` threads named ``name`` for the block. Leaving the block waits for
     every task submitted (cancelling those not started when the block raises) and keeps the
     pool for the next borrower."""
-    key = (name, max(1, workers))
+    size = max(1, workers)
+    pool = None
     with _lock:
-        free = _idle.get(key)
-        pool = free.pop() if free else None
+        free = _idle.get(name, [])
+        for i, (n, _) in enumerate(free):
+            if n == size:
+                pool = free.pop(i)[1]
+                break
     if pool is None:
-        pool = ThreadPoolExecutor(max_workers=key[1], thread_name_prefix=name)
+        pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+    pid = os.getpid()
     lent = Borrowed(pool)
     try:
         yield lent
@@ -92,10 +113,19 @@ def borrow(workers: int, name: str) -> Iterator[Borrowed]:
         raise
     finally:
         lent.drain()
-        with _lock:
-            free = _idle.setdefault(key, [])
-            keep = len(free) < KEEP
-            if keep:
-                free.append(pool)
-        if not keep:
-            pool.shutdown(wait=False)
+        _give_back(name, size, pool, pid)
+
+
+def _give_back(name: str, size: int, pool: ThreadPoolExecutor, pid: int) -> None:
+    if os.getpid() != pid:  # lent before a fork: this process has none of its threads
+        return
+    evicted = None
+    with _lock:
+        for t in getattr(pool, "_threads", ()):  # the pool is idle: no task uses these caches
+            _caches.pop(t.ident or 0, None)
+        free = _idle.setdefault(name, [])
+        free.append((size, pool))
+        if len(free) > KEEP:
+            evicted = free.pop(0)[1]
+    if evicted is not None:
+        evicted.shutdown(wait=False)

@@ -364,8 +364,8 @@ class Store:
         ``verify`` and ``mmap`` as in ``load``.
 
         ``out``: one entry per index, a tensor to fill in place (or None). A contiguous tensor of
-        the entry's dtype and number of elements receives the bytes straight from storage (no
-        temporary, no mapping); any other tensor of the entry's shape gets a copy. The returned
+        the entry's dtype and shape receives the bytes straight from storage (no temporary, no
+        mapping); any other tensor of the entry's shape gets a copy (converting the dtype). The returned
         list holds those tensors. On an error, an ``out`` tensor may hold part of the data."""
         info = self.info(step, id=id)
         m = self._catalog.manifest(info.key)
@@ -390,7 +390,10 @@ class Store:
         for j, dst in enumerate(targets):
             if dst is None:
                 continue
-            if sel.tensors[j].blob not in into:
+            if sel.tensors[j].blob in into:
+                if not dst.is_inference():  # written in place: autograd must see it, as after copy_
+                    torch.autograd.graph.increment_version(dst)
+            else:
                 src = loaded[j]
                 if not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(dst.shape):
                     raise ValueError(
@@ -536,25 +539,29 @@ class Store:
 
 def _direct_targets(m: Manifest, out: builtins.list[Any]) -> dict[int, torch.Tensor]:
     """Blobs of ``m`` that can be read straight into the ``out`` tensor of their entry: a plain
-    contiguous tensor entry alone in its blob, and an ``out`` of its dtype and element count that
-    is contiguous. Maps the blob to the tensor's bytes (1-D uint8)."""
+    contiguous tensor entry alone in its blob, and an ``out`` of its dtype and shape that is a
+    plain contiguous tensor whose memory no other chosen ``out`` overlaps (two reads into one
+    buffer would each hash the other's bytes). Maps the blob to the tensor's bytes (1-D uint8)."""
     users: dict[int, int] = {}
     for e in m.tensors:
         users[e.blob] = users.get(e.blob, 0) + 1
     found: dict[int, torch.Tensor] = {}
+    spans: builtins.list[tuple[str, int, int]] = []  # (device, first byte, end) of chosen targets
     for e, dst in zip(m.tensors, out):
         if dst is None or e.kind != "torch" or users[e.blob] != 1 or e.offset != 0 or e.stride is not None:
             continue
-        if not isinstance(dst, torch.Tensor) or dst.is_sparse or not dst.is_contiguous() or dst.numel() == 0:
+        if not isinstance(dst, torch.Tensor) or dst.layout != torch.strided or dst.numel() == 0:
+            continue
+        if dst.is_conj() or dst.is_neg() or not dst.is_contiguous() or tuple(dst.shape) != tuple(e.shape):
             continue
         nbytes = dst.numel() * dst.element_size()
         if str(dst.dtype).removeprefix("torch.") != e.dtype or nbytes != m.blobs[e.blob].nbytes:
             continue
-        n = 1
-        for s in e.shape:
-            n *= s
-        if n == dst.numel():
-            found[e.blob] = dst.detach().reshape(-1).view(torch.uint8)
+        where, start = str(dst.device), dst.data_ptr()
+        if any(d == where and start < end and lo < start + nbytes for d, lo, end in spans):
+            continue  # overlaps another target: that one is read directly, this one copied after
+        spans.append((where, start, start + nbytes))
+        found[e.blob] = dst.detach().reshape(-1).view(torch.uint8)
     return found
 
 
