@@ -15,8 +15,11 @@ never calls ``pickle`` or ``torch.load``.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -44,6 +47,12 @@ log = logging.getLogger("ckptstore")
 
 #: chunk bytes a rank reads at once while loading (bounds its memory beyond the target state)
 READ_BATCH_BYTES = 64 << 20
+
+
+def _core_share(peers: int) -> int:
+    """The CPU cores one of ``peers`` ranks saving at once on this machine may keep busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, peers))
 
 
 def _done(value: Any) -> Future:
@@ -146,10 +155,13 @@ class CkptstoreWriter(StorageWriter):
             self._session = self._open_store().session(keep=self.keep).open()
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        return plan
+        return dataclasses.replace(plan, storage_data={"host": socket.gethostname()})
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        return plans
+        # ranks on one machine share its cores: each rank's writer threads get its share
+        hosts = [p.storage_data.get("host") if isinstance(p.storage_data, dict) else None for p in plans]
+        counts = collections.Counter(hosts)
+        return [dataclasses.replace(p, storage_data={"peers": counts[h]}) for p, h in zip(plans, hosts)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
         try:
@@ -178,13 +190,19 @@ class CkptstoreWriter(StorageWriter):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"the planner resolved tensor item {item.index.fqn} to a {type(t).__name__}")
             tensors.append(t.detach())
+        peers = plan.storage_data.get("peers", 1) if isinstance(plan.storage_data, dict) else 1
+        cores = _core_share(peers)
         if self._session is not None:  # the coordinator: its session spans the whole save
-            staged = self._session.stage(tensors, compression=self.compression, progress=False, step=self.step)
+            staged = self._session.stage(
+                tensors, compression=self.compression, progress=False, step=self.step, cores=cores
+            )
         else:
             # under the coordinator's lease (taken before the plan reached this rank, held until
             # the commit): one lease per save, however many ranks
             with self._open_store().session(lease=False) as session:
-                staged = session.stage(tensors, compression=self.compression, progress=False, step=self.step)
+                staged = session.stage(
+                    tensors, compression=self.compression, progress=False, step=self.step, cores=cores
+                )
         part = staged.model_dump(mode="json")
         for k, (item, t) in enumerate(zip(tensor_items, tensors)):
             results.append(

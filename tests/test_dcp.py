@@ -305,6 +305,34 @@ def test_writer_pickles_without_handles(tmp_path: Any) -> None:
     assert not [n for n in os.listdir(os.path.join(str(tmp_path / "s"), "locks")) if n.startswith("save-")]
 
 
+def test_ranks_on_one_machine_split_its_cores(tmp_path: Any) -> None:
+    from torch.distributed.checkpoint.planner import SavePlan
+
+    w = CkptstoreWriter(str(tmp_path / "s"), step=1)
+    local = w.prepare_local_plan(SavePlan(items=[]))
+    assert isinstance(local.storage_data, dict) and local.storage_data["host"]
+    plans = [SavePlan(items=[], storage_data={"host": h}) for h in ("a", "a", "b", "a")]
+    assert [p.storage_data["peers"] for p in w.prepare_global_plan(plans)] == [3, 3, 1, 3]
+
+
+@pytest.mark.parametrize("cores", [1, 3])
+def test_stage_keeps_to_the_cores_it_is_given(tmp_path: Any, cores: int, monkeypatch: Any) -> None:
+    from ckptstore.pipeline import _pools, _writer
+
+    sizes: list[int] = []
+
+    def recording(workers: int, name: str) -> Any:
+        sizes.append(workers)
+        return _pools.borrow(workers, name)
+
+    monkeypatch.setattr(_writer, "borrow", recording)
+    state = {f"w{i}": torch.randn(1 << 20) for i in range(6)}  # 24 MiB: the threaded writer
+    with Store(str(tmp_path / "s"), workers=8) as store, store.session() as s:
+        s.stage(state, cores=cores)
+    # one thread per core, two where writes wait for the device (direct I/O); never fewer than 2
+    assert sizes and sizes[-1] in {max(2, cores), max(2, 2 * cores)}
+
+
 # -- faults, S3, async process mode (slow: a few more process groups) ---------------------------------
 def _survived(uri: str, steps: list[int], **load_kw: Any) -> None:
     """Exactly ``steps`` are listed; each loads (full tensors, exact values) and verifies."""

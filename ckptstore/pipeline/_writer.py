@@ -264,11 +264,14 @@ def write_blobs(
     progress: Callable[[int], None] | None = None,
     suspect: frozenset[str] = frozenset(),
     written: set[str] | None = None,
+    cores: int | None = None,
 ) -> WriteResult:
     """Write every planned blob's bytes as durable objects; the blob table and the objects used.
 
     ``codec`` is the user's compression (``none`` or ``zstd``); ``groups`` gives each blob's
     byte-group width (from its dtype) so ``zstd`` becomes ``zstd-bg2`` / ``blosc-zstd-bg4/8`` where that helps.
+    ``cores``: the CPU cores this save may keep busy (default: all; a process sharing the machine
+    with others that save at once passes its share).
     When this returns, every object is durable under its name. ``written``: a set this fills with
     the objects the save creates as each lands (so a caller can remove them after a failure).
     """
@@ -288,7 +291,7 @@ def write_blobs(
     # (writeback runs in the kernel): tasks are CPU work (hashing, copies, compression), so one
     # thread per core. Direct writes wait for the device: two threads per core keep it busy
     # (not when compressing: then the CPU is the limit, and each thread holds codec buffers).
-    cores = os.cpu_count() or 2
+    cores = max(1, cores or os.cpu_count() or 2)
     waits = isinstance(sink, LocalSink) and sink.direct and not compressing
     threads = workers if sink.joins_parts else max(2, min(workers, 2 * cores if waits else cores))
     if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight

@@ -228,11 +228,15 @@ class SaveSession:
         step: int | None = None,
         metrics: Mapping[str, float] | None = None,
         tags: Iterable[str] = (),
+        cores: int | None = None,
     ) -> Staged:
         """Write the tensors of ``state`` as objects (deduplicated against the store, durable when
         this returns) and encode the rest as a JSON tree. ``step``, ``metrics`` and ``tags`` only
         label messages and the disk-space guard's plan (``on_low_space="make_room"``).
-        ``compression``, ``allow_pickle``, ``progress``: as in ``Store.save``."""
+        ``compression``, ``allow_pickle``, ``progress``: as in ``Store.save``. ``cores``: how many
+        CPU cores the writer threads may keep busy (default: all of the machine's; a process that
+        stages while others on the same machine do, such as one rank of several, passes its
+        share so that they do not crowd the cores)."""
         _lease, index, space = self._require_open()
         store = self.store
         codec = store.compression if compression is None else resolve_compression(compression)
@@ -276,6 +280,7 @@ class SaveSession:
                 progress=bar,
                 suspect=suspect,
                 written=self._written,
+                cores=cores,
             )
         self.backend.sync()  # objects' names are durable before any manifest names them
         self._suspect |= suspect & set(res.objects)
