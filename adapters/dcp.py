@@ -51,8 +51,7 @@ READ_BATCH_BYTES = 64 << 20
 
 def _core_share(peers: int) -> int:
     """The CPU cores one of ``peers`` ranks saving at once on this machine may keep busy."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, peers))
+    return max(1, (os.cpu_count() or 1) // max(1, peers))  # as the writer counts the machine's cores
 
 
 def _done(value: Any) -> Future:

@@ -64,6 +64,10 @@ def test_bad_out_is_refused(saved):
             store.load_tensors([i], out=[None, None])
         with pytest.raises(ValueError, match="shape"):
             store.load_tensors([i], out=[torch.zeros(300, 999)])
+        untouched = torch.zeros(300, 1000)
+        with pytest.raises(ValueError, match="shape"):  # refused before any read
+            store.load_tensors([i, i], out=[untouched, torch.zeros(3)])
+        assert not untouched.any()
 
 
 @pytest.mark.parametrize("where", ["start", "end"])

@@ -174,7 +174,11 @@ class _Loader:
         self.local = backend.local_path(object_key(next(iter(m.objects)))) is not None if m.objects else False
 
     def check(self, key: str, data: np.ndarray) -> None:
-        if self.verify and _hashing.digest(data, parallel=False) != key:
+        if self.verify:
+            self._compare(key, _hashing.digest(data, parallel=False))
+
+    def _compare(self, key: str, digest: str) -> None:
+        if digest != key:
             raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged", key)
 
     def decode(self, key: str, stored: np.ndarray, out: np.ndarray) -> None:
@@ -251,8 +255,8 @@ class _Loader:
                 got += n
         finally:
             os.close(fd)
-        if h is not None and h.hexdigest() != key:
-            raise IntegrityError(f"{self.where}: object {key} does not match its hash; the checkpoint is damaged", key)
+        if h is not None:
+            self._compare(key, h.hexdigest())
         return out
 
     def place(self, src: np.ndarray, uses: list[_Use]) -> None:
@@ -424,9 +428,9 @@ def read_blobs(
             bufs[bi] = host[seg.offset : seg.offset + seg.length]
     given = set(into or ())
     for bi, b in enumerate(m.blobs):
-        if bufs[bi] is not None and bi not in given:
-            continue
         if bi not in given:
+            if bufs[bi] is not None:  # mapped, or a view of a pack read whole
+                continue
             try:
                 bufs[bi] = torch.empty(b.nbytes, dtype=torch.uint8, device=devices[bi])
             except RuntimeError as e:

@@ -376,6 +376,13 @@ class Store:
         if out is not None and len(targets) != len(wanted):
             raise ValueError(f"out has {len(targets)} entries for {len(wanted)} indices; give one per index")
         sel = select_tensors(m, wanted)
+        for j, dst in enumerate(targets):  # before any read: a refused out leaves every tensor as it was
+            e = sel.tensors[j]
+            if dst is not None and (e.kind != "torch" or tuple(dst.shape) != tuple(e.shape)):
+                raise ValueError(
+                    f"out[{j}] has shape {tuple(dst.shape)}; tensor entry {wanted[j]} of {where} is "
+                    f"{'a numpy array of shape ' if e.kind != 'torch' else ''}{tuple(e.shape)}"
+                )
         into = _direct_targets(sel, targets)
         loaded = self._read_tensors(
             info,
@@ -394,14 +401,8 @@ class Store:
                 if not dst.is_inference():  # written in place: autograd must see it, as after copy_
                     torch.autograd.graph.increment_version(dst)
             else:
-                src = loaded[j]
-                if not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(dst.shape):
-                    raise ValueError(
-                        f"out[{j}] has shape {tuple(dst.shape)}; tensor entry {wanted[j]} of {where} is "
-                        f"{tuple(getattr(src, 'shape', ()))}"
-                    )
                 with torch.no_grad():
-                    dst.copy_(src)
+                    dst.copy_(loaded[j])
             loaded[j] = dst
         return loaded
 
