@@ -107,8 +107,9 @@ class PeakRss:
             except OSError:
                 self.exact = False
 
-    def run(self, fn: Callable[[], Any]) -> tuple[Any, int]:
-        gc.collect()
+    def run(self, fn: Callable[[], Any], collect: bool = True) -> tuple[Any, int]:
+        if collect:
+            gc.collect()
         if self.exact:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5\n")

@@ -22,6 +22,7 @@ cache for both). Writes JSON to ``benchmarks/results/distributed.json`` and prin
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -113,11 +114,16 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
 
     def timed(fn: Callable[[], Any]) -> tuple[float, int]:
         peak = PeakRss()
+        gc.collect()  # before the clock starts: a full collection of this heap takes longer than a warm load
         dist.barrier()
-        t0 = time.perf_counter()
-        _, rss = peak.run(fn)
-        dist.barrier()
-        dt = time.perf_counter() - t0
+
+        def span() -> float:
+            t0 = time.perf_counter()
+            fn()
+            dist.barrier()
+            return time.perf_counter() - t0
+
+        dt, rss = peak.run(span, collect=False)
         rss_all: list[Any] = [None] * world
         dist.all_gather_object(rss_all, rss)
         return dt, max(rss_all)
