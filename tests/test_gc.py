@@ -125,6 +125,27 @@ def test_stored_policy_persists_and_applies_to_every_writer(tmp_path, base):
     assert s1.plan_retention().remove == []
 
 
+def test_a_policy_another_writer_changes_applies_at_the_next_save(tmp_path, base):
+    """A Store keeps the stored policy it parsed only while ckptstore.json's bytes stay the same."""
+    root = tmp_path / "s"
+    s1 = Store(root)
+    s1.save(state(0, base), step=0)
+    s1.set_retention(Retention(keep_last=3))
+    for i in range(1, 5):
+        s1.save(state(i, base), step=i)
+    assert [c.step for c in s1.list()] == [2, 3, 4]
+    Store(root).set_retention(Retention(keep_last=1))  # another process changes it
+    s1.save(state(5, base), step=5)
+    assert [c.step for c in s1.list()] == [5]
+    cfg = root / "ckptstore.json"  # damaged after s1 read it: s1 applies nothing, and says why
+    data = cfg.read_bytes()
+    assert b'"keep_last":1' in data.replace(b" ", b"")
+    cfg.write_bytes(data.replace(b'"pinned"', b'"pinnee"'))
+    with pytest.warns(ckptstore.CkptstoreWarning, match="checksum"):
+        s1.save(state(6, base), step=6)
+    assert [c.step for c in s1.list()] == [5, 6]
+
+
 def test_pinned_checkpoint_survives(tmp_path, base):
     store = Store(tmp_path / "s", retention=Retention(keep_last=1))
     store.save(state(0, base), step=0, tags=["pinned"])

@@ -6,6 +6,7 @@ does not match these grammars (temporary files, foreign files) is ignored by rea
 
 from __future__ import annotations
 
+import functools
 import re
 
 CONFIG_KEY = "ckptstore.json"
@@ -33,6 +34,7 @@ def manifest_key(step: int, digest: str) -> str:
     return f"{MANIFESTS_DIR}/{step:0{STEP_DIGITS}d}-{digest}.json"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every save and listing parses every manifest's name
 def parse_manifest_key(key: str) -> tuple[int, str] | None:
     """(step, manifest hash) for a manifest key, or None when the key is not one."""
     m = MANIFEST_KEY_RE.match(key)

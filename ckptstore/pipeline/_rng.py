@@ -37,7 +37,7 @@ def capture_rng_state() -> RngState:
         name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
         np_state = NumpyRng(
             bit_generator=str(name),
-            state=[int(k) for k in keys],
+            state=keys.tolist() if hasattr(keys, "tolist") else [int(k) for k in keys],
             pos=int(pos),
             has_gauss=int(has_gauss),
             cached_gaussian=float(cached),

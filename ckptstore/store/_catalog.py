@@ -126,6 +126,8 @@ class Catalog:
         self._newer: dict[str, int] = {}  # manifest key -> step, for manifests of a newer format version
         self._config: StoreConfig | None = None
         self._config_damage: str | None = None
+        self._config_bytes: bytes | None = None  # what _config was parsed from
+        self._policy: tuple[bytes, Retention | None] | None = None  # the stored policy, and its config's bytes
         self._index: DedupIndex | None = None
         self._index_keys: set[str] | None = None  # manifests present when the index was last checked
 
@@ -201,13 +203,18 @@ class Catalog:
             return self.config()
 
     def _set_config(self, data: bytes) -> StoreConfig:
-        """Parse and cache config bytes; remember whether their checksum matches."""
+        """Parse and cache config bytes; remember whether their checksum matches. The same bytes
+        again (every save re-reads the config for its policy) are not parsed again."""
+        with self._lock:
+            if self._config is not None and data == self._config_bytes:
+                return self._config
         where = self.backend.describe(CONFIG_KEY)
         cfg = parse_store_config(data, where)
         damage = config_damage(data, cfg, where)
         with self._lock:
             self._config = cfg
             self._config_damage = damage
+            self._config_bytes = data
         return cfg
 
     def config_damage(self) -> str | None:
@@ -236,7 +243,12 @@ class Catalog:
             return None
         cfg = self._set_config(data)
         self.refuse_damaged_config("applying its retention policy")
-        return None if cfg.retention is None else Retention.from_json(cfg.retention)
+        cached = self._policy
+        if cached is not None and cached[0] == data:
+            return cached[1]
+        policy = None if cfg.retention is None else Retention.from_json(cfg.retention)
+        self._policy = (data, policy)
+        return policy
 
     def set_stored_policy(self, policy: Retention | None) -> None:
         """Write ``policy`` (None: remove it) into ``ckptstore.json``, atomically, with a fresh
