@@ -12,7 +12,11 @@ When a process group of more than one rank is initialized, the Checkpointer:
   one process), broadcast to all, loaded into every rank's objects in place with
   ``load_distributed`` (any world size, any sharding).
 
-RNG states are per rank and are neither recorded nor restored in this mode.
+Each rank's RNG states (Python, NumPy, torch, CUDA) are saved with the checkpoint, under
+``RNG_KEY`` in its state as JSON text keyed by rank (the coordinator's also as the manifest's
+``rng``, which a one-process resume restores); a resume on the same number of ranks gives every
+rank back its own. On a different number of ranks, or from a checkpoint one process wrote, they
+are not restored (rank 0 warns once).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, fallba
 from ._warn import warn as _warn
 
 TRIGGERS = ("manual", "every_steps", "every_seconds", "final", "best", "epoch_end")
+#: where each rank's RNG states go in a distributed Checkpointer's state
+RNG_KEY = "_ckptstore_rng"
 
 
 def active() -> bool:
@@ -46,6 +52,7 @@ class DistSync:
         # a group of our own: never interleaves with the training's collectives, and works on CPU
         # tensors whatever the default backend is (NCCL)
         self.group = dist.new_group(backend="gloo")
+        self._rng_text: str | None = None  # this rank's RNG states from the checkpoint resumed
 
     def agree(self, triggers: list[str], sig: signal.Signals | None) -> tuple[list[str], signal.Signals | None]:
         """The union of every rank's triggers, and the signal any rank caught."""
@@ -72,7 +79,11 @@ class DistSync:
     def save(self, store: Store, state: Any, **kw: Any) -> CheckpointInfo:
         kw.pop("progress", None)
         kw.pop("allow_pickle", None)  # a distributed save never pickles
-        kw["rng"] = False  # per-rank states: not recorded (module docstring)
+        rng = kw.get("rng")
+        if isinstance(rng, ckptstore.RngState):  # every rank's own, in the state (module docstring)
+            state = {**state, RNG_KEY: {str(self.rank): rng.model_dump_json()}}
+        else:
+            kw["rng"] = False
         from .dcp import save_distributed  # DCP is imported only when a distributed run saves
 
         return save_distributed(state, store, **kw)
@@ -115,13 +126,38 @@ class DistSync:
                 state[name] = [o.state_dict() for o in obj] if isinstance(obj, (list, tuple)) else obj.state_dict()
         if isinstance(extra, Mapping) and extra:
             state["extra"] = dict(extra)
+        state[RNG_KEY] = {str(self.rank): ""}  # a leaf of the saved kind, for DCP to fill
         from .dcp import CkptstoreLoadPlanner, load_distributed
 
         load_distributed(state, store, id=info.id, planner=CkptstoreLoadPlanner(allow_partial_load=True))
+        text = state.pop(RNG_KEY, {}).get(str(self.rank))
+        self._rng_text = text if isinstance(text, str) and text else None
         found = Resumable(info, state, skipped)
         if skipped:
             _warn(fallback_message(found, store.uri), ResumeFallbackWarning)
         return found
+
+    def restore_rng(self, store: Store, info: CheckpointInfo) -> list[str]:
+        """Give this rank the RNG states it had when ``info`` (just resumed) was saved; what was
+        not restored (all of it when the checkpoint came from another number of ranks)."""
+        text, self._rng_text = self._rng_text, None
+        m = store.manifest(id=info.id)
+        saved_world = m.distributed.world_size if m.distributed is not None else 1
+        if text is None or saved_world != self.world:
+            why = (
+                f"it was saved by {saved_world} process{'es' if saved_world != 1 else ''}, this run has {self.world}"
+                if saved_world != self.world
+                else "it holds none for this rank (saved with rng off)"
+            )
+            if self.rank == 0:
+                _warn(
+                    f"ckptstore: RNG states not restored from step {info.step}: {why}; random streams will "
+                    "differ from an uninterrupted run"
+                )
+            return ["every RNG"]
+        from ._resume import restore_rng_states
+
+        return restore_rng_states(ckptstore.RngState.model_validate_json(text), info.step)
 
 
 def _pick(

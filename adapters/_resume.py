@@ -228,17 +228,22 @@ def restore_into(
     saved_extra = state.get("extra")
     if isinstance(extra, dict) and isinstance(saved_extra, Mapping):
         extra.update(saved_extra)
-    skipped: list[str] = []
-    if rng and info.rng is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            skipped = ckptstore.restore_rng(info)
-        if skipped:
-            _warn(
-                f"ckptstore: resumed step {info.step} on a machine without {', '.join(skipped)}: those RNG "
-                "states were not restored (random streams on them will differ from an uninterrupted run)"
-            )
-        for w in caught:
-            if not str(w.message).startswith("RNG states not restored"):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    skipped = restore_rng_states(info.rng, info.step) if rng and info.rng is not None else []
     return restored, missing, skipped
+
+
+def restore_rng_states(rng: ckptstore.RngState, step: int) -> list[str]:
+    """Apply RNG states saved at ``step``; one warning names the kinds this machine lacks
+    (returned)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        skipped = ckptstore.restore_rng(rng)
+    if skipped:
+        _warn(
+            f"ckptstore: resumed step {step} on a machine without {', '.join(skipped)}: those RNG "
+            "states were not restored (random streams on them will differ from an uninterrupted run)"
+        )
+    for w in caught:
+        if not str(w.message).startswith("RNG states not restored"):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return skipped

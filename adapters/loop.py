@@ -314,6 +314,8 @@ class Checkpointer:
         restored, missing, rng_skipped = restore_into(
             found, self._objects, self._extra, rng=self.restore_rng and self._dist is None, uri=self.uri
         )
+        if self._dist is not None and self.restore_rng:  # each rank its own states
+            rng_skipped = self._dist.restore_rng(self.store, info)
         saved_extra = state.get("extra")
         drift = self._check_drift(info)
         meta = info.meta or {}

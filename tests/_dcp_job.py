@@ -267,11 +267,30 @@ def op_kill(ctx: dict[str, Any], step: int, rank: int, at: str) -> dict[str, Any
     return {"raised": raised, "broken": True}  # the group lost a member: the worker stops here
 
 
+def _draw() -> list[float]:
+    """Numbers from the global RNGs a training step uses (dropout, shuffling)."""
+    import random
+
+    import numpy as np
+
+    return [*torch.rand(2).tolist(), random.random(), float(np.random.rand())]
+
+
 def op_loop(
-    ctx: dict[str, Any], steps: int, every: int, kill_rank: int | None = None, kill_at: int | None = None
+    ctx: dict[str, Any],
+    steps: int,
+    every: int,
+    kill_rank: int | None = None,
+    kill_at: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The raw-loop Checkpointer under a process group (as under torchrun), DDP model: every rank
-    calls step(); ``kill_rank`` sends itself SIGTERM after loop index ``kill_at``."""
+    calls step(); ``kill_rank`` sends itself SIGTERM after loop index ``kill_at``. Each rank seeds
+    its RNGs with ``seed + rank`` and draws from them after every step (``draws[step]``: the
+    first numbers after that step's checkpoint) and once after resuming (``after_resume``)."""
+    import random
+
+    import numpy as np
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     import ckptstore
@@ -281,11 +300,17 @@ def op_loop(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     extra = {"seen": 0}
     ckpt = Checkpointer(ctx["uri"], every_steps=every, keep_last=2)
+    torch.manual_seed(seed + ctx["rank"])
+    random.seed(seed + ctx["rank"])
+    np.random.seed(seed + ctx["rank"])
     start = ckpt.resume(model=model, optimizer=opt, extra=extra)
     out: dict[str, Any] = {
         "start": start,
         "seen": extra["seen"],
         "skipped": [d.step for d in (ckpt.resumed.skipped if ckpt.resumed else ())],
+        "rng_skipped": list(ckpt.resumed.rng_skipped) if ckpt.resumed else None,
+        "after_resume": _draw(),
+        "draws": {},
     }
     if start:  # what was restored is exactly checkpoint `start`, on every rank
         saved = ckptstore.load(ctx["uri"], step=start)
@@ -298,6 +323,7 @@ def op_loop(
             if ctx["rank"] == kill_rank and i == kill_at:
                 os.kill(os.getpid(), signal.SIGTERM)
             ckpt.step(i, metrics={"loss": float(i)})
+            out["draws"][i + 1] = _draw()
         ckpt.close()
     except SystemExit as e:
         out["exit"] = e.code

@@ -413,25 +413,60 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
     """Every rank calls step(): one commit per save, retention once, SIGTERM on one rank makes
     both save the same step and exit, resume agrees on one step past a damaged newest one."""
     uri = str(tmp_path / "store")
-    first = run_job(2, [["loop", {"steps": 9, "every": 2, "kill_rank": 1, "kill_at": 4}]], str(tmp_path / "a"), uri=uri)
+    first = run_job(
+        2, [["loop", {"steps": 9, "every": 2, "kill_rank": 1, "kill_at": 4, "seed": 100}]], str(tmp_path / "a"), uri=uri
+    )
     for rec in first:
         assert rec["status"] == "ok", rec["status"]
         assert rec["results"][0]["exit"] == 143 and rec["results"][0]["exit_step"] == 5, rec
+    draws = [rec["results"][0]["draws"] for rec in first]
+    assert draws[0]["4"] != draws[1]["4"]  # the ranks' random streams differ
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [4, 5]  # 2 removed by keep_last=2, once
     store = Store(uri)
     m4, m5 = store.manifest(4), store.manifest(5)
     assert m5.distributed is not None and m5.distributed.world_size == 2 and "signal:SIGTERM" in m5.meta["trigger"]
     victim = next(k for k in m5.objects if k not in m4.objects)
     os.remove(os.path.join(uri, "objects", victim[:2], victim))  # the newest checkpoint is damaged
-    second = run_job(2, [["loop", {"steps": 8, "every": 2}]], str(tmp_path / "b"), uri=uri)
-    for rec in second:
+    second = run_job(2, [["loop", {"steps": 8, "every": 2, "seed": 900}]], str(tmp_path / "b"), uri=uri)
+    for rank, rec in enumerate(second):
         assert rec["status"] == "ok", rec["status"]
         r = rec["results"][0]
         assert (r["start"], r["skipped"], r["seen"]) == (4, [5], 4), r
         assert r["model_ok"] and r["optim_ok"], r
+        # each rank continues its own random streams from step 4 (torch, random, NumPy)
+        assert r["rng_skipped"] == [] and r["after_resume"] == draws[rank]["4"], (rank, r["after_resume"], draws)
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [6, 8]
     for step in (6, 8):
         store.verify(step)
+
+
+def test_checkpointer_ranks_keep_fresh_rng_when_one_process_wrote_the_checkpoint(tmp_path: Any) -> None:
+    """RNG states from another number of processes are not restored: every rank resumes the
+    weights and says (in rng_skipped) that its random streams start afresh."""
+    from ckptstore.adapters.loop import Checkpointer
+
+    uri = str(tmp_path / "store")
+
+    class Wrapped(torch.nn.Module):  # the parameter names DDP gives the model under two ranks
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = make_model()
+
+    model = Wrapped()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = Checkpointer(uri, every_steps=1)
+    assert ckpt.resume(model=model, optimizer=opt) == 0
+    for i in range(3):
+        opt_step(model.module, opt)
+        ckpt.step(i)
+    ckpt.close()
+    recs = run_job(2, [["loop", {"steps": 4, "every": 2, "seed": 900}]], str(tmp_path / "job"), uri=uri)
+    for rec in recs:
+        assert rec["status"] == "ok", rec["status"]
+        r = rec["results"][0]
+        assert r["start"] == 3 and r["model_ok"], r
+        assert r["rng_skipped"] == ["every RNG"], r
+    assert Store(uri).manifest(4).rng is not None  # the 2-rank save records the coordinator's
 
 
 def test_ranks_that_resolved_different_checkpoints_refuse_to_load(tmp_path: Any) -> None:
