@@ -423,8 +423,8 @@ class Checkpointer:
         if self._dist is not None:  # every rank saves at the same steps, and stops on any rank's signal
             triggers, sig = self._dist.agree(triggers, None if self._signal_handled else sig)
         saved = False
-        if triggers and done not in self._requested and (self._objects or self._extra is not None):
-            self._save(done, triggers, metrics if values is None else values)
+        if triggers and done not in self._requested:
+            self._save(done, triggers, metrics if values is None else values)  # raises when given nothing
             saved = True
         if sig is not None:
             self._on_signal(sig)

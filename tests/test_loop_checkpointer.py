@@ -415,3 +415,16 @@ def test_a_one_based_step_past_total_steps_warns(tmp_path: Path) -> None:
             ck.step(step, model=model)
         ck.close()
     assert len([w for w in caught if "0-based" in str(w.message)]) == 1
+
+
+def test_a_save_with_nothing_tracked_is_an_error_not_silence(tmp_path: Path) -> None:
+    """step() whose trigger fires before any model/optimizer was passed says so (it used to
+    return False and write nothing, every time); epoch_end() and save() already did."""
+    ckpt = Checkpointer(tmp_path / "run", every_steps=2)
+    assert ckpt.step(0) is False  # no trigger yet: nothing to complain about
+    with pytest.raises(RuntimeError, match="nothing to save: pass model="):
+        ckpt.step(1)
+    model, opt, _ = _setup()
+    assert ckpt.step(3, model=model, optimizer=opt) is True
+    ckpt.close()
+    assert [i.step for i in ckptstore.list_checkpoints(tmp_path / "run")] == [4]
