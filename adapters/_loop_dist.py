@@ -6,8 +6,10 @@ When a process group of more than one rank is initialized, the Checkpointer:
   of the triggers that fired on this rank and the number of any signal it caught, on a gloo
   group of its own, so every rank saves at the same step (a SIGTERM on one rank makes all save
   at that step and exit);
-- saves through DCP (``save_distributed``): each rank writes its shards, the coordinator commits
-  once and applies retention once;
+- saves through DCP (``save_distributed``) on a gloo group of its own: each rank writes its
+  shards, the coordinator commits once and applies retention once. With ``async_save`` each
+  rank stages a copy of its state (DTensors: their local shards) and the save, collectives
+  included, runs on a background thread while training goes on;
 - resumes from the checkpoint rank 0 chose (the newest that verifies, with the same fallback as
   one process), broadcast to all, loaded into every rank's objects in place with
   ``load_distributed`` (any world size, any sharding).
@@ -52,6 +54,9 @@ class DistSync:
         # a group of our own: never interleaves with the training's collectives, and works on CPU
         # tensors whatever the default backend is (NCCL)
         self.group = dist.new_group(backend="gloo")
+        # and one for saves: a background save's collectives (DCP's plans, the commit) run on
+        # it while the training thread agrees on the next step on ``group``
+        self.save_group = dist.new_group(backend="gloo")
         self._rng_text: str | None = None  # this rank's RNG states from the checkpoint resumed
 
     def agree(self, triggers: list[str], sig: signal.Signals | None) -> tuple[list[str], signal.Signals | None]:
@@ -86,7 +91,7 @@ class DistSync:
             kw["rng"] = False
         from .dcp import save_distributed  # DCP is imported only when a distributed run saves
 
-        return save_distributed(state, store, **kw)
+        return save_distributed(state, store, process_group=self.save_group, **kw)
 
     # -- resume -----------------------------------------------------------------------------------
     def choose(

@@ -97,7 +97,8 @@ class Saver:
         def write() -> None:
             try:
                 snap.wait()
-                on_commit(self.store.save(snap.tree, **kw))
+                dist = self.dist
+                on_commit(self.store.save(snap.tree, **kw) if dist is None else dist.save(self.store, snap.tree, **kw))
             except BaseException:
                 on_fail()
                 raise

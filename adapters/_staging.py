@@ -12,6 +12,8 @@ rebuilds the state's containers and copies every tensor into its own slice of th
   (GPU-side, the CPU does not block), so kernels queued later cannot change a tensor before it
   is copied. With ``defer``, the wait for those tensors moves to :meth:`Snapshot.barrier`
   (called from an optimizer step pre-hook), letting the copy overlap forward and backward.
+- DTensors (FSDP2, tensor parallel): their local shard is staged as above and wrapped back
+  into a DTensor of the same mesh, placements, global shape and stride (no communication).
 - anything else (MPS, odd tensors): copied synchronously or passed through unchanged (the
   store then reports what it cannot save).
 
@@ -24,6 +26,7 @@ landed; only then may the tree be read.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,6 +54,27 @@ def _stageable(t: torch.Tensor) -> bool:
         and not t.is_nested
         and t.device.type in ("cpu", "cuda", "mps")
     )
+
+
+@functools.cache
+def _dtensor_type() -> Any:
+    """torch's DTensor class, or None when this torch has none (or no torch.distributed)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5 kept it private
+        try:
+            from torch.distributed._tensor import DTensor
+        except ImportError:
+            return None
+    return DTensor
+
+
+def _local_shard(t: torch.Tensor) -> torch.Tensor | None:
+    """The local shard of a DTensor (None for any other tensor)."""
+    cls = _dtensor_type() if type(t) not in (torch.Tensor, torch.nn.Parameter) else None
+    if cls is None or not isinstance(t, cls):
+        return None
+    return t.to_local().detach()
 
 
 def _cuda_ok(err: Any) -> bool:
@@ -225,6 +249,9 @@ class StagingBuffers:
         sources: dict[tuple[Any, ...], _Slot] = {}
 
         def visit(t: torch.Tensor) -> Any:
+            local = _local_shard(t)
+            if local is not None:
+                return _DSlot(visit(local), t)
             if not _stageable(t):
                 return t
             if t.numel() == 0:
@@ -261,7 +288,7 @@ class StagingBuffers:
             assert arena is not None
             slot.dst = arena.view(off, n, slot.src.dtype, slot.src.shape)
             copies.append(_Copy(slot.src, slot.dst, bool(defer and defer(slot.src))))
-        staged = _rebuild(skeleton, lambda x: x.dst if isinstance(x, _Slot) else x, copy_arrays=False)
+        staged = _rebuild(skeleton, _staged_leaf, copy_arrays=False)
         snap = Snapshot(staged, offset, self)
         self._active = snap
         try:
@@ -337,11 +364,33 @@ class _Slot:
         self.dst: torch.Tensor | None = None
 
 
+class _DSlot:
+    """A DTensor being staged: its local shard's slot (or the shard itself when not staged)."""
+
+    __slots__ = ("inner", "src")
+
+    def __init__(self, inner: Any, src: torch.Tensor) -> None:
+        self.inner = inner
+        self.src = src
+
+
+def _staged_leaf(x: Any) -> Any:
+    if isinstance(x, _Slot):
+        return x.dst
+    if isinstance(x, _DSlot):
+        local = _staged_leaf(x.inner)
+        src: Any = x.src
+        return type(src).from_local(
+            local, src.device_mesh, src.placements, run_check=False, shape=src.shape, stride=src.stride()
+        )
+    return x
+
+
 def _rebuild(node: Any, leaf: Callable[[Any], Any], *, copy_arrays: bool = True, _depth: int = 0) -> Any:
     """Copy containers (dict, OrderedDict, list, tuple, set, numpy arrays); tensors (first
     pass) or slots (second pass) go through ``leaf``; other leaves are kept as they are."""
     t = type(node)
-    if isinstance(node, (torch.Tensor, _Slot)):
+    if isinstance(node, (torch.Tensor, _Slot, _DSlot)):
         return leaf(node)
     if _depth > 200:  # the store reports over-deep states; do not recurse forever here
         return node
@@ -367,6 +416,9 @@ def tensor_bytes(tree: Any) -> tuple[int, bool]:
 
     def leaf(t: Any) -> Any:
         nonlocal total, cuda
+        local = _local_shard(t) if isinstance(t, torch.Tensor) else None
+        if local is not None:
+            t = local
         if isinstance(t, torch.Tensor) and _stageable(t) and t.numel():
             key = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
             if key not in seen:

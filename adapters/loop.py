@@ -153,9 +153,6 @@ class Checkpointer:
         # group of several ranks is initialized); False: this process saves alone (e.g. rank 0 only)
         use_dist = _loop_dist.active() if distributed is None else bool(distributed)
         self._dist = _loop_dist.DistSync() if use_dist else None
-        if self._dist is not None and self.async_save:
-            warn("ckptstore: async_save is not supported under torch.distributed yet; saving synchronously")
-            self.async_save = self.overlap_copy = False
         self._saver = Saver(self.store, async_save=self.async_save, retention=retention, dist=self._dist)
         self._saver.aborted = lambda: self._signals.aborted
         self._hooks: dict[int, Any] = {}

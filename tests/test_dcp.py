@@ -440,6 +440,24 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
         store.verify(step)
 
 
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_checkpointer_async_save_under_a_process_group(tmp_path: Any, fsdp: bool) -> None:
+    """async_save=True under a process group saves in the background (no fallback): each rank
+    stages its state (FSDP2: DTensor shards), training changes the weights right after step()
+    returns, and every checkpoint holds exactly the weights of its step."""
+    uri = str(tmp_path / "store")
+    recs = run_job(2, [["loop_async", {"steps": 7, "every": 2, "fsdp": fsdp}]], str(tmp_path / "job"), uri=uri)
+    for rec in recs:
+        assert rec["status"] == "ok", rec["status"]
+        r = rec["results"][0]
+        assert r["staged"] and r["saved"] == [2, 4, 6], r
+    exact = recs[0]["results"][0]["exact"]
+    assert exact == {"2": True, "4": True, "6": True}, exact
+    assert [i.step for i in ckptstore.list_checkpoints(uri)] == [2, 4, 6, 7]  # 7: the save at close
+    for step in (2, 4, 6, 7):
+        Store(uri).verify(step)
+
+
 def test_checkpointer_ranks_keep_fresh_rng_when_one_process_wrote_the_checkpoint(tmp_path: Any) -> None:
     """RNG states from another number of processes are not restored: every rank resumes the
     weights and says (in rng_skipped) that its random streams start afresh."""
