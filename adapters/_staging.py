@@ -41,7 +41,11 @@ __all__ = ["Snapshot", "StagingBuffers", "storage_key", "tensor_bytes"]
 
 
 def storage_key(t: torch.Tensor) -> tuple[str, int]:
-    """Identifies the memory a tensor lives in: (device, storage data pointer)."""
+    """Identifies the memory a tensor lives in: (device, storage data pointer); for a DTensor,
+    its local shard's (a DTensor has no storage of its own)."""
+    local = _local_shard(t)
+    if local is not None:
+        t = local
     return str(t.device), t.untyped_storage().data_ptr()
 
 

@@ -331,7 +331,14 @@ def op_loop(
     return out
 
 
-def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = False) -> dict[str, Any]:
+def op_loop_async(
+    ctx: dict[str, Any],
+    steps: int,
+    every: int,
+    fsdp: bool = False,
+    sizes: tuple[int, ...] = (16, 30, 10, 3),
+    overlap: bool = False,
+) -> dict[str, Any]:
     """The Checkpointer with ``async_save`` under a process group: after each step() that saved,
     training changes the weights at once (while the save runs in the background). Records the
     full weights each save should hold; rank 0 then checks every checkpoint holds exactly those."""
@@ -341,11 +348,11 @@ def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = Fals
     from ckptstore.adapters.loop import Checkpointer
 
     if fsdp:
-        model, opt = _fsdp(ctx["world"], (16, 30, 10, 3))
+        model, opt = _fsdp(ctx["world"], tuple(sizes))
     else:
         model = DDP(make_model())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ckpt = Checkpointer(ctx["uri"], every_steps=every, async_save=True)
+    ckpt = Checkpointer(ctx["uri"], every_steps=every, async_save=True, overlap_copy=overlap)
     assert ckpt.resume(model=model, optimizer=opt) == 0
     staged = ckpt._saver.staging is not None  # noqa: SLF001 - async mode kept (it used to fall back)
     expected: dict[int, dict[str, torch.Tensor]] = {}
@@ -359,9 +366,10 @@ def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = Fals
                 for k, v in model.state_dict().items()
             }
             expected[i + 1] = full
-            with torch.no_grad():  # training goes on at once: the checkpoint must not see this
-                for p in model.parameters():
-                    p.add_(1000.0)
+            if not overlap:  # with overlap_copy only optimizer steps (which wait) may change them
+                with torch.no_grad():  # training goes on at once: the checkpoint must not see this
+                    for p in model.parameters():
+                        p.add_(1000.0)
     ckpt.close()
     out: dict[str, Any] = {"saved": sorted(expected), "busy": busy, "staged": staged}
     if ctx["rank"] == 0:

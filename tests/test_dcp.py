@@ -440,13 +440,20 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
         store.verify(step)
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_checkpointer_async_save_under_a_process_group(tmp_path: Any, fsdp: bool) -> None:
+@pytest.mark.parametrize(
+    "fsdp,overlap", [(False, False), (True, False), (True, True)], ids=["ddp", "fsdp2", "fsdp2-overlap_copy"]
+)
+def test_checkpointer_async_save_under_a_process_group(tmp_path: Any, fsdp: bool, overlap: bool) -> None:
     """async_save=True under a process group saves in the background (no fallback): each rank
     stages its state (FSDP2: DTensor shards), training changes the weights right after step()
-    returns, and every checkpoint holds exactly the weights of its step."""
+    returns, and every checkpoint holds exactly the weights of its step. With overlap_copy the
+    DTensor parameters' copies wait for the optimizer step (it used to fail: a DTensor has no
+    storage); the 5x3 and 1x5 weights shard unevenly (rank 1 holds no row of the 1x5)."""
     uri = str(tmp_path / "store")
-    recs = run_job(2, [["loop_async", {"steps": 7, "every": 2, "fsdp": fsdp}]], str(tmp_path / "job"), uri=uri)
+    kw: dict[str, Any] = {"steps": 7, "every": 2, "fsdp": fsdp, "overlap": overlap}
+    if overlap:
+        kw["sizes"] = (3, 5, 1)
+    recs = run_job(2, [["loop_async", kw]], str(tmp_path / "job"), uri=uri)
     for rec in recs:
         assert rec["status"] == "ok", rec["status"]
         r = rec["results"][0]
