@@ -384,6 +384,13 @@ def _staged_leaf(x: Any) -> Any:
     if isinstance(x, _DSlot):
         local = _staged_leaf(x.inner)
         src: Any = x.src
+        # the source's spec (mesh, placements, global shape and stride), around the staged shard
+        # where it lies. Not DTensor.from_local: it moves a shard to the mesh's device, so on a
+        # CUDA mesh the host copy would go back to the GPU (memory doubled), and since this runs
+        # before the copies are made, that copy would read the buffer before the data is in it
+        spec = getattr(src, "_spec", None)
+        if spec is not None:
+            return type(src)(local, spec, requires_grad=False)
         return type(src).from_local(
             local, src.device_mesh, src.placements, run_check=False, shape=src.shape, stride=src.stride()
         )
