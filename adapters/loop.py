@@ -32,6 +32,7 @@ from ckptstore import CheckpointInfo, Store, import_torch_file
 
 from . import _loop_dist
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
+from ._loop_dist import PeerSaveError
 from ._options import keep_best_option, metric_values, positive
 from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, find_resumable, restore_into
 from ._saver import Saver, build_retention
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigDrift",
     "ConfigDriftWarning",
     "DamagedCheckpoint",
+    "PeerSaveError",
     "Resumable",
     "ResumeFallbackWarning",
     "ResumeInfo",
