@@ -41,6 +41,10 @@ TRIGGERS = ("manual", "every_steps", "every_seconds", "final", "best", "epoch_en
 RNG_KEY = "_ckptstore_rng"
 
 
+class PeerSaveError(CkptstoreError, RuntimeError):
+    """A background save failed on another rank; this rank stops at the same step()."""
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -59,15 +63,28 @@ class DistSync:
         self.save_group = dist.new_group(backend="gloo")
         self._rng_text: str | None = None  # this rank's RNG states from the checkpoint resumed
 
-    def agree(self, triggers: list[str], sig: signal.Signals | None) -> tuple[list[str], signal.Signals | None]:
-        """The union of every rank's triggers, and the signal any rank caught."""
+    def agree(
+        self, triggers: list[str], sig: signal.Signals | None, saver: Any = None
+    ) -> tuple[list[str], signal.Signals | None]:
+        """The union of every rank's triggers, and the signal any rank caught. With ``saver``,
+        also whether any rank's background save failed: then every rank raises here, at the same
+        call (its own save's error, or :class:`PeerSaveError`), so none goes on to a collective
+        the others will not join."""
         mask = 0
         for t in triggers:
             if t in TRIGGERS:
                 mask |= 1 << TRIGGERS.index(t)
-        box = torch.tensor([mask, int(sig) if sig is not None else 0], dtype=torch.int64)
+        failed = int(saver is not None and saver.failed)
+        box = torch.tensor([mask, int(sig) if sig is not None else 0, failed], dtype=torch.int64)
         dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.group)
         mask, signum = int(box[0]), int(box[1])
+        if saver is not None and int(box[2]):
+            saver.wait()  # this rank's save: raises its error (a failure in DCP fails every rank's)
+            raise PeerSaveError(
+                "ckptstore: the background save failed on another rank (its error is raised there); "
+                "every rank stops here so that none waits for the others in a collective. Fix the cause "
+                "and resume from the last checkpoint."
+            )
         agreed = [name for i, name in enumerate(TRIGGERS) if mask & (1 << i)]
         agreed += [t for t in triggers if t not in TRIGGERS and not t.startswith("signal:")]
         got = signal.Signals(signum) if signum else None

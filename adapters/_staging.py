@@ -41,7 +41,11 @@ __all__ = ["Snapshot", "StagingBuffers", "storage_key", "tensor_bytes"]
 
 
 def storage_key(t: torch.Tensor) -> tuple[str, int]:
-    """Identifies the memory a tensor lives in: (device, storage data pointer)."""
+    """Identifies the memory a tensor lives in: (device, storage data pointer); for a DTensor,
+    its local shard's (a DTensor has no storage of its own)."""
+    local = _local_shard(t)
+    if local is not None:
+        t = local
     return str(t.device), t.untyped_storage().data_ptr()
 
 
@@ -380,6 +384,13 @@ def _staged_leaf(x: Any) -> Any:
     if isinstance(x, _DSlot):
         local = _staged_leaf(x.inner)
         src: Any = x.src
+        # the source's spec (mesh, placements, global shape and stride), around the staged shard
+        # where it lies. Not DTensor.from_local: it moves a shard to the mesh's device, so on a
+        # CUDA mesh the host copy would go back to the GPU (memory doubled), and since this runs
+        # before the copies are made, that copy would read the buffer before the data is in it
+        spec = getattr(src, "_spec", None)
+        if spec is not None:
+            return type(src)(local, spec, requires_grad=False)
         return type(src).from_local(
             local, src.device_mesh, src.placements, run_check=False, shape=src.shape, stride=src.stride()
         )

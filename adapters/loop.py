@@ -32,6 +32,7 @@ from ckptstore import CheckpointInfo, Store, import_torch_file
 
 from . import _loop_dist
 from ._drift import ConfigDrift, ConfigDriftWarning, config_drift, plain_config
+from ._loop_dist import PeerSaveError
 from ._options import keep_best_option, metric_values, positive
 from ._resume import DamagedCheckpoint, Resumable, ResumeFallbackWarning, find_resumable, restore_into
 from ._saver import Saver, build_retention
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigDrift",
     "ConfigDriftWarning",
     "DamagedCheckpoint",
+    "PeerSaveError",
     "Resumable",
     "ResumeFallbackWarning",
     "ResumeInfo",
@@ -381,7 +383,7 @@ class Checkpointer:
     ) -> bool:
         """Call after loop index ``step`` (0-based) finished. Saves checkpoint ``step + 1`` when a
         trigger fires; True when a save was made (or started, with ``async_save``)."""
-        self._check()
+        self._check(agreed=True)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int (the loop index), not {step!r}")
         self._track(objects, extra)
@@ -418,7 +420,7 @@ class Checkpointer:
         if sig is not None:
             triggers.append(f"signal:{sig.name}")
         if self._dist is not None:  # every rank saves at the same steps, and stops on any rank's signal
-            triggers, sig = self._dist.agree(triggers, None if self._signal_handled else sig)
+            triggers, sig = self._dist.agree(triggers, None if self._signal_handled else sig, self._saver)
         saved = False
         if triggers and done not in self._requested:
             self._save(done, triggers, metrics if values is None else values)  # raises when given nothing
@@ -437,7 +439,7 @@ class Checkpointer:
     ) -> bool:
         """Call after the last step of ``epoch``. Saves (with ``on_epoch_end``) unless that step
         was saved already; a resume from this checkpoint continues with ``epoch + 1``."""
-        self._check()
+        self._check(agreed=True)
         self._track(objects, extra)
         self._epoch, self._epoch_done = epoch, True
         self._saw_metrics(metrics)
@@ -455,7 +457,7 @@ class Checkpointer:
         ):
             triggers.append("best")
         if self._dist is not None:
-            triggers, _ = self._dist.agree(triggers, None)
+            triggers, _ = self._dist.agree(triggers, None, self._saver)
         if triggers and self._completed not in self._requested:
             self._save(self._completed, triggers, values)
             return True
@@ -492,10 +494,14 @@ class Checkpointer:
         return self._last_saved
 
     # -- saving ---------------------------------------------------------------------------
-    def _check(self) -> None:
+    def _check(self, *, agreed: bool = False) -> None:
         if self._closed:
             raise RuntimeError("this Checkpointer is closed")
-        self._saver.raise_error()  # a background save failed since the last call
+        # a background save failed since the last call. Under a process group, step() and
+        # epoch_end() raise it from their agreement instead, on every rank at the same call: a
+        # rank whose save thread finished first must not raise alone and skip a collective
+        if not (agreed and self._dist is not None):
+            self._saver.raise_error()
 
     def _save(self, done: int, triggers: list[str], metrics: Any, tags: Iterable[str] = ()) -> None:
         if not self._objects and self._extra is None:

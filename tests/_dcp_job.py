@@ -331,7 +331,14 @@ def op_loop(
     return out
 
 
-def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = False) -> dict[str, Any]:
+def op_loop_async(
+    ctx: dict[str, Any],
+    steps: int,
+    every: int,
+    fsdp: bool = False,
+    sizes: tuple[int, ...] = (16, 30, 10, 3),
+    overlap: bool = False,
+) -> dict[str, Any]:
     """The Checkpointer with ``async_save`` under a process group: after each step() that saved,
     training changes the weights at once (while the save runs in the background). Records the
     full weights each save should hold; rank 0 then checks every checkpoint holds exactly those."""
@@ -341,11 +348,11 @@ def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = Fals
     from ckptstore.adapters.loop import Checkpointer
 
     if fsdp:
-        model, opt = _fsdp(ctx["world"], (16, 30, 10, 3))
+        model, opt = _fsdp(ctx["world"], tuple(sizes))
     else:
         model = DDP(make_model())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ckpt = Checkpointer(ctx["uri"], every_steps=every, async_save=True)
+    ckpt = Checkpointer(ctx["uri"], every_steps=every, async_save=True, overlap_copy=overlap)
     assert ckpt.resume(model=model, optimizer=opt) == 0
     staged = ckpt._saver.staging is not None  # noqa: SLF001 - async mode kept (it used to fall back)
     expected: dict[int, dict[str, torch.Tensor]] = {}
@@ -359,9 +366,10 @@ def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = Fals
                 for k, v in model.state_dict().items()
             }
             expected[i + 1] = full
-            with torch.no_grad():  # training goes on at once: the checkpoint must not see this
-                for p in model.parameters():
-                    p.add_(1000.0)
+            if not overlap:  # with overlap_copy only optimizer steps (which wait) may change them
+                with torch.no_grad():  # training goes on at once: the checkpoint must not see this
+                    for p in model.parameters():
+                        p.add_(1000.0)
     ckpt.close()
     out: dict[str, Any] = {"saved": sorted(expected), "busy": busy, "staged": staged}
     if ctx["rank"] == 0:
@@ -369,7 +377,51 @@ def op_loop_async(ctx: dict[str, Any], steps: int, every: int, fsdp: bool = Fals
     return out
 
 
+def op_loop_async_fail(ctx: dict[str, Any], steps: int, every: int, fail_rank: int, slow_rank: int) -> dict[str, Any]:
+    """async_save under a process group where ``fail_rank``'s first background write fails (so
+    DCP fails the save on every rank). ``slow_rank`` pauses after each save, so the ranks reach
+    their next step() at different points of the failing save. The loop catches what step()
+    raises and goes on (a user who logs a failed save and keeps training)."""
+    import time as _time
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import ckptstore
+    from ckptstore.adapters import dcp as cdcp
+    from ckptstore.adapters.loop import Checkpointer
+
+    if ctx["rank"] == fail_rank:
+        real = cdcp.CkptstoreWriter.write_data
+        calls = [0]
+
+        def failing(self: Any, plan: Any, planner: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise OSError("disk full (injected)")
+            return real(self, plan, planner)
+
+        cdcp.CkptstoreWriter.write_data = failing  # type: ignore[method-assign]
+    model = DDP(make_model())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = Checkpointer(ctx["uri"], every_steps=every, async_save=True, save_on_close=False)
+    ckpt.resume(model=model, optimizer=opt)
+    raised: dict[int, str] = {}
+    for i in range(steps):
+        opt_step(model, opt, 0.1 * (i + 1))
+        try:
+            ckpt.step(i)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:  # noqa: BLE001 - CheckpointException is one; recorded by step
+            raised[i] = type(e).__name__
+        if ctx["rank"] == slow_rank and (i + 1) % every == 0:
+            _time.sleep(1.5)
+    ckpt.close()
+    return {"raised": raised, "steps": [c.step for c in ckptstore.list_checkpoints(ctx["uri"])]}
+
+
 OPS = {
+    "loop_async_fail": op_loop_async_fail,
     "loop_async": op_loop_async,
     "loop": op_loop,
     "fsdp_save": op_fsdp_save,

@@ -440,13 +440,20 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
         store.verify(step)
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_checkpointer_async_save_under_a_process_group(tmp_path: Any, fsdp: bool) -> None:
+@pytest.mark.parametrize(
+    "fsdp,overlap", [(False, False), (True, False), (True, True)], ids=["ddp", "fsdp2", "fsdp2-overlap_copy"]
+)
+def test_checkpointer_async_save_under_a_process_group(tmp_path: Any, fsdp: bool, overlap: bool) -> None:
     """async_save=True under a process group saves in the background (no fallback): each rank
     stages its state (FSDP2: DTensor shards), training changes the weights right after step()
-    returns, and every checkpoint holds exactly the weights of its step."""
+    returns, and every checkpoint holds exactly the weights of its step. With overlap_copy the
+    DTensor parameters' copies wait for the optimizer step (it used to fail: a DTensor has no
+    storage); the 5x3 and 1x5 weights shard unevenly (rank 1 holds no row of the 1x5)."""
     uri = str(tmp_path / "store")
-    recs = run_job(2, [["loop_async", {"steps": 7, "every": 2, "fsdp": fsdp}]], str(tmp_path / "job"), uri=uri)
+    kw: dict[str, Any] = {"steps": 7, "every": 2, "fsdp": fsdp, "overlap": overlap}
+    if overlap:
+        kw["sizes"] = (3, 5, 1)
+    recs = run_job(2, [["loop_async", kw]], str(tmp_path / "job"), uri=uri)
     for rec in recs:
         assert rec["status"] == "ok", rec["status"]
         r = rec["results"][0]
@@ -564,3 +571,22 @@ def test_diff_of_sharded_checkpoints(jobs: dict[str, Any]) -> None:
     assert {s for n, s in status.items() if n != "model.0.weight"} == {"identical"}
     changed = next(t for t in d.tensors if t.name == "model.0.weight")
     assert changed.relative_change is not None and changed.relative_change > 0
+
+
+def test_a_background_save_that_fails_raises_on_every_rank_at_the_same_step(tmp_path: Any) -> None:
+    """async_save under a process group: a save whose write fails on one rank (DCP fails it on
+    all) raises at the same step() on every rank, however far each rank's background thread got;
+    the ranks stay in step and the later saves are whole."""
+    uri = str(tmp_path / "store")
+    recs = run_job(
+        2,
+        [["loop_async_fail", {"steps": 6, "every": 2, "fail_rank": 1, "slow_rank": 0}]],
+        str(tmp_path / "job"),
+        uri=uri,
+        timeout=90,
+    )
+    for rec in recs:
+        assert rec["status"] == "ok", rec["status"]
+    raised = [rec["results"][0]["raised"] for rec in recs]
+    assert raised[0] == raised[1] and len(raised[0]) == 1, raised
+    assert recs[0]["results"][0]["steps"] == [4, 6], recs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,56 @@ def test_cuda_deferred_copy_barrier_orders_the_optimizer_step(tmp_path: Path) ->
         ck.step(i, model=m, optimizer=opt)
     ck.close()
     assert torch.equal(ckptstore.load(tmp_path, step=2, map_location="cpu")["model"]["weight"], want)
+
+
+@pytest.fixture
+def one_rank_group() -> Any:
+    """A one-process gloo group on 127.0.0.1 (DTensors need one), torn down after the test."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield dist
+    finally:
+        dist.destroy_process_group()
+
+
+def _staged_dtensor(device: str) -> tuple[Any, Any, torch.Tensor]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh(device, (1,))
+    w = torch.nn.Parameter(DTensor.from_local(torch.randn(5, 3, device=device), mesh, [Shard(0)]))
+    want = w.to_local().detach().cpu().clone()
+    staging = StagingBuffers()
+    snap = staging.snapshot({"w": w})
+    with torch.no_grad():
+        w.to_local().add_(1000.0)  # training goes on: the snapshot must not see this
+    snap.wait()
+    return snap, w, want
+
+
+def test_a_dtensor_is_staged_as_its_local_shard_in_the_staging_buffer(one_rank_group: Any) -> None:
+    snap, w, want = _staged_dtensor("cpu")
+    out = snap.tree["w"]
+    assert type(out) is type(w) and out.placements == w.placements and out.shape == w.shape
+    assert out.device_mesh is w.device_mesh and not out.requires_grad
+    assert torch.equal(out.to_local(), want)
+    snap.release()
+
+
+@pytest.mark.gpu
+@cuda
+def test_a_cuda_dtensor_is_staged_in_host_memory_before_it_is_read(one_rank_group: Any) -> None:
+    """The staged shard stays in the (pinned) host buffer: DTensor.from_local would move it back
+    to the mesh's GPU, before the copy into that buffer was even made (stale values)."""
+    snap, _, want = _staged_dtensor("cuda")
+    local = snap.tree["w"].to_local()
+    assert local.device.type == "cpu" and local.is_pinned()
+    assert torch.equal(local, want)
+    snap.release()
