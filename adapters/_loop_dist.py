@@ -15,10 +15,12 @@ When a process group of more than one rank is initialized, the Checkpointer:
   ``load_distributed`` (any world size, any sharding).
 
 Each rank's RNG states (Python, NumPy, torch, CUDA) are saved with the checkpoint, under
-``RNG_KEY`` in its state as JSON text keyed by rank (the coordinator's also as the manifest's
-``rng``, which a one-process resume restores); a resume on the same number of ranks gives every
-rank back its own. On a different number of ranks, or from a checkpoint one process wrote, they
-are not restored (rank 0 warns once).
+``RNG_KEY`` in its state, keyed by rank: their JSON text in a zero-padded uint8 tensor of
+``RNG_BYTES`` (a tensor, so that it lands in an object of that rank's, not in the manifest,
+which would grow by ~25 KB per rank; a fixed size, so that a resume has a tensor to read it
+into). The coordinator's are also the manifest's ``rng``, which a one-process resume restores.
+A resume on the same number of ranks gives every rank back its own; on a different number of
+ranks, or from a checkpoint one process wrote, they are not restored (rank 0 warns once).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from ._warn import warn as _warn
 TRIGGERS = ("manual", "every_steps", "every_seconds", "final", "best", "epoch_end")
 #: where each rank's RNG states go in a distributed Checkpointer's state
 RNG_KEY = "_ckptstore_rng"
+#: the size of each rank's RNG tensor (its JSON is ~25 KB: Python's and NumPy's 624-word states)
+RNG_BYTES = 1 << 16
 
 
 class PeerSaveError(CkptstoreError, RuntimeError):
@@ -102,9 +106,10 @@ class DistSync:
         kw.pop("progress", None)
         kw.pop("allow_pickle", None)  # a distributed save never pickles
         rng = kw.get("rng")
-        if isinstance(rng, ckptstore.RngState):  # every rank's own, in the state (module docstring)
-            state = {**state, RNG_KEY: {str(self.rank): rng.model_dump_json()}}
-        else:
+        packed = _pack_rng(rng) if isinstance(rng, ckptstore.RngState) else None
+        if packed is not None:  # every rank's own, in the state (module docstring)
+            state = {**state, RNG_KEY: {str(self.rank): packed}}
+        if not isinstance(rng, ckptstore.RngState):
             kw["rng"] = False
         from .dcp import save_distributed  # DCP is imported only when a distributed run saves
 
@@ -148,12 +153,11 @@ class DistSync:
                 state[name] = [o.state_dict() for o in obj] if isinstance(obj, (list, tuple)) else obj.state_dict()
         if isinstance(extra, Mapping) and extra:
             state["extra"] = dict(extra)
-        state[RNG_KEY] = {str(self.rank): ""}  # a leaf of the saved kind, for DCP to fill
+        state[RNG_KEY] = {str(self.rank): torch.zeros(RNG_BYTES, dtype=torch.uint8)}  # for DCP to fill
         from .dcp import CkptstoreLoadPlanner, load_distributed
 
         load_distributed(state, store, id=info.id, planner=CkptstoreLoadPlanner(allow_partial_load=True))
-        text = state.pop(RNG_KEY, {}).get(str(self.rank))
-        self._rng_text = text if isinstance(text, str) and text else None
+        self._rng_text = _unpack_rng(state.pop(RNG_KEY, {}).get(str(self.rank)))
         found = Resumable(info, state, skipped)
         if skipped:
             _warn(fallback_message(found, store.uri), ResumeFallbackWarning)
@@ -169,7 +173,7 @@ class DistSync:
             why = (
                 f"it was saved by {saved_world} process{'es' if saved_world != 1 else ''}, this run has {self.world}"
                 if saved_world != self.world
-                else "it holds none for this rank (saved with rng off)"
+                else "it holds none for this rank (written before ckptstore recorded each rank's)"
             )
             if self.rank == 0:
                 _warn(
@@ -180,6 +184,25 @@ class DistSync:
         from ._resume import restore_rng_states
 
         return restore_rng_states(ckptstore.RngState.model_validate_json(text), info.step)
+
+
+def _pack_rng(rng: ckptstore.RngState) -> torch.Tensor | None:
+    """``rng``'s JSON in a zero-padded uint8 tensor of RNG_BYTES; None (with a warning) if larger."""
+    data = rng.model_dump_json().encode()
+    if len(data) > RNG_BYTES:
+        _warn(f"ckptstore: this rank's RNG states take {len(data)} bytes (over {RNG_BYTES}); not recorded")
+        return None
+    out = torch.zeros(RNG_BYTES, dtype=torch.uint8)
+    out[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return out
+
+
+def _unpack_rng(t: Any) -> str | None:
+    """The JSON text in a tensor from _pack_rng, or None when it holds none (a partial load)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+        return None
+    data = bytes(t.numpy()).rstrip(b"\0")
+    return data.decode() if data else None
 
 
 def _pick(

@@ -421,6 +421,9 @@ def test_checkpointer_under_a_process_group(tmp_path: Any) -> None:
         assert rec["results"][0]["exit"] == 143 and rec["results"][0]["exit_step"] == 5, rec
     draws = [rec["results"][0]["draws"] for rec in first]
     assert draws[0]["4"] != draws[1]["4"]  # the ranks' random streams differ
+    # each rank's RNG states are a tensor (an object of that rank's), not text in the manifest
+    per_rank = ckptstore.load(uri, step=4)["_ckptstore_rng"]
+    assert sorted(per_rank) == ["0", "1"] and all(t.dtype == torch.uint8 for t in per_rank.values())
     assert [i.step for i in ckptstore.list_checkpoints(uri)] == [4, 5]  # 2 removed by keep_last=2, once
     store = Store(uri)
     m4, m5 = store.manifest(4), store.manifest(5)
