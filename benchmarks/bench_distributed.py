@@ -83,6 +83,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from ckptstore import Retention, Store
     from ckptstore.adapters.dcp import CkptstoreLoadPlanner, CkptstoreReader, CkptstoreSavePlanner, CkptstoreWriter
 
     os.environ.update(MASTER_ADDR=HOST, MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
@@ -130,9 +131,13 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
 
     methods: list[tuple[str, Callable[[str], Any], Callable[[str], Any], Callable[[str], int]]] = []
 
+    same_store = bool(cfg.get("same_store"))
+    save_step = [1]
+
     def ck_save(path: str) -> Any:
         opts = {"storage_options": s3["options"]} if path.startswith("s3://") else {}
-        dcp.save(state, storage_writer=CkptstoreWriter(path, step=1, **opts), planner=CkptstoreSavePlanner())
+        writer = CkptstoreWriter(path, step=save_step[0], **opts)
+        dcp.save(state, storage_writer=writer, planner=CkptstoreSavePlanner())
 
     def ck_load(path: str, verify: bool = True) -> Any:
         opts = {"storage_options": s3["options"]} if path.startswith("s3://") else {}
@@ -170,8 +175,16 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
     dropper = CacheDropper()
     for rep in range(cfg["repeats"]):
         order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
+        save_step[0] = rep + 1
+        if same_store:  # the next training step: every byte changes (nothing deduplicated)
+            with torch.no_grad():
+                for sd in (msd, osd["state"]):
+                    for t in _tensors(sd):
+                        (t.to_local() if hasattr(t, "to_local") else t).add_(1e-3)
         for name, save, load, size in order:
             leaf = f"w{world}-{name.replace(' ', '_')}-{rep}"  # a fresh location per world, method, repeat
+            if same_store and name.startswith("ckptstore"):
+                leaf = f"w{world}-{name.replace(' ', '_')}"  # one store, a new step per repeat
             base = f"{s3['prefix']}/{leaf}" if name.endswith("s3") else os.path.join(root, leaf)
             save_s, save_rss = timed(lambda: save(base))
             if rank == 0 and not base.startswith("s3://"):
@@ -182,6 +195,12 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
             # the same guarantee as DCP's reader (none): ckptstore warm with hash checks off
             unverified_s = timed(lambda: ck_load(base, verify=False))[0] if name.startswith("ckptstore") else None
             nbytes = size(base) if rank == 0 else 0
+            if same_store and name.startswith("ckptstore") and rank == 0:  # this step's, not the store's
+                nbytes = (
+                    Store(base, **({"storage_options": s3["options"]} if base.startswith("s3://") else {}))
+                    .info()
+                    .new_bytes
+                )
             rows.append(
                 {
                     "method": name,
@@ -196,7 +215,12 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
                 }
             )
             dist.barrier()
-            if rank == 0 and not base.startswith("s3://"):
+            if same_store and name.startswith("ckptstore"):
+                if rank == 0:  # outside the timed spans: keep only this step, as keep_last=1 would
+                    Store(base, **({"storage_options": s3["options"]} if base.startswith("s3://") else {})).gc(
+                        Retention(keep_last=1), grace=0
+                    )
+            elif rank == 0 and not base.startswith("s3://"):
                 shutil.rmtree(base, ignore_errors=True)
     ddp = _ddp_bytes(rank, world, cfg, dcp, CkptstoreWriter, CkptstoreSavePlanner)
     if rank == 0:
@@ -319,6 +343,13 @@ def main() -> None:
         default="cpu",
         help="where the model lives; cuda: one GPU per rank, NCCL (not yet run: no GPU was lent)",
     )
+    ap.add_argument(
+        "--same-store",
+        action="store_true",
+        help="ckptstore saves every repeat into one store as the next step (the state changes between "
+        "repeats, so nothing deduplicates), as a training run does; DCP gets a fresh folder per save, as "
+        "with a checkpoint_id per step",
+    )
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     args = ap.parse_args()
@@ -330,6 +361,7 @@ def main() -> None:
         "threads": args.threads,
         "root": root,
         "device": args.device,
+        "same_store": args.same_store,
     }
     server = None
     try:
