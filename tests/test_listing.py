@@ -214,3 +214,24 @@ def test_the_program_skips_pydantics_plugin_scan(store_uri, entry, preset, expec
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expect
+
+
+def test_a_listing_that_reads_ahead_on_threads_gives_what_one_thread_gives(cache, monkeypatch):
+    """Stores whose reads wait on a network (memory:// stands in for S3 here) read manifests
+    ahead on threads while the calling thread parses; a local disk lists on one thread. Both
+    give the same records and skip the same damaged manifest."""
+    uri = f"memory://listing-ahead-{os.getpid()}"
+    for i in range(20):
+        ckptstore.save({"w": torch.arange(3.0) + i}, uri, step=i, rng=False)
+    store = ckptstore.Store(uri)
+    assert store._catalog._slow_reads()  # noqa: SLF001 - the path under test
+    key = sorted(store.backend.list("manifests"))[7]
+    data = store.backend.read(key)
+    store.backend.write(key, data[:200] + bytes([data[200] ^ 1]) + data[201:])
+    with pytest.warns(ckptstore.CkptstoreWarning, match="step 7.*hash"):
+        ahead = ckptstore.list_checkpoints(uri)
+    assert [i.step for i in ahead] == [s for s in range(20) if s != 7]
+    monkeypatch.setattr(_catalog.Catalog, "_slow_reads", lambda self: False)
+    with pytest.warns(ckptstore.CkptstoreWarning, match="step 7.*hash"):
+        one_thread = ckptstore.list_checkpoints(uri)
+    assert _fields(one_thread) == _fields(ahead)

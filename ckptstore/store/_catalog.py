@@ -9,11 +9,14 @@ is the one way to drop the dedup index. Thread-safe.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
@@ -82,6 +85,7 @@ def _note_validated(digest: str, m: Manifest) -> None:
 #: a listing with at least this many manifests to read reads them on threads
 _PARALLEL_MIN = 16
 _LIST_THREADS = 4
+_LIST_AHEAD = 16  # manifests read ahead of the parsing (at most this many held at once)
 
 
 #: endings of single-file checkpoints: a store created under such a name is probably a mistake
@@ -344,17 +348,28 @@ class Catalog:
             )
             (_verdicts.record_later if later else _verdicts.record)(self._verdict_dir, digest, v)
 
-    def _listed(self, step: int, digest: str, key: str) -> CheckpointInfo:
+    def _slow_reads(self) -> bool:
+        """Whether a manifest read waits on a network (an object store, a FUSE mount such as
+        Google Drive): then a listing reads ahead on threads. From a local disk one thread is
+        faster: 1,000 manifests of 109 KB listed in 0.33-0.43 s here, against 0.65-0.71 s with
+        four threads handing the GIL back and forth (0.89 against 0.93-1.01 s with a cold cache)."""
+        if self.backend.local_path(MANIFESTS_DIR) is None:
+            return True
+        mount = getattr(self.backend, "mount", None)
+        return bool(getattr(mount, "is_fuse", False))
+
+    def _listed(self, step: int, digest: str, key: str, data: bytes | None = None) -> CheckpointInfo:
         """The record of one manifest for a listing: from this process's cache, else read and
-        hash-checked, then from its header alone when a validation of these very bytes is on
-        record (``_verdicts``), else validated in full."""
+        hash-checked (``data``: read and checked already), then from its header alone when a
+        validation of these very bytes is on record (``_verdicts``), else validated in full."""
         with self._lock:
             info = self._infos.get(key)
             m = self._manifests.get(key)
         if info is not None:
             return info
         if m is None:
-            data = self._read(key, step, digest)
+            if data is None:
+                data = self._read(key, step, digest)
             v = _verdicts.lookup(self._verdict_dir, digest)
             if v is not None and v.header_end > 0:
                 try:
@@ -420,17 +435,38 @@ class Catalog:
         keys = self.manifest_keys()
         results: list[CheckpointInfo | Exception] = []
 
-        def one(k: Key) -> CheckpointInfo | Exception:
+        def one(k: Key, data: bytes | Exception | None = None) -> CheckpointInfo | Exception:
             try:
-                return self._listed(*k)
+                if isinstance(data, Exception):
+                    raise data
+                return self._listed(*k, data=data)
             except (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError) as e:
                 return e
 
+        def fetch(k: Key) -> bytes | Exception:
+            try:
+                return self._read(k[2], k[0], k[1])
+            except (IntegrityError, CheckpointNotFoundError) as e:
+                return e
+
         with self._lock:
-            todo = sum(1 for k in keys if k[2] not in self._infos)
-        if todo >= _PARALLEL_MIN:  # reading and hashing run without the GIL
+            need = [k for k in keys if k[2] not in self._infos]
+        if len(need) >= _PARALLEL_MIN and self._slow_reads():
+            # the pool reads and hashes a window ahead; this thread parses (pydantic holds the
+            # GIL: parsing on the pool threads as well was slower)
             with borrow(_LIST_THREADS, "ckptstore-list") as pool:
-                results = pool.map(one, keys)
+                ahead: collections.deque[tuple[str, Future[bytes | Exception]]] = collections.deque()
+                pending = iter(need)
+                for k in itertools.islice(pending, _LIST_AHEAD):
+                    ahead.append((k[2], pool.submit(fetch, k)))
+                for k in keys:
+                    data = None
+                    if ahead and ahead[0][0] == k[2]:
+                        data = ahead.popleft()[1].result()
+                        nxt = next(pending, None)
+                        if nxt is not None:
+                            ahead.append((nxt[2], pool.submit(fetch, nxt)))
+                    results.append(one(k, data))
         else:
             results = [one(k) for k in keys]
         out = []
