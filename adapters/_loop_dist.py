@@ -106,10 +106,11 @@ class DistSync:
         kw.pop("progress", None)
         kw.pop("allow_pickle", None)  # a distributed save never pickles
         rng = kw.get("rng")
-        packed = _pack_rng(rng) if isinstance(rng, ckptstore.RngState) else None
-        if packed is not None:  # every rank's own, in the state (module docstring)
-            state = {**state, RNG_KEY: {str(self.rank): packed}}
-        if not isinstance(rng, ckptstore.RngState):
+        if isinstance(rng, ckptstore.RngState):  # every rank's own, in the state (module docstring)
+            packed = _pack_rng(rng)
+            if packed is not None:
+                state = {**state, RNG_KEY: {str(self.rank): packed}}
+        else:
             kw["rng"] = False
         from .dcp import save_distributed  # DCP is imported only when a distributed run saves
 

@@ -84,7 +84,7 @@ class Saver:
         kw.setdefault("progress", False)
         if self.staging is None:
             try:
-                info = self.store.save(state, **kw) if self.dist is None else self.dist.save(self.store, state, **kw)
+                info = self._write(state, kw)
             except BaseException:
                 on_fail()
                 raise
@@ -97,8 +97,7 @@ class Saver:
         def write() -> None:
             try:
                 snap.wait()
-                dist = self.dist
-                on_commit(self.store.save(snap.tree, **kw) if dist is None else dist.save(self.store, snap.tree, **kw))
+                on_commit(self._write(snap.tree, kw))
             except BaseException:
                 on_fail()
                 raise
@@ -108,6 +107,10 @@ class Saver:
                 snap.release()
 
         self.job.submit(write)
+
+    def _write(self, state: Any, kw: dict[str, Any]) -> CheckpointInfo:
+        """One save: ``Store.save``, or through DCP on every rank under torch.distributed."""
+        return self.store.save(state, **kw) if self.dist is None else self.dist.save(self.store, state, **kw)
 
     def wait(self) -> None:
         self.job.wait()

@@ -134,14 +134,16 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
     same_store = bool(cfg.get("same_store"))
     save_step = [1]
 
+    def opts(path: str) -> dict[str, Any]:
+        """ckptstore's keyword arguments for ``path`` (moto's endpoint for an s3:// one)."""
+        return {"storage_options": s3["options"]} if path.startswith("s3://") else {}
+
     def ck_save(path: str) -> Any:
-        opts = {"storage_options": s3["options"]} if path.startswith("s3://") else {}
-        writer = CkptstoreWriter(path, step=save_step[0], **opts)
+        writer = CkptstoreWriter(path, step=save_step[0], **opts(path))
         dcp.save(state, storage_writer=writer, planner=CkptstoreSavePlanner())
 
     def ck_load(path: str, verify: bool = True) -> Any:
-        opts = {"storage_options": s3["options"]} if path.startswith("s3://") else {}
-        reader = CkptstoreReader(path, verify=verify, **opts)
+        reader = CkptstoreReader(path, verify=verify, **opts(path))
         dcp.load(state, storage_reader=reader, planner=CkptstoreLoadPlanner())
 
     methods.append(("ckptstore", ck_save, ck_load, _du))
@@ -196,11 +198,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
             unverified_s = timed(lambda: ck_load(base, verify=False))[0] if name.startswith("ckptstore") else None
             nbytes = size(base) if rank == 0 else 0
             if same_store and name.startswith("ckptstore") and rank == 0:  # this step's, not the store's
-                nbytes = (
-                    Store(base, **({"storage_options": s3["options"]} if base.startswith("s3://") else {}))
-                    .info()
-                    .new_bytes
-                )
+                nbytes = Store(base, **opts(base)).info().new_bytes
             rows.append(
                 {
                     "method": name,
@@ -217,9 +215,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> 
             dist.barrier()
             if same_store and name.startswith("ckptstore"):
                 if rank == 0:  # outside the timed spans: keep only this step, as keep_last=1 would
-                    Store(base, **({"storage_options": s3["options"]} if base.startswith("s3://") else {})).gc(
-                        Retention(keep_last=1), grace=0
-                    )
+                    Store(base, **opts(base)).gc(Retention(keep_last=1), grace=0)
             elif rank == 0 and not base.startswith("s3://"):
                 shutil.rmtree(base, ignore_errors=True)
     ddp = _ddp_bytes(rank, world, cfg, dcp, CkptstoreWriter, CkptstoreSavePlanner)

@@ -435,10 +435,8 @@ class Catalog:
         keys = self.manifest_keys()
         results: list[CheckpointInfo | Exception] = []
 
-        def one(k: Key, data: bytes | Exception | None = None) -> CheckpointInfo | Exception:
+        def one(k: Key, data: bytes | None = None) -> CheckpointInfo | Exception:
             try:
-                if isinstance(data, Exception):
-                    raise data
                 return self._listed(*k, data=data)
             except (IntegrityError, UnsupportedFormatError, CheckpointNotFoundError) as e:
                 return e
@@ -460,13 +458,14 @@ class Catalog:
                 for k in itertools.islice(pending, _LIST_AHEAD):
                     ahead.append((k[2], pool.submit(fetch, k)))
                 for k in keys:
-                    data = None
-                    if ahead and ahead[0][0] == k[2]:
-                        data = ahead.popleft()[1].result()
-                        nxt = next(pending, None)
-                        if nxt is not None:
-                            ahead.append((nxt[2], pool.submit(fetch, nxt)))
-                    results.append(one(k, data))
+                    if not (ahead and ahead[0][0] == k[2]):  # listed in this process already
+                        results.append(one(k))
+                        continue
+                    data = ahead.popleft()[1].result()
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        ahead.append((nxt[2], pool.submit(fetch, nxt)))
+                    results.append(data if isinstance(data, Exception) else one(k, data))
         else:
             results = [one(k) for k in keys]
         out = []
