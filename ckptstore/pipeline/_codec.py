@@ -19,6 +19,7 @@ blob from its dtype (:func:`group_for_dtype`, :func:`object_codec`).
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,6 +46,7 @@ _PROBE_PIECES = 4
 _PROBE_PIECE = 16 << 10
 _PROBE_MAX_RATIO = 0.97
 GROUPS = (2, 4, 8)
+_LITTLE = sys.byteorder == "little"
 
 _METHOD_RAW = 0
 _METHOD_ZSTD = 1
@@ -154,6 +156,32 @@ def _compressible(plane: np.ndarray) -> bool:
     return len(_plane_compressor().compress(memoryview(sample))) <= sample.nbytes * _PROBE_MAX_RATIO
 
 
+def _split(src: np.ndarray, cols: np.ndarray, i: int, plane: np.ndarray) -> None:
+    """Byte ``i`` of every group into ``plane``. Two-byte groups (bf16, fp16) are split with
+    integer arithmetic on 16-bit words, about 5x faster than numpy's strided byte copy."""
+    if cols.shape[1] == 2 and _LITTLE:
+        words = src[: 2 * plane.nbytes].view(np.uint16)
+        if i == 0:
+            np.copyto(plane, words, casting="unsafe")  # the low byte, the first in memory
+        else:
+            np.right_shift(words, 8, out=plane, casting="unsafe")
+        return
+    np.copyto(plane, cols[:, i])
+
+
+def _join(planes: list[np.ndarray], out: np.ndarray) -> None:
+    """Interleave byte planes back into ``out`` (the inverse of ``_split``)."""
+    g = len(planes)
+    if g == 2 and _LITTLE:
+        words = out.view(np.uint16)
+        np.left_shift(planes[1], 8, out=words, dtype=np.uint16)
+        np.bitwise_or(words, planes[0], out=words)
+        return
+    cols = out.reshape(-1, g)
+    for i, plane in enumerate(planes):
+        cols[:, i] = plane
+
+
 class _ByteGrouped:
     """``zstd-bgG``: header, then G plane sections (raw or one zstd frame each), then the tail.
 
@@ -178,7 +206,7 @@ class _ByteGrouped:
         pos = hsize
         for i in range(g):
             plane = out[pos : pos + n]
-            np.copyto(plane, cols[:, i])  # the plane in place, as if it stays raw
+            _split(src, cols, i, plane)  # the plane in place, as if it stays raw
             length, method = n, _METHOD_RAW
             if n and _compressible(plane):
                 c = _plane_compressor().compress(memoryview(plane))
@@ -224,12 +252,13 @@ class _ByteGrouped:
         raw_size = out.nbytes
         n = raw_size // g
         sections = self._sections(src, raw_size)
-        cols = out[: n * g].reshape(n, g)
+        planes = []
         for i, (m, pos, length) in enumerate(sections):
             sec = src[pos : pos + length]
             if m == _METHOD_ZSTD:
                 sec = np.frombuffer(_zstd_decode(sec, n, f"{self.name} plane {i}"), dtype=np.uint8)
-            cols[:, i] = sec
+            planes.append(sec)
+        _join(planes, out[: n * g])
         out[n * g :] = src[src.nbytes - (raw_size - n * g) :]
 
     def decode(self, stored: Buffer, raw_size: int) -> Buffer:

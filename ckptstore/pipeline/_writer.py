@@ -289,10 +289,11 @@ def write_blobs(
         staging = Staging(chunk_size, count=max(1, min(workers, 4, limit // chunk_size)))
     # remote writes wait on the network: one thread per worker. Buffered local writes hardly block
     # (writeback runs in the kernel): tasks are CPU work (hashing, copies, compression), so one
-    # thread per core. Direct writes wait for the device: two threads per core keep it busy
-    # (not when compressing: then the CPU is the limit, and each thread holds codec buffers).
+    # thread per core. Direct writes wait for the device: two threads per core keep the cores busy
+    # while some threads wait. Compressed saves too: on 2 cores a 1.3 GB zstd save took 2.6 s with
+    # 4 threads against 3.2 s with 2, for about 10 MB more memory per thread (c-blosc's buffers).
     cores = max(1, cores or os.cpu_count() or 2)
-    waits = isinstance(sink, LocalSink) and sink.direct and not compressing
+    waits = isinstance(sink, LocalSink) and sink.direct
     threads = workers if sink.joins_parts else max(2, min(workers, 2 * cores if waits else cores))
     if backend.supports_zero_copy and workers > 1:  # transfers that need no buffer: keep more in flight
         threads = max(threads, backend.parallel_transfers)
