@@ -333,8 +333,8 @@ def object_codec(compression: str, group: int) -> str:
 
     2-byte numbers (bf16, fp16) keep ``zstd-bg2``: measured on the trained GPT state
     (``benchmarks/bench_codec.py --size medium``), Blosc's zstd compressed bf16 weights to 0.685
-    of their size against 0.677 and decoded them no faster (1,143 against 1,182 MB/s per core),
-    so the new codec would have cost ratio for nothing on loads."""
+    of their size against 0.677 and decoded them hardly faster (1,513 against 1,477 MB/s per
+    core), so the new codec would cost ratio for little on loads."""
     if compression == "none":
         return "none"
     if group not in GROUPS:
