@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     print()
     tg = targets(res)
-    print("| target (the codec compression=\"zstd\" writes) | measured | met |\n|---|---:|---|")
+    print('| target (the codec compression="zstd" writes) | measured | met |\n|---|---:|---|')
     for name, val, ok in tg:
         print(f"| {name} | {val} | {'yes' if ok else 'NO'} |")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

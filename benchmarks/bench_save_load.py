@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Issue 13 targets, {variant}, {mode}:\n\n{_report.target_table(tg)}\n")
             tg_all += [{"variant": variant, "mode": mode, "target": n, "measured": v, "met": ok} for n, v, ok in tg]
     if codec:
-        print("| codec (1 core, 4 MiB objects, quiet) | ratio | compress MB/s | decompress MB/s |\n|---|---:|---:|---:|")
+        print(
+            "| codec (1 core, 4 MiB objects, quiet) | ratio | compress MB/s | decompress MB/s |\n|---|---:|---:|---:|"
+        )
         for k, v in codec.items():
             print(
                 f"| {k} | {v['ratio']:.3f} | {_f(v.get('compress_MBps', float('nan')), 0)} | "
