@@ -273,3 +273,31 @@ def test_du_with_a_missing_object_reports_what_is_really_stored(store_path, caps
     assert any(key in p and "missing" in p for p in doc["problems"])
     code, out, err = run(capsys, "du", str(store_path))
     assert code == 1 and "missing" in err and key in err
+
+
+def test_export_overwrite_never_replaces_the_store_or_a_folder_that_is_not_an_export(store_path, tmp_path, capsys):
+    # the store's own folder, a folder that holds it, and a folder inside it are refused
+    around = store_path.parent
+    (around / "notes.txt").write_text("keep me")
+    before = sorted(p.name for p in store_path.rglob("*"))
+    for dst in (store_path, around, store_path / "manifests"):
+        code, _, err = run(capsys, "export", str(store_path), str(dst), "--overwrite")
+        assert code == 1, dst
+        one_clean_error(err)
+    assert (around / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in store_path.rglob("*")) == before
+    assert Store(str(store_path)).list()
+    # a non-empty folder that is not an earlier export is refused even with --overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.bin").write_bytes(b"x")
+    code, _, err = run(capsys, "export", str(store_path), str(other), "--overwrite")
+    assert code == 1 and "not an earlier export" in err
+    assert (other / "data.bin").read_bytes() == b"x"
+    # an earlier export is replaced
+    out = tmp_path / "out"
+    assert run(capsys, "export", str(store_path), str(out))[0] == 0
+    (out / "stale.txt").write_text("old")
+    code, out_text, _ = run(capsys, "export", str(store_path), str(out), "--overwrite")
+    assert code == 0, out_text
+    assert not (out / "stale.txt").exists() and (out / "checkpoint_info.json").is_file()

@@ -49,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..interop import export_checkpoint
 
     out = os.path.abspath(args.dst)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:  # before opening the store
         print(
             f"ckptstore: error: {out} exists and is not empty; pick a new folder or pass --overwrite", file=sys.stderr
         )

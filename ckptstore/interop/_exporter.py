@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy
 from ..format._info import CheckpointInfo
+from ..format._layout import CONFIG_KEY
 from ..store._store import Store
 from . import _hf_folder
 from ._convert import from_plain
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 else:
     torch = lazy("torch", globals())
 
+#: the record an export writes next to its files (also how an earlier export is recognised)
+INFO_FILE = "checkpoint_info.json"
 _WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "model_state", "weights", "net")
 
 
@@ -68,6 +71,19 @@ def _info_json(info: CheckpointInfo, files: list[str]) -> bytes:
     return (json.dumps(doc, indent=2, default=str) + "\n").encode()
 
 
+def _not_the_store(out: str, store: Store) -> None:
+    """Refuse a destination that is the store's folder, inside it or around it: the export
+    replaces its destination whole."""
+    marker = store._backend.local_path(CONFIG_KEY)
+    if marker is None:
+        return
+    root, dest = os.path.realpath(os.path.dirname(marker)), os.path.realpath(out)
+    if dest == root or dest.startswith(root + os.sep) or root.startswith(dest + os.sep):
+        raise FileExistsError(
+            f"{out} is the store's folder, or inside it, or holds it ({root}): export to a folder outside the store"
+        )
+
+
 def _write(state: Any, info: CheckpointInfo, tmp: str, allow_pickle: bool) -> list[str]:
     framework = info.meta.get("framework")
     if _hf_folder.is_hf_state(state):
@@ -87,9 +103,9 @@ def _write(state: Any, info: CheckpointInfo, tmp: str, allow_pickle: bool) -> li
     if weights:
         _hf_folder.write_safetensors(weights, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
         files.append("model.safetensors")
-    with open(os.path.join(tmp, "checkpoint_info.json"), "wb") as f:
+    with open(os.path.join(tmp, INFO_FILE), "wb") as f:
         f.write(_info_json(info, files))
-    return [*files, "checkpoint_info.json"]
+    return [*files, INFO_FILE]
 
 
 def export_checkpoint(
@@ -112,10 +128,17 @@ def export_checkpoint(
     out = os.path.abspath(os.fspath(dst))
     if os.path.isfile(out):
         raise FileExistsError(f"{out} is a file; export writes a folder")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
+        if not os.path.isfile(os.path.join(out, INFO_FILE)):
+            raise FileExistsError(
+                f"{out} is not an earlier export (it has no {INFO_FILE}), and overwriting replaces a folder "
+                "whole: pick a new or empty folder"
+            )
     store = uri if isinstance(uri, Store) else Store(uri, storage_options=storage_options)
     try:
+        _not_the_store(out, store)
         info = store.info(step, id=id)
         state = store.load(id=info.id, map_location="cpu", allow_pickle=allow_pickle)
     finally:
