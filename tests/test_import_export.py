@@ -264,6 +264,15 @@ def test_public_hf_folder_and_plain_value_helpers(tmp_path: Path) -> None:
     )
     assert _equal(load_file(str(dest / "model.safetensors")), w) and (dest / "notes.txt").read_bytes() == b"hello"
     assert os.listdir(tmp_path / "out") == ["checkpoint-12"]  # no temporary folder left beside it
+    (dest / "stale.txt").write_text("from an older write")  # an earlier folder is replaced whole
+    ckptstore.interop.write_hf_folder(ckptstore.load(tmp_path / "s"), dest)
+    assert not (dest / "stale.txt").exists() and (dest / "trainer_state.json").is_file()
+    busy = tmp_path / "mine"  # a folder of other files is refused, and left as it was
+    busy.mkdir()
+    (busy / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a Hugging Face checkpoint folder"):
+        ckptstore.interop.write_hf_folder(ckptstore.load(tmp_path / "s"), busy)
+    assert os.listdir(busy) == ["keep.txt"]
     with pytest.raises(ckptstore.UnsupportedFormatError, match="not a Hugging Face checkpoint folder"):
         ckptstore.interop.write_hf_folder({"model": w}, tmp_path / "other")
     assert not (tmp_path / "other").exists()

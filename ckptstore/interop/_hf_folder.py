@@ -304,6 +304,10 @@ def progress_of(state: Mapping[str, Any], folder_name: str | None = None) -> dic
     }
 
 
+#: files one of which an existing folder must hold for write_hf_folder to replace it
+_HF_MARKERS = ("trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
+
+
 def replace_dir(tmp: str, final: str) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an older one, so a reader never
     sees a half-written ``final``."""
@@ -346,7 +350,9 @@ def read_hf_folder(
 def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, allow_pickle: bool = False) -> list[str]:
     """Write a state read by :func:`read_hf_folder` (and loaded back from a store) as the folder
     ``dest``, complete or not at all: it is written under a temporary name next to ``dest`` and
-    renamed into place, replacing an older ``dest``. ``pytorch_model*.bin`` weights are written
+    renamed into place, replacing an older ``dest`` (a folder that holds other files and none of
+    ``trainer_state.json``, ``config.json``, ``adapter_config.json``, ``model.safetensors`` is
+    refused with ``FileExistsError``). ``pytorch_model*.bin`` weights are written
     as ``model*.safetensors``. Stored pickles are written only with ``allow_pickle=True``.
     Returns the paths written, relative to ``dest``."""
     if not is_hf_state(state):
@@ -355,6 +361,15 @@ def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, a
             "adapter or by `ckptstore import` of a Trainer folder); load it with ckptstore.load instead"
         )
     final = os.path.abspath(os.fspath(dest))
+    if (
+        os.path.isdir(final)
+        and os.listdir(final)
+        and not any(os.path.isfile(os.path.join(final, n)) for n in _HF_MARKERS)
+    ):
+        raise FileExistsError(
+            f"{final} holds files but is not a Hugging Face checkpoint folder (none of {', '.join(_HF_MARKERS)}), "
+            "and writing replaces the folder whole: pick a new or empty folder"
+        )
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")
