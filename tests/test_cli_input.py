@@ -301,3 +301,19 @@ def test_export_overwrite_never_replaces_the_store_or_a_folder_that_is_not_an_ex
     code, out_text, _ = run(capsys, "export", str(store_path), str(out), "--overwrite")
     assert code == 0, out_text
     assert not (out / "stale.txt").exists() and (out / "checkpoint_info.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "{store}", "--step", "10", "--id", "7ff"],
+        ["cp", "{store}", "{tmp}/copy", "--retries", "-1"],
+        ["gc", "{store}", "--keep-within", "0s", "--dry-run"],
+        ["gc", "{store}", "--keep-tag", "", "--dry-run"],
+        ["ls", ""],
+    ],
+)
+def test_arguments_the_library_refuses_are_one_clean_error(store_path, tmp_path, capsys, argv):
+    code, _, err = run(capsys, *[a.format(store=store_path, tmp=tmp_path) for a in argv])
+    assert code == 1
+    one_clean_error(err)

@@ -35,10 +35,12 @@ def open_backend(
     one storage request is retried on a transient error (S3 and GCS; default 3)."""
     if isinstance(uri, os.PathLike):
         uri = os.fspath(uri)
-    if not isinstance(uri, str) or not uri:
+    if not isinstance(uri, str):
         raise TypeError(f"a store URI must be a non-empty string or path, not {uri!r}")
+    if not uri:
+        raise InvalidArgumentError("a store URI must be a non-empty string or path, not ''")
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        raise InvalidArgumentError(f"retries must be a non-negative int, not {retries!r}")
     options = dict(storage_options or {})
     local = _plain_local_path(uri, options)
     if local is not None:

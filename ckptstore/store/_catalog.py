@@ -530,7 +530,7 @@ class Catalog:
         of it) ``id``, or the newest when neither is given."""
         self.config()
         if step is not None and id is not None:
-            raise ValueError("give step or id, not both")
+            raise InvalidArgumentError("give step or id, not both")
         if id is not None:
             if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
                 raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {id!r}")

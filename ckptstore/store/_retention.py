@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, Union
 
-from .._errors import UnsupportedFormatError
+from .._errors import InvalidArgumentError, UnsupportedFormatError
 
 __all__ = ["Decision", "Retention", "RetentionPlan", "check_policy", "format_duration", "parse_duration", "plan"]
 
@@ -33,7 +33,9 @@ def parse_duration(text: str) -> timedelta:
     s = text.strip().lower().replace(" ", "")
     m = _DURATION_RE.match(s)
     if not s or m is None or not any(m.groups()):
-        raise ValueError(f"cannot read the duration {text!r}: use a number with a unit, like 7d, 12h, 30m, 1d12h or 2w")
+        raise InvalidArgumentError(
+            f"cannot read the duration {text!r}: use a number with a unit, like 7d, 12h, 30m, 1d12h or 2w"
+        )
     seconds = sum(int(g) * mult for g, mult in zip(m.groups(), _UNITS.values()) if g)
     return timedelta(seconds=seconds)
 
@@ -55,7 +57,7 @@ def format_duration(td: timedelta) -> str:
 
 def _positive_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int of at least 1, not {v!r}")
+        raise InvalidArgumentError(f"{name} must be an int of at least 1, not {v!r}")
     return v
 
 
@@ -89,26 +91,28 @@ class Retention:
         if self.keep_best is not None:
             kb = self.keep_best
             if isinstance(kb, str) or not isinstance(kb, (tuple, list)) or len(kb) not in (2, 3):
-                raise ValueError(f"keep_best must be (metric, 'min' | 'max') or (metric, mode, K), not {kb!r}")
+                raise InvalidArgumentError(
+                    f"keep_best must be (metric, 'min' | 'max') or (metric, mode, K), not {kb!r}"
+                )
             metric, mode = kb[0], kb[1]
             count = _positive_int("keep_best's K", kb[2]) if len(kb) == 3 else 1
             if not isinstance(metric, str) or not metric:
-                raise ValueError(f"keep_best needs a metric name, not {metric!r}")
+                raise InvalidArgumentError(f"keep_best needs a metric name, not {metric!r}")
             if mode not in ("min", "max"):
-                raise ValueError(f"keep_best mode must be 'min' or 'max', not {mode!r}")
+                raise InvalidArgumentError(f"keep_best mode must be 'min' or 'max', not {mode!r}")
             object.__setattr__(self, "keep_best", (metric, mode, count))
         if self.keep_within is not None:
             kw = self.keep_within
             td = parse_duration(kw) if isinstance(kw, str) else kw
             if not isinstance(td, timedelta) or td <= timedelta(0):
-                raise ValueError(f"keep_within must be a positive timedelta or text like '7d', not {kw!r}")
+                raise InvalidArgumentError(f"keep_within must be a positive timedelta or text like '7d', not {kw!r}")
             object.__setattr__(self, "keep_within", td)
         tags = self.keep_tags
         if isinstance(tags, str):
             tags = (tags,)
         tags = tuple(tags)
         if not all(isinstance(t, str) and t for t in tags):
-            raise ValueError(f"keep_tags must be non-empty strings, not {self.keep_tags!r}")
+            raise InvalidArgumentError(f"keep_tags must be non-empty strings, not {self.keep_tags!r}")
         object.__setattr__(self, "keep_tags", tags)
 
     @property
