@@ -143,3 +143,15 @@ def test_store_save_to_a_file_name_warns_once_when_it_creates_the_store(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         s.save(_state(), step=2)  # the store exists now: nothing more to say
+
+
+def test_a_misspelled_store_argument_on_a_local_path_is_refused(tmp_path):
+    # extra keywords are fsspec options; fsspec's local filesystem would drop them without a word,
+    # so a typo (compresion=) used to give an uncompressed store with no retention
+    with pytest.raises(ckptstore.InvalidArgumentError) as ei:
+        ckptstore.Store(str(tmp_path / "s"), compresion="zstd")
+    assert "compresion" in str(ei.value) and isinstance(ei.value, ckptstore.CkptstoreError)
+    with pytest.raises(ValueError, match="anon"):
+        ckptstore.Store(f"file://{tmp_path}/s", storage_options={"anon": True})
+    ckptstore.Store(str(tmp_path / "s"), storage_options={})  # nothing given: fine
+    ckptstore.Store(f"file://{tmp_path}/s", auto_mkdir=True)  # an option fsspec's local filesystem reads

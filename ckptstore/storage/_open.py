@@ -12,6 +12,10 @@ from ._local import LocalBackend
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
+#: the options fsspec's local filesystem reads (any other it drops without a word)
+_LOCAL_OPTIONS = {"auto_mkdir", "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths"}
+
+
 def _plain_local_path(uri: str, options: dict[str, Any]) -> str | None:
     """The absolute path of a plain POSIX path (no protocol, no options) exactly as fsspec's local
     filesystem spells it, without importing fsspec (slow to import); None for anything else."""
@@ -69,6 +73,13 @@ def open_backend(
             ) from None
         raise InvalidArgumentError(f"cannot open store URI {uri!r}: {e}") from None
     if isinstance(fs, LocalFileSystem):
+        unknown = sorted(set(options) - _LOCAL_OPTIONS)
+        if unknown:  # fsspec's local filesystem takes any keyword and drops it
+            raise InvalidArgumentError(
+                f"storage options do nothing for a local path ({uri}): got {', '.join(unknown)}. They are "
+                "for object stores (s3://, gs://...); a Store setting such as compression= or retention= may be "
+                "misspelled"
+            )
         return LocalBackend(path, uri=uri)
     from ._fsspec import FsspecBackend
 
