@@ -13,8 +13,8 @@ __all__ = ["keep_best_option", "metric_values", "positive"]
 def keep_best_option(v: Any) -> tuple[Any, ...] | None:
     if v is None:
         return None
-    if isinstance(v, str):
-        v = (v, "min")
+    if isinstance(v, str):  # which way is better cannot be guessed from a name (loss: min, accuracy: max)
+        raise ValueError(f"keep_best needs a direction: ({v!r}, 'min') or ({v!r}, 'max'), optionally with a count k")
     if not (
         isinstance(v, (tuple, list))
         and 2 <= len(v) <= 3

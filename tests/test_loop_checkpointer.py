@@ -130,6 +130,13 @@ def test_keep_best_one_leaves_only_the_best(tmp_path: Path) -> None:
     assert [i.step for i in ckptstore.list_checkpoints(tmp_path)] == [4]
 
 
+def test_keep_best_with_only_a_metric_name_asks_for_the_direction(tmp_path: Path) -> None:
+    # a bare name used to mean "min": keep_best="accuracy" kept the worst checkpoints
+    with pytest.raises(ValueError, match=r"\('accuracy', 'max'\)"):
+        Checkpointer(tmp_path, every_steps=10, keep_best="accuracy", signals=())
+    assert not (tmp_path / "ckptstore.json").exists()
+
+
 # -- resume -----------------------------------------------------------------------------------
 def test_nothing_to_resume_returns_zero(tmp_path: Path) -> None:
     model, opt, _ = _setup()
