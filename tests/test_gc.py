@@ -373,3 +373,24 @@ def test_save_that_fails_while_starting_leaves_no_lease(tmp_path, base, monkeypa
         store.save(state(1, base), step=1)
     assert read_locks(store.backend) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("ckptstore-save-lease")]
+
+
+def test_a_store_whose_manifests_were_lost_keeps_its_objects_and_verify_says_so(tmp_path, capsys):
+    # a partial copy that lost manifests/: every object is unreferenced, and gc used to delete them all
+    import shutil
+
+    from ckptstore.cli import main
+
+    root = tmp_path / "s"
+    for step in (1, 2):
+        ckptstore.save({"w": torch.randn(5000)}, str(root), step=step)
+    objects = sorted(p for p in (root / "objects").rglob("*") if p.is_file())
+    assert objects
+    shutil.rmtree(root / "manifests")
+    report = Store(str(root)).gc(grace=0)
+    assert report.deleted_objects == 0 and "no checkpoint" in (report.deferred or "")
+    assert sorted(p for p in (root / "objects").rglob("*") if p.is_file()) == objects
+    capsys.readouterr()
+    assert main(["verify", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "all ok" not in out and "objects but no checkpoint" in out

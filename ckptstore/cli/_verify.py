@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormatError
 from .._progress import byte_bar
 from ..format import _hashing
-from ..format._layout import object_key
+from ..format._layout import OBJECTS_DIR, object_key, parse_object_key
 from ._common import add_store_arg, open_store
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     problems: list[str] = []
     results: list[dict[str, Any]] = []
+    orphaned: str | None = None
     with open_store(args) as store:
         catalog = store.catalog
         catalog.config()
@@ -89,6 +90,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             selected.append((step, digest, key))
         if args.step is not None and not selected:
             raise CheckpointNotFoundError(f"no checkpoint at step {args.step} in {store.uri}")
+        if not selected and any(parse_object_key(k) for k in store.backend.list(OBJECTS_DIR)):
+            orphaned = (
+                "the store holds objects but no checkpoint: its manifests/ folder is empty or missing (lost in a "
+                "copy?); gc leaves such objects alone"
+            )
+            problems.append(orphaned)
         manifests: dict[str, Manifest] = {}
         for step, digest, key in selected:
             where = f"step {step} ({digest[:12]})"
@@ -131,7 +138,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         problems.append(config_damage)
     if args.json:
         config = {"ok": config_damage is None, "checksum": config_checked, "problem": config_damage}
-        doc = {"read_data": args.read_data, "config": config, "checkpoints": results, "ok": not problems}
+        doc = {
+            "read_data": args.read_data,
+            "config": config,
+            "checkpoints": results,
+            "objects_without_checkpoints": orphaned,
+            "ok": not problems,
+        }
         print(json.dumps(doc, indent=2))
         return 1 if problems else 0
     if config_damage is not None:
@@ -150,7 +163,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         print(f"step {r['step']:<10} {r['id'][:12]}  {status}")
     n_bad = sum(1 for r in results if not r["ok"])
-    print(f"checked {len(results)} checkpoint(s) ({what}): " + ("all ok" if not n_bad else f"{n_bad} damaged"))
+    verdict = f"{n_bad} damaged" if n_bad else "see below" if orphaned else "all ok"
+    print(f"checked {len(results)} checkpoint(s) ({what}): {verdict}")
     if not results and args.step is None:
         print("the store has no checkpoints")
+    if orphaned:
+        print(f"warning: {orphaned}")
     return 1 if problems else 0

@@ -176,6 +176,13 @@ def sweep(
             if digest in known:
                 doomed.append((key, known[digest]))
                 continue
+            if not manifests:  # objects and no checkpoint at all: manifests lost (a partial copy?)
+                report.deferred = (
+                    "the store holds objects but no checkpoint (its manifests/ folder is empty or missing), so no "
+                    "object was deleted: if its checkpoints were lost in a copy, copy them again; if the store is "
+                    "no longer wanted, delete its folder"
+                )
+                continue
             age = _age(store, key, now)
             try:
                 size = backend.size(key)
