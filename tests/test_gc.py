@@ -394,3 +394,17 @@ def test_a_store_whose_manifests_were_lost_keeps_its_objects_and_verify_says_so(
     assert main(["verify", str(root)]) == 1
     out = capsys.readouterr().out
     assert "all ok" not in out and "objects but no checkpoint" in out
+
+
+def test_forgetting_every_checkpoint_then_pruning_frees_the_data(tmp_path, capsys):
+    from ckptstore.cli import main
+
+    s = Store(str(tmp_path / "s"))
+    for step in (1, 2):
+        s.save({"w": torch.randn(5000)}, step=step)
+    for step in (1, 2):
+        s.forget(step)
+    report = s.prune(grace=0)
+    assert report.deleted_objects >= 2 and not report.deferred
+    assert not [p for p in (tmp_path / "s" / "objects").rglob("*") if p.is_file()]
+    assert main(["verify", str(tmp_path / "s")]) == 0

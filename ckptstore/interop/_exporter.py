@@ -74,7 +74,7 @@ def _info_json(info: CheckpointInfo, files: list[str]) -> bytes:
 def _not_the_store(out: str, store: Store) -> None:
     """Refuse a destination that is the store's folder, inside it or around it: the export
     replaces its destination whole."""
-    marker = store._backend.local_path(CONFIG_KEY)
+    marker = store.backend.local_path(CONFIG_KEY)
     if marker is None:
         return
     root, dest = os.path.realpath(os.path.dirname(marker)), os.path.realpath(out)

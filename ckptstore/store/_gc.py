@@ -22,6 +22,7 @@ deleted object.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -124,6 +125,14 @@ def _age(store: Store, key: str, now: float) -> float | None:
     return None if mt is None else now - mt
 
 
+def manifests_folder_missing(store: Store) -> bool:
+    """Whether a local store has no manifests/ folder at all: its objects then belong to
+    checkpoints that were lost (a partial copy), not forgotten (forgetting the last checkpoint
+    leaves the folder). Object stores have no folders to tell the two apart: False."""
+    path = store.backend.local_path(MANIFESTS_DIR)
+    return path is not None and os.path.isdir(os.path.dirname(path)) and not os.path.isdir(path)
+
+
 def sweep(
     store: Store,
     report: GcReport,
@@ -163,6 +172,7 @@ def sweep(
                     referenced.update(m.objects)
         now = time.time()
         temp_age = max(grace, TEMP_MIN_AGE)
+        lost_manifests = not manifests and manifests_folder_missing(store)
         doomed: list[tuple[str, int]] = []
         for key in backend.list(OBJECTS_DIR):
             if is_temporary(key):
@@ -176,7 +186,7 @@ def sweep(
             if digest in known:
                 doomed.append((key, known[digest]))
                 continue
-            if not manifests:  # objects and no checkpoint at all: manifests lost (a partial copy?)
+            if lost_manifests:
                 report.deferred = (
                     "the store holds objects but no checkpoint (its manifests/ folder is empty or missing), so no "
                     "object was deleted: if its checkpoints were lost in a copy, copy them again; if the store is "
