@@ -155,3 +155,23 @@ def test_a_misspelled_store_argument_on_a_local_path_is_refused(tmp_path):
         ckptstore.Store(f"file://{tmp_path}/s", storage_options={"anon": True})
     ckptstore.Store(str(tmp_path / "s"), storage_options={})  # nothing given: fine
     ckptstore.Store(f"file://{tmp_path}/s", auto_mkdir=True)  # an option fsspec's local filesystem reads
+
+
+def test_integer_steps_from_numpy_or_torch_are_steps_and_the_range_is_named(tmp_path):
+    import numpy as np
+
+    uri = str(tmp_path / "s")
+    assert ckptstore.save({"w": torch.zeros(3)}, uri, step=np.int64(8)).step == 8
+    assert ckptstore.save({"w": torch.zeros(3)}, uri, step=torch.tensor(9)).step == 9
+    assert [i.step for i in ckptstore.list_checkpoints(uri)] == [8, 9]
+    for bad in (np.float64(3.0), torch.tensor([1, 2]), torch.tensor(2.5), 10**20, -1):
+        with pytest.raises(ValueError, match="step must be an int from 0 to 99999999999999999999"):
+            ckptstore.save({"w": torch.zeros(3)}, uri, step=bad)
+    with pytest.raises(ValueError, match="metrics must be a mapping"):
+        ckptstore.save({"w": torch.zeros(3)}, uri, metrics=0.5)  # type: ignore[arg-type]
+
+
+def test_map_location_meta_says_it_holds_no_data(tmp_path):
+    ckptstore.save({"w": torch.zeros(3)}, str(tmp_path / "s"), step=1)
+    with pytest.raises(ckptstore.DeviceUnavailableError, match="meta device, which holds no data"):
+        ckptstore.load(str(tmp_path / "s"), map_location="meta")

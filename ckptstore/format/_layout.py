@@ -30,7 +30,7 @@ def object_key(digest: str) -> str:
 def manifest_key(step: int, digest: str) -> str:
     """``manifests/<step as 20 decimal digits>-<64 hex digits>.json``: sorts by step."""
     if not 0 <= step <= MAX_STEP:
-        raise ValueError(f"step out of range: {step}")
+        raise ValueError(f"step {step} is out of range: steps go from 0 to {MAX_STEP}")
     return f"{MANIFESTS_DIR}/{step:0{STEP_DIGITS}d}-{digest}.json"
 
 

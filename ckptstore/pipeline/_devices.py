@@ -76,6 +76,11 @@ def available(dev: torch.device, acc: Accelerators) -> bool:
 
 
 def _require(dev: torch.device, acc: Accelerators, what: str) -> torch.device:
+    if dev.type == "meta":  # exists everywhere, but holds no data: nothing a load could return
+        raise DeviceUnavailableError(
+            f"{what} asks for the meta device, which holds no data, so a load cannot place tensors there. "
+            "To see what a checkpoint holds without reading it, use Store.manifest() or `ckptstore show`."
+        )
     if not available(dev, acc):
         have = ["cpu"] + [f"cuda:{i}" for i in range(acc.cuda_count)] + (["mps"] if acc.mps else [])
         raise DeviceUnavailableError(

@@ -12,6 +12,7 @@ which objects to reuse) until ``close``, so no gc sweeps an object it named (doc
 
 from __future__ import annotations
 
+import operator
 import platform
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from .._version import __version__
 from ..format import _hashing
 from ..format._config import config_as_data
 from ..format._info import CheckpointInfo
-from ..format._layout import manifest_key, object_key
+from ..format._layout import MAX_STEP, manifest_key, object_key
 from ..format._manifest import (
     Blob,
     Distributed,
@@ -107,8 +108,17 @@ class Staged(BaseModel):
 
 
 def check_step(step: Any) -> int | None:
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise ValueError(f"step must be a non-negative int, not {step!r}")
+    """``step`` as an int (NumPy and 0-d integer tensor steps too), or None; a ValueError for
+    anything else or a negative or too large step."""
+    if step is None:
+        return None
+    if not isinstance(step, (int, bool)) and hasattr(step, "__index__") and getattr(step, "ndim", 0) == 0:
+        try:
+            step = operator.index(step)  # numpy.int64(8), torch.tensor(8)
+        except TypeError:
+            pass
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be an int from 0 to {MAX_STEP}, not {step!r}")
     return step
 
 
@@ -116,7 +126,7 @@ def check_details(
     *, step: Any = None, epoch: Any = None, metrics: Mapping[str, Any] | None = None, tags: Iterable[str] | str = ()
 ) -> tuple[int | None, dict[str, float], list[str]]:
     """Validate a checkpoint's step, epoch, metrics and tags before anything is written."""
-    check_step(step)
+    step = check_step(step)
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
         raise ValueError(f"epoch must be an int or None, not {epoch!r}")
     tag_list = [tags] if isinstance(tags, str) else list(tags)
@@ -127,6 +137,8 @@ def check_details(
 
 def metric_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a mapping of names to numbers, like {{'loss': 0.5}}, not {metrics!r}")
     for k, v in (metrics or {}).items():
         if not isinstance(k, str) or not k:
             raise ValueError(f"metric names must be non-empty strings, not {k!r}")
