@@ -97,6 +97,6 @@ def add_parsers(sub: Any) -> None:
     exp.add_argument("dst", help="folder to create")
     exp.add_argument("--step", type=int, help="the checkpoint at this step (default: the newest)")
     exp.add_argument("--id", help="the checkpoint with this id (or unique prefix)")
-    exp.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    exp.add_argument("--overwrite", action="store_true", help="replace DST if it is an earlier export")
     exp.add_argument("--allow-pickle", action="store_true", help="also write values stored with pickle")
     exp.set_defaults(func=cmd_export)
