@@ -175,3 +175,9 @@ def test_map_location_meta_says_it_holds_no_data(tmp_path):
     ckptstore.save({"w": torch.zeros(3)}, str(tmp_path / "s"), step=1)
     with pytest.raises(ckptstore.DeviceUnavailableError, match="meta device, which holds no data"):
         ckptstore.load(str(tmp_path / "s"), map_location="meta")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 2.5, True])
+def test_store_workers_must_be_a_positive_int(tmp_path, workers):
+    with pytest.raises(ValueError, match="workers must be an int of at least 1"):
+        ckptstore.Store(str(tmp_path / "s"), workers=workers)

@@ -17,6 +17,7 @@ from .._errors import (
     CheckpointNotFoundError,
     CkptstoreWarning,
     IntegrityError,
+    InvalidArgumentError,
     ObjectMissingError,
     PickleNotAllowedError,
     StoreNotFoundError,
@@ -94,6 +95,10 @@ class Store:
             raise ValueError(f"chunk_size must be an int of at least 64 KiB, not {chunk_size!r}")
         self._chunk_size = chunk_size
         self._chunk_warned = False
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise InvalidArgumentError(
+                f"workers must be an int of at least 1 (or None for the default), not {workers!r}"
+            )
         self.workers = workers or _default_workers()
         self.retention = None if retention is None else check_policy(retention)
         self.space = SpaceGuard.make(on_low_space, reserve, quota)
