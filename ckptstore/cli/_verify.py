@@ -18,7 +18,7 @@ from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormat
 from .._progress import byte_bar
 from ..format import _hashing
 from ..format._layout import OBJECTS_DIR, object_key, parse_object_key
-from ..store._gc import manifests_folder_missing
+from ..store._gc import LOST_MANIFESTS, manifests_folder_missing
 from ._common import add_store_arg, open_store
 
 if TYPE_CHECKING:
@@ -96,10 +96,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             and manifests_folder_missing(store)
             and any(parse_object_key(k) for k in store.backend.list(OBJECTS_DIR))
         ):
-            orphaned = (
-                "the store holds objects but no checkpoint: its manifests/ folder is empty or missing (lost in a "
-                "copy?); gc leaves such objects alone"
-            )
+            orphaned = LOST_MANIFESTS
             problems.append(orphaned)
         manifests: dict[str, Manifest] = {}
         for step, digest, key in selected:

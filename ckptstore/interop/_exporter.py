@@ -128,14 +128,9 @@ def export_checkpoint(
     out = os.path.abspath(os.fspath(dst))
     if os.path.isfile(out):
         raise FileExistsError(f"{out} is a file; export writes a folder")
-    if os.path.isdir(out) and os.listdir(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
-        if not os.path.isfile(os.path.join(out, INFO_FILE)):
-            raise FileExistsError(
-                f"{out} is not an earlier export (it has no {INFO_FILE}), and overwriting replaces a folder "
-                "whole: pick a new or empty folder"
-            )
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pick a new folder or pass overwrite=True")
+    _hf_folder.check_replaceable(out, (INFO_FILE,), "an earlier export")
     store = uri if isinstance(uri, Store) else Store(uri, storage_options=storage_options)
     try:
         _not_the_store(out, store)

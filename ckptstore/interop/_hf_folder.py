@@ -308,6 +308,16 @@ def progress_of(state: Mapping[str, Any], folder_name: str | None = None) -> dic
 _HF_MARKERS = ("trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
 
 
+def check_replaceable(final: str, markers: tuple[str, ...], what: str) -> None:
+    """Refuse (``FileExistsError``) to replace the folder ``final`` when it holds files but none
+    of ``markers``: it is not ``what``, and ``replace_dir`` would delete all of it."""
+    if os.path.isdir(final) and os.listdir(final) and not any(os.path.isfile(os.path.join(final, n)) for n in markers):
+        raise FileExistsError(
+            f"{final} holds files but is not {what} (none of {', '.join(markers)}), and writing replaces the "
+            "folder whole: pick a new or empty folder"
+        )
+
+
 def replace_dir(tmp: str, final: str) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an older one, so a reader never
     sees a half-written ``final``."""
@@ -361,15 +371,7 @@ def write_hf_folder(state: Mapping[str, Any], dest: str | os.PathLike[str], *, a
             "adapter or by `ckptstore import` of a Trainer folder); load it with ckptstore.load instead"
         )
     final = os.path.abspath(os.fspath(dest))
-    if (
-        os.path.isdir(final)
-        and os.listdir(final)
-        and not any(os.path.isfile(os.path.join(final, n)) for n in _HF_MARKERS)
-    ):
-        raise FileExistsError(
-            f"{final} holds files but is not a Hugging Face checkpoint folder (none of {', '.join(_HF_MARKERS)}), "
-            "and writing replaces the folder whole: pick a new or empty folder"
-        )
+    check_replaceable(final, _HF_MARKERS, "a Hugging Face checkpoint folder")
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")

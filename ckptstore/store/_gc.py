@@ -125,6 +125,13 @@ def _age(store: Store, key: str, now: float) -> float | None:
     return None if mt is None else now - mt
 
 
+#: what gc and verify say of a store with objects and no manifests/ folder
+LOST_MANIFESTS = (
+    "the store holds objects but no checkpoint (its manifests/ folder is missing), so gc deletes none of them: "
+    "if its checkpoints were lost in a copy, copy them again; if the store is no longer wanted, delete its folder"
+)
+
+
 def manifests_folder_missing(store: Store) -> bool:
     """Whether a local store has no manifests/ folder at all: its objects then belong to
     checkpoints that were lost (a partial copy), not forgotten (forgetting the last checkpoint
@@ -187,11 +194,7 @@ def sweep(
                 doomed.append((key, known[digest]))
                 continue
             if lost_manifests:
-                report.deferred = (
-                    "the store holds objects but no checkpoint (its manifests/ folder is empty or missing), so no "
-                    "object was deleted: if its checkpoints were lost in a copy, copy them again; if the store is "
-                    "no longer wanted, delete its folder"
-                )
+                report.deferred = LOST_MANIFESTS
                 continue
             age = _age(store, key, now)
             try:

@@ -112,7 +112,7 @@ def check_step(step: Any) -> int | None:
     anything else or a negative or too large step."""
     if step is None:
         return None
-    if not isinstance(step, (int, bool)) and hasattr(step, "__index__") and getattr(step, "ndim", 0) == 0:
+    if not isinstance(step, int) and hasattr(step, "__index__") and getattr(step, "ndim", 0) == 0:
         try:
             step = operator.index(step)  # numpy.int64(8), torch.tensor(8)
         except TypeError:
