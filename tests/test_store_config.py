@@ -103,20 +103,53 @@ def test_a_version_1_store_keeps_working_and_keeps_its_version(tmp_path):
     assert [i.step for i in Store(root).list()] == [10, 20]
 
 
-@pytest.mark.parametrize("bad", [b'"version":1', b'"chunk_size":1024'])
-def test_a_config_that_breaks_the_version_rules_is_refused(tmp_path, bad):
+@pytest.mark.parametrize("bad", [b'"version":1', b'"chunk_size":1024', b'{"format": ', b"[1, 2]", b""])
+def test_an_unreadable_config_is_damage_loads_go_on_gc_refuses_set_policy_repairs(tmp_path, capsys, bad):
+    """A config that is not JSON or breaks the version rules used to block every operation, verify
+    included, with no way out but a hand edit: it is now damage, like a checksum mismatch."""
     root = tmp_path / "s"
-    Store(root).save({"w": rand(10, 0)})
+    w = rand(10, 0)
+    Store(root).save({"w": w}, step=1)
     p = root / "ckptstore.json"
     text = p.read_bytes()
     if bad == b'"version":1':
         text = text.replace(b'"version":2', bad)
-    else:
+    elif bad == b'"chunk_size":1024':
         doc = json.loads(text)
         doc["chunk_size"] = 1024
         text = json.dumps(doc, separators=(",", ":")).encode()
+    else:
+        text = bad
     p.write_bytes(text)
-    with pytest.raises(IntegrityError):
+    assert [i.step for i in Store(root).list()] == [1]
+    assert torch.equal(ckptstore.load(str(root))["w"], w)
+    with pytest.warns(ckptstore.CkptstoreWarning, match="no retention policy was applied"):
+        Store(root).save({"w": w + 1}, step=2)
+    with pytest.raises(IntegrityError, match="changed by hand or damaged"):
+        Store(root).gc(Retention(keep_last=1))
+    code, out, _ = run(capsys, "verify", str(root))
+    assert code == 1 and "ckptstore.json: DAMAGED" in out and "--set-policy" in out
+    assert "step 1" in out and "step 2" in out
+    code, _, err = run(capsys, "gc", str(root))
+    assert code == 1 and "changed by hand or damaged" in err
+    code, out, _ = run(capsys, "gc", str(root), "--set-policy")
+    assert code == 0 and "no retention policy" in out
+    cfg = json.loads(p.read_bytes())
+    assert cfg["retention"] is None and cfg["checksum"] == spec_checksum(p.read_bytes())
+    assert run(capsys, "verify", str(root))[0] == 0
+    assert [i.step for i in Store(root).list()] == [1, 2]
+
+
+def test_a_config_of_another_format_or_a_newer_version_is_still_refused(tmp_path):
+    root = tmp_path / "s"
+    Store(root).save({"w": rand(10, 0)})
+    p = root / "ckptstore.json"
+    good = p.read_bytes()
+    p.write_bytes(b'{"format":"zarr","version":3}')
+    with pytest.raises(IntegrityError, match="not a ckptstore document"):
+        Store(root).list()
+    p.write_bytes(good.replace(b'"version":2', b'"version":99'))
+    with pytest.raises(ckptstore.UnsupportedFormatError, match="Upgrade"):
         Store(root).list()
 
 

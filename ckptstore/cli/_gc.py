@@ -50,7 +50,12 @@ def add_parsers(sub: Any) -> None:
         help="keep checkpoints with this tag (repeatable; 'pinned' is always kept)",
     )
     gc.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
-    gc.add_argument("--set-policy", action="store_true", help="also store these rules as the store's policy")
+    gc.add_argument(
+        "--set-policy",
+        action="store_true",
+        help="also store these rules as the store's policy (with no rules: remove the stored policy; "
+        "this also repairs a damaged ckptstore.json)",
+    )
     gc.add_argument(
         "--grace",
         type=duration_arg,
@@ -126,7 +131,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
             wrong = unknown_metric(policy, store.list())
             if wrong is not None:  # it would keep nothing by that rule, silently
                 raise InvalidArgumentError(f"{wrong}. Name one of those, or leave the rule out.")
-        if policy is None:
+        if policy is None and args.set_policy:  # no rules to store: remove the stored policy
+            if not args.dry_run:
+                store.set_retention(None)
+            if not args.json:
+                print("no rules given: the store keeps no retention policy" + (" (dry run)" if args.dry_run else ""))
+        elif policy is None:
             policy = store.get_retention()
             source = "stored in the store"
             wrong = None if policy is None else unknown_metric(policy, store.list())

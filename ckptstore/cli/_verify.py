@@ -18,6 +18,7 @@ from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormat
 from .._progress import byte_bar
 from ..format import _hashing
 from ..format._layout import OBJECTS_DIR, object_key, parse_object_key
+from ..store._catalog import REPAIR_CONFIG
 from ..store._gc import LOST_MANIFESTS, manifests_folder_missing
 from ._common import add_store_arg, open_store
 
@@ -150,10 +151,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 1 if problems else 0
     if config_damage is not None:
-        print(
-            f"ckptstore.json: DAMAGED: {config_damage}; gc refuses to act on it until the policy is stored "
-            "again (`ckptstore gc URI --set-policy --keep-...`)"
-        )
+        print(f"ckptstore.json: DAMAGED: {config_damage}; gc refuses to act on it. {REPAIR_CONFIG}.")
     what = "structure and every byte" if args.read_data else "structure and object presence only; bytes not read"
     for r in results:
         status = (

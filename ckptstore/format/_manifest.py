@@ -167,6 +167,17 @@ def config_damage(data: bytes, cfg: StoreConfig, what: str = "ckptstore.json") -
     return None
 
 
+def foreign_config(data: bytes) -> bool:
+    """True when ``data`` is a JSON object that names another format than ckptstore's: a file of
+    another tool under our name, not a damaged config of ours."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    return isinstance(fmt, str) and fmt != FORMAT_NAME
+
+
 class ObjectInfo(_Model):
     """How one object is stored. ``raw_hash``: the hash of the decoded bytes when the codec is not
     ``none`` (readers check it, format.md §4); null when the codec is ``none``."""

@@ -40,6 +40,7 @@ from ..format._manifest import (
     StoreConfig,
     config_damage,
     dump,
+    foreign_config,
     new_store_config,
     parse_manifest,
     parse_store_config,
@@ -106,6 +107,13 @@ def _warn_if_file_name(uri: str) -> None:
 
 def _skip_message(step: int, e: Exception) -> str:
     return f"skipping checkpoint at step {step}: {e}"
+
+
+#: how to repair a damaged ``ckptstore.json``: storing a policy rewrites it with a fresh checksum
+REPAIR_CONFIG = (
+    "Store the policy again: `ckptstore gc URI --set-policy --keep-...` (or `--set-policy` with no "
+    "rules for none), or Store.set_retention(...)"
+)
 
 
 class Catalog:
@@ -213,8 +221,18 @@ class Catalog:
             if self._config is not None and data == self._config_bytes:
                 return self._config
         where = self.backend.describe(CONFIG_KEY)
-        cfg = parse_store_config(data, where)
-        damage = config_damage(data, cfg, where)
+        try:
+            cfg = parse_store_config(data, where)
+            damage = config_damage(data, cfg, where)
+        except UnsupportedFormatError:
+            raise
+        except IntegrityError as e:
+            if foreign_config(data):
+                raise
+            # unreadable (not JSON, not validating): loads and saves need none of its members, so
+            # they go on with a stand-in (no policy, this writer's chunk size); gc refuses
+            cfg = new_store_config(self.chunk_size)
+            damage = f"{e}; it was changed by hand or damaged"
         with self._lock:
             self._config = cfg
             self._config_damage = damage
@@ -234,8 +252,7 @@ class Catalog:
         if damage is not None:
             raise IntegrityError(
                 f"{damage}; not {doing}, since the stored retention policy it holds cannot be trusted (a changed "
-                "keep_tags could delete pinned checkpoints). Check the policy and store it again: "
-                "`ckptstore gc URI --set-policy --keep-... ` or Store.set_retention(...)."
+                f"keep_tags could delete pinned checkpoints). {REPAIR_CONFIG}."
             )
 
     def stored_policy(self) -> Retention | None:

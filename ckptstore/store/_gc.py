@@ -33,6 +33,7 @@ from .._errors import CheckpointNotFoundError, CkptstoreWarning, IntegrityError,
 from ..format._info import CheckpointInfo
 from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ..format._manifest import Manifest
+from ._catalog import REPAIR_CONFIG
 from ._locks import LOCKS_DIR, Lease, acquire_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
 
@@ -282,8 +283,7 @@ def apply_after_save(store: Store, override: Retention | None = None) -> GcRepor
     damage = store.catalog.config_damage()
     if damage is not None:
         warnings.warn(
-            f"{damage}: no retention policy was applied after this save and nothing was deleted. Check the "
-            "policy and store it again (`ckptstore gc URI --set-policy --keep-...`, or Store.set_retention).",
+            f"{damage}: no retention policy was applied after this save and nothing was deleted. {REPAIR_CONFIG}.",
             CkptstoreWarning,
             stacklevel=4,
         )
