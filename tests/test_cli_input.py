@@ -228,18 +228,48 @@ def test_a_damaged_newest_manifest_is_reported_once_in_one_wording(store_path, t
     assert err.startswith("ckptstore: warning: skipping checkpoint at step 20: manifest ")
 
 
-def test_an_unreachable_store_names_the_cli_flag_for_retries(store_path, capsys):
+@pytest.mark.parametrize("command", ["cp", "ls", "verify", "gc", "export", "diff", "dashboard"])
+def test_an_unreachable_store_names_the_cli_flag_for_retries(store_path, tmp_path, capsys, command):
+    """Every command that opens a store takes --retries (ls, verify... used to suggest retries=,
+    which they had no flag for)."""
     import socket
 
     with socket.socket() as sk:  # a port nothing listens on
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
-    argv = ["cp", str(store_path), "s3://bucket/x", "--dst-option", f"endpoint_url=http://127.0.0.1:{port}"]
-    argv += ["--dst-option", "key=k", "--dst-option", "secret=s", "--retries", "0"]
-    code, _, err = run(capsys, *argv)
+    opts = [f"endpoint_url=http://127.0.0.1:{port}", "key=k", "secret=s"]
+    if command == "cp":
+        argv = ["cp", str(store_path), "s3://bucket/x", *(a for o in opts for a in ("--dst-option", o))]
+    else:
+        argv = [command, "s3://bucket/x", *(a for o in opts for a in ("-o", o))]
+        argv += {
+            "export": [str(tmp_path / "out")],
+            "diff": ["1", "2"],
+            "dashboard": ["--output", str(tmp_path / "d.html")],
+        }.get(command, [])
+    code, _, err = run(capsys, *argv, "--retries", "0")
     assert code == 1
     one_clean_error(err)
-    assert "--retries" in err and "retries=" not in err
+    assert "(after 0 retries)" in err and "--retries" in err and "retries=" not in err
+
+
+def test_cp_copies_what_any_selector_selects(store_path, tmp_path, capsys):
+    code, out, _ = run(capsys, "cp", str(store_path), str(tmp_path / "d"), "--step", "0", "--latest", "1")
+    assert code == 0 and "copied 2 checkpoint(s) (step 0, 20)" in out
+    assert [i.step for i in Store(tmp_path / "d").list()] == [0, 20]
+
+
+def test_diff_of_pickled_values_names_the_flag(tmp_path, capsys):
+    import collections
+
+    root = tmp_path / "pk"
+    for k in (1, 2):
+        Store(root).save({"w": rand(4, k), "o": collections.Counter(a=k)}, step=k, allow_pickle=True)
+    code, _, err = run(capsys, "diff", str(root), "1", "2")
+    assert code == 1 and "(on the command line: --allow-pickle)" in err
+    one_clean_error(err)
+    code, out, _ = run(capsys, "diff", str(root), "1", "2", "--allow-pickle")
+    assert code == 0 and "  o.a: 1 -> 2\n" in out
 
 
 # -- ls and du tell the truth about a damaged store ------------------------------------------

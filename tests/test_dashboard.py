@@ -205,6 +205,8 @@ def test_static_page_shows_charts_table_and_comparison(tmp_path, browser):
     }
     config = browser.eval("Array.from(document.querySelectorAll('#cmp-config tbody tr td.mono')).map(t=>t.textContent)")
     assert config == ["batch"]
+    values = browser.eval("Array.from(document.querySelectorAll('#cmp-values tbody tr td')).map(t=>t.textContent)")
+    assert values == ["extra.k", "0", "5"]
     check_no_errors(browser)
 
 
@@ -358,7 +360,12 @@ def test_diff_names_every_kind_of_change(tmp_path):
     torch.manual_seed(0)
     a = {
         "model": {"w": torch.randn(4, 4), "b": torch.zeros(4), "gone": torch.ones(2), "shape": torch.ones(3)},
-        "opt": {"state": {0: {"exp_avg": torch.ones(4)}}},
+        "opt": {
+            "state": {0: {"exp_avg": torch.ones(4), "step": 3}},
+            "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}],
+        },
+        "epoch": 1,
+        "same": "x",
     }
     b = {
         "model": {
@@ -367,7 +374,12 @@ def test_diff_names_every_kind_of_change(tmp_path):
             "new": torch.ones(5),
             "shape": torch.ones(4),
         },
-        "opt": {"state": {0: {"exp_avg": torch.ones(4)}}},
+        "opt": {
+            "state": {0: {"exp_avg": torch.ones(4), "step": 4}},
+            "param_groups": [{"lr": 0.05, "betas": (0.9, 0.99)}],
+        },
+        "same": "x",
+        "sampler": None,
     }
     ckptstore.save(a, uri, step=1, config={"lr": 0.1, "sched": {"warmup": 10}})
     ckptstore.save(b, uri, step=2, config={"lr": 0.2, "sched": {"warmup": 10}, "new": True})
@@ -389,6 +401,14 @@ def test_diff_names_every_kind_of_change(tmp_path):
     assert layer.changed == 4  # w changed, new, gone, shape
     assert layer.relative_change == pytest.approx(0.1, rel=1e-5)  # w and the all-zero b
     assert d.config == [("lr", 0.1, 0.2), ("new", "<absent>", True)]
+    # the state's plain values are compared from the manifests, without loading
+    assert d.values == [
+        ("opt.state.0.step", 3, 4),
+        ("opt.param_groups.0.lr", 0.1, 0.05),
+        ("epoch", 1, "<absent>"),
+        ("sampler", "<absent>", None),
+    ]
+    assert ckptstore.diff_checkpoints(uri, 1, 2, load=False).values == d.values
     assert d.loaded
     # manifests only
     d2 = ckptstore.diff_checkpoints(uri, 1, "latest", load=False)
@@ -405,6 +425,8 @@ def test_diff_command(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "model.2.weight  changed" in r.stdout and "batch: 9 -> 9" not in r.stdout
     assert "3 identical tensor(s) not listed" in r.stdout
+    assert "values (not tensors):\n  extra.k: 3 -> 5\n" in r.stdout
+    assert "values (not tensors): the same" in run_cli("diff", store.uri, "60", "60").stdout
     j = json.loads(run_cli("diff", store.uri, "10", "--json").stdout)
     assert j["b"]["step"] == 60 and j["config"] == [{"path": "batch", "a": 8, "b": 9}]
     bad = run_cli("diff", store.uri, "999")
@@ -441,6 +463,32 @@ def test_dashboard_command_writes_a_file_and_serves_until_ctrl_c(tmp_path):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and "Traceback" not in err and "dashboard stopped" in out, (out, err)
+
+
+def test_dashboard_of_a_path_with_no_store_says_so(tmp_path):
+    """A mistyped path used to give a page of nothing and 'wrote the dashboard': --output now
+    refuses it, and the served page (which may be opened before the run's first save) says so."""
+    missing = str(tmp_path / "runz")
+    r = run_cli("dashboard", missing, "--output", str(tmp_path / "page.html"))
+    assert r.returncode == 1 and "no checkpoint store at" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "page.html").exists() and not os.path.exists(missing)
+    with pytest.raises(ckptstore.StoreNotFoundError):
+        ckptstore.dashboard(missing, output=str(tmp_path / "page.html"))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ckptstore", "dashboard", missing],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "127.0.0.1" in p.stdout.readline()
+        assert "no store at" in p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in err and not os.path.exists(missing)
 
 
 def test_the_public_name_is_the_function():

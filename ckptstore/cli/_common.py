@@ -22,6 +22,11 @@ def add_store_arg(sp: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="fsspec storage option (value parsed as JSON when it can be); repeatable",
     )
+    add_retries_arg(sp)
+
+
+def add_retries_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--retries", type=int, metavar="N", help="retries per storage request (default 3)")
 
 
 def key_value(text: str) -> str:
@@ -49,7 +54,7 @@ def storage_options(items: list[str] | None) -> dict[str, Any]:
 def open_store(args: argparse.Namespace) -> Store:
     from ..store._store import Store
 
-    return Store(args.uri, storage_options=storage_options(args.storage_option))
+    return Store(args.uri, storage_options=storage_options(args.storage_option), retries=args.retries)
 
 
 def table(head: list[str], rows: list[list[str]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._units import fmt_bytes
 from ..format._layout import parse_manifest_key
-from ._common import key_value, storage_options
+from ._common import add_retries_arg, key_value, storage_options
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -89,7 +89,8 @@ def add_parsers(sub: Any) -> None:
         description="Copy checkpoints from SRC to DST (any two URIs). Only objects DST lacks "
         "travel, each verified against its hash; manifests go last, so an "
         "interrupted copy leaves DST consistent and a rerun resumes. Without "
-        "--step/--id/--all/--latest, the newest checkpoint is copied.",
+        "--step/--id/--all/--latest, the newest checkpoint is copied; given several, every "
+        "checkpoint any of them selects is copied.",
     )
     cp.add_argument("src", help="source store URI")
     cp.add_argument("dst", help="destination store URI (created if missing)")
@@ -111,7 +112,7 @@ def add_parsers(sub: Any) -> None:
     cp.add_argument(
         "--dst-option", action="append", type=key_value, metavar="KEY=VALUE", help="storage option for DST only"
     )
-    cp.add_argument("--retries", type=int, metavar="N", help="retries per storage request (default 3)")
+    add_retries_arg(cp)
     cp.add_argument("--workers", type=positive, metavar="N", help="parallel transfers")
     cp.add_argument("--readback", action="store_true", help="also read every new object back from DST and check it")
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -8,8 +8,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._errors import CkptstoreError
-from ._common import add_store_arg, storage_options, table
+from .._errors import CkptstoreError, PickleNotAllowedError
+from ._common import add_store_arg, open_store, table
 
 if TYPE_CHECKING:
     from ..web._diff import CheckpointDiff
@@ -54,7 +54,6 @@ def _usage(msg: str) -> NoReturn:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..web._api import dashboard
 
-    opts = storage_options(args.storage_option)
     if args.compare and not args.output:
         _usage("--compare needs --output (the served page compares on demand)")
     if args.refresh <= 0:
@@ -63,13 +62,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         _usage("--port must be from 0 (a free port) to 65535")
     if args.output:
         try:
-            path = dashboard(
-                args.uri,
-                output=args.output,
-                storage_options=opts,
-                backup=args.backup,
-                compare=tuple(args.compare) if args.compare else None,
-            )
+            with open_store(args) as store:
+                path = dashboard(
+                    store,
+                    output=args.output,
+                    backup=args.backup,
+                    compare=tuple(args.compare) if args.compare else None,
+                )
         except OSError as e:
             if isinstance(e, CkptstoreError):
                 raise
@@ -77,15 +76,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote the dashboard of {args.uri} to {path}")
         return 0
-    try:
-        server = dashboard(args.uri, port=args.port, refresh=args.refresh, storage_options=opts, backup=args.backup)
-    except OSError as e:  # the port is taken
-        raise SystemExit(f"ckptstore: cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}") from None
-    print(f"dashboard of {args.uri} at {server.url}  (read-only; Ctrl+C stops it)", flush=True)
-    try:
-        server.wait()
-    finally:
-        server.close()
+    with open_store(args) as store:
+        try:
+            server = dashboard(store, port=args.port, refresh=args.refresh, backup=args.backup)
+        except OSError as e:  # the port is taken
+            raise SystemExit(f"ckptstore: cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}") from None
+        print(f"dashboard of {args.uri} at {server.url}  (read-only; Ctrl+C stops it)", flush=True)
+        if not store.exists():
+            print(f"no store at {args.uri} yet: the page shows it once a run saves there", flush=True)
+        try:
+            server.wait()
+        finally:
+            server.close()
     print("dashboard stopped", flush=True)
     return 0
 
@@ -98,17 +100,20 @@ def _rel(v: float | None) -> str:
     return f"{v:.3g}"
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    text = json.dumps(v) if v is None or isinstance(v, (bool, int, str)) else repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from ..web._api import diff_checkpoints
 
-    d = diff_checkpoints(
-        args.uri,
-        args.a,
-        args.b,
-        load=not args.no_load,
-        allow_pickle=args.allow_pickle,
-        storage_options=storage_options(args.storage_option),
-    )
+    try:
+        with open_store(args) as store:
+            d = diff_checkpoints(store, args.a, args.b, load=not args.no_load, allow_pickle=args.allow_pickle)
+    except PickleNotAllowedError as e:
+        print(f"ckptstore: error: {e} (on the command line: --allow-pickle)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(d.to_json(), indent=2))
         return 0
@@ -133,6 +138,12 @@ def print_diff(d: CheckpointDiff, *, show_identical: bool = False) -> None:
         print("metrics:")
         for name, x, y in d.metrics:
             print(f"  {name}: {x} -> {y}")
+    if d.values:
+        print("values (not tensors):")
+        for path, x, y in d.values:
+            print(f"  {path}: {_short(x)} -> {_short(y)}")
+    else:
+        print("values (not tensors): the same")
     rows = []
     for t in d.tensors:
         if t.status == "identical" and not show_identical:

@@ -7,9 +7,9 @@ import os
 import sys
 from typing import Any
 
-from .._errors import PickleNotAllowedError
+from .._errors import CkptstoreError, PickleNotAllowedError
 from .._units import fmt_bytes
-from ._common import add_store_arg, key_value, storage_options
+from ._common import add_retries_arg, add_store_arg, key_value, open_store, storage_options
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     options = storage_options(args.storage_option)
     try:
-        with Store(args.dst, storage_options=options) as dst:
+        with Store(args.dst, storage_options=options, retries=args.retries) as dst:
             before = {i.id for i in dst.list()} if dst.exists() else set()
             infos = import_checkpoint(
                 args.src,
@@ -28,6 +28,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                 tags=args.tag or (),
                 allow_pickle=args.allow_pickle,
             )
+    except CkptstoreError:
+        raise  # main says it in the command's words
     except (OSError, ValueError) as e:  # a wrong path, a file that is not a checkpoint
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
@@ -55,18 +57,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        info, files = export_checkpoint(
-            args.uri,
-            args.dst,
-            step=args.step,
-            id=args.id,
-            allow_pickle=args.allow_pickle,
-            overwrite=args.overwrite,
-            storage_options=storage_options(args.storage_option),
-        )
+        with open_store(args) as store:
+            info, files = export_checkpoint(
+                store, args.dst, step=args.step, id=args.id, allow_pickle=args.allow_pickle, overwrite=args.overwrite
+            )
     except PickleNotAllowedError as e:
         print(f"ckptstore: error: {e} (on the command line: --allow-pickle)", file=sys.stderr)
         return 1
+    except CkptstoreError:
+        raise  # main says it in the command's words
     except (OSError, ValueError) as e:  # DST exists, a wrong path
         print(f"ckptstore: error: {e}", file=sys.stderr)
         return 1
@@ -81,6 +80,7 @@ def add_parsers(sub: Any) -> None:
     imp.add_argument(
         "-o", "--storage-option", action="append", type=key_value, metavar="KEY=VALUE", help="fsspec option for DST"
     )
+    add_retries_arg(imp)
     imp.add_argument("--step", type=int, help="step to record (default: read from the files)")
     imp.add_argument("--epoch", type=int, help="epoch to record (default: read from the files)")
     imp.add_argument("--tag", action="append", help="tag the imported checkpoints; repeatable")

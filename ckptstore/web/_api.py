@@ -121,8 +121,9 @@ def dashboard(
     Without ``output``: serve it on ``http://127.0.0.1:<port>/`` (a free port by default) from a
     background thread (``port`` 0: a free one) and return the running :class:`DashboardServer` (``.url``, ``.close()``,
     ``.wait()``); the page refreshes every ``refresh`` seconds while a run writes. Nothing opens a
-    browser. With ``output``: write the page as one self-contained HTML file and return its path;
-    ``compare=(a, b)`` adds the comparison of two checkpoints to that file.
+    browser. With ``output``: write the page as one self-contained HTML file and return its path
+    (``StoreNotFoundError`` when there is no store at ``uri``); ``compare=(a, b)`` adds the
+    comparison of two checkpoints to that file.
 
     ``backup``: a backup store to check each checkpoint against (default: the mirror of a
     ``Store`` passed with ``backup=``). ``storage_options``/``backup_options``: fsspec options for
@@ -139,6 +140,8 @@ def dashboard(
         backup_options = backup_options if backup_options is not None else store.backup.backup.storage_options
     try:
         if output is not None:
+            if not store.exists():  # a page of nothing: most likely a mistyped path
+                raise store.catalog.not_found()
             snap = snapshot(store, backup=backup, backup_options=backup_options, policy=retention)
             cmp = None
             if compare is not None:

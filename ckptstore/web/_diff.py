@@ -1,4 +1,4 @@
-"""Compare two checkpoints: config, metrics, and every tensor by name.
+"""Compare two checkpoints: config, metrics, the state's plain values, and every tensor by name.
 
 Tensors are matched by their path in the state (``model.fc1.weight``). The manifests alone say
 which tensors were added, removed, re-shaped, or are byte-identical (same blob content at the same
@@ -68,6 +68,9 @@ class CheckpointDiff:
     config: list[tuple[str, Any, Any]] = field(default_factory=list)
     """(path, value in a, value in b) for every config value that differs (missing: ``"<absent>"``)."""
     metrics: list[tuple[str, Any, Any]] = field(default_factory=list)
+    values: list[tuple[str, Any, Any]] = field(default_factory=list)
+    """(path, value in a, value in b) for every plain value of the state (not a tensor: a step
+    count, a scheduler's learning rate...) that differs (missing: ``"<absent>"``)."""
     tensors: list[TensorChange] = field(default_factory=list)
     layers: list[LayerChange] = field(default_factory=list)
     loaded: bool = False
@@ -96,6 +99,7 @@ class CheckpointDiff:
             "deduplicated": sum(1 for t in self.tensors if t.deduplicated),
             "config": [{"path": p, "a": x, "b": y} for p, x, y in self.config],
             "metrics": [{"name": p, "a": num(x), "b": num(y)} for p, x, y in self.metrics],
+            "values": [{"path": p, "a": _plain(x), "b": _plain(y)} for p, x, y in self.values],
             "tensors": [
                 {
                     "name": t.name,
@@ -122,6 +126,15 @@ class CheckpointDiff:
 
 
 ABSENT = "<absent>"
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON: itself when it is a JSON scalar (non-finite floats as strings), else its repr."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
 
 
 class _Ref:
@@ -174,6 +187,50 @@ def tensor_paths(state: Any) -> dict[str, Any]:
     return out
 
 
+def plain_values(state: Any) -> dict[str, Any]:
+    """Path -> value for every leaf of a decoded state that is not a tensor (empty containers
+    included), in tree order; paths as ``tensor_paths`` names them."""
+    out: dict[str, Any] = {}
+
+    def walk(v: Any, prefix: str) -> None:
+        if isinstance(v, (_Ref, torch.Tensor, np.ndarray)):
+            return
+        if isinstance(v, Mapping) and v:
+            for k, x in v.items():
+                walk(x, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(v, (list, tuple)) and v:
+            for j, x in enumerate(v):
+                walk(x, f"{prefix}.{j}" if prefix else str(j))
+        else:
+            key, n = prefix or "state", 2
+            while key in out:
+                key, n = f"{prefix}#{n}", n + 1
+            out[key] = v
+
+    walk(state, "")
+    return out
+
+
+def _equal(x: Any, y: Any) -> bool:
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, float) and math.isnan(x) and math.isnan(y):
+        return True
+    try:
+        return bool(x == y)
+    except (TypeError, ValueError, RuntimeError):  # a pickled object whose == fails or is ambiguous
+        return repr(x) == repr(y)
+
+
+def _value_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    out = []
+    for k in [*a, *(k for k in b if k not in a)]:
+        x, y = a.get(k, ABSENT), b.get(k, ABSENT)
+        if not _equal(x, y):
+            out.append((k, x, y))
+    return out
+
+
 def _flatten(v: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(v, Mapping) and v:
         for k, x in v.items():
@@ -210,10 +267,11 @@ def _metric_changes(a: Mapping[str, float], b: Mapping[str, float]) -> list[tupl
     return out
 
 
-def _refs(m: Manifest, allow_pickle: bool) -> dict[str, _Ref]:
+def _decode(m: Manifest, allow_pickle: bool) -> Any:
+    """The manifest's state with a ``_Ref`` in place of every tensor (no tensor data read)."""
     refs = [_Ref(i) for i in range(len(m.tensors))]
     sharded = [_Ref(-1, st) for st in m.distributed.sharded] if m.distributed is not None else []
-    return dict(tensor_paths(Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)))
+    return Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)
 
 
 def _norms(a: Any, b: Any) -> tuple[float, float]:
@@ -243,7 +301,10 @@ def diff(
     """Compare checkpoint ``a`` (older) with ``b``. ``load=False`` never reads tensor data: changed
     tensors are listed without their relative change."""
     ma, mb = store.manifest(id=a.id), store.manifest(id=b.id)
-    ra, rb = _refs(ma, allow_pickle), _refs(mb, allow_pickle)
+    da, db = _decode(ma, allow_pickle), _decode(mb, allow_pickle)
+    ra, rb = tensor_paths(da), tensor_paths(db)
+    values = _value_changes(plain_values(da), plain_values(db))
+    del da, db
     changes: dict[str, TensorChange] = {}
     changed: list[str] = []
     for name in [*rb, *(n for n in ra if n not in rb)]:
@@ -291,6 +352,7 @@ def diff(
         b=b,
         config=_config_changes(a.config, b.config),
         metrics=_metric_changes(a.metrics, b.metrics),
+        values=values,
         tensors=tensors,
         layers=_layers(tensors),
         loaded=loaded,

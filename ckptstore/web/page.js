@@ -263,6 +263,12 @@
           esc(fmtNum(m.b)) + "</td>", ""];
       }), "cmp-metrics");
     }
+    if (d.values && d.values.length) {
+      h += "<h3>values (not tensors)</h3>" + table(["path", "A", "B"], d.values.map(function (v) {
+        return ['<td class="mono">' + esc(v.path) + "</td><td>" + esc(JSON.stringify(v.a)) + "</td><td>" +
+          esc(JSON.stringify(v.b)) + "</td>", ""];
+      }), "cmp-values");
+    }
     h += "<h3>layers</h3>" + table(["layer", "tensors", "changed", "relative change"], d.layers.map(function (l) {
       return ['<td class="mono">' + esc(l.name) + '</td><td class="num">' + l.tensors + '</td><td class="num">' +
         l.changed + '</td><td class="num">' + esc(fmtNum(l.relative_change)) + "</td>", ""];
