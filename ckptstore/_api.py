@@ -172,6 +172,7 @@ def copy_checkpoints(
     retries: int | None = None,
     workers: int | None = None,
     readback: bool = False,
+    repair: bool = False,
     progress: bool | None = None,
 ) -> CopyResult:
     """Copy checkpoints from ``src`` to ``dst`` (Stores or URIs; a missing destination store is
@@ -181,7 +182,9 @@ def copy_checkpoints(
 
     ``src_options``/``dst_options``: fsspec options for each store given as a URI; ``retries``:
     retries per storage request (default 3); ``workers``: parallel transfers; ``readback``: also
-    read every new object back from the destination and check it; ``progress``: a progress bar
+    read every new object back from the destination and check it; ``repair``: read what the
+    destination already holds of these checkpoints and replace what does not match its hash (a
+    damaged store restored from its backup); ``progress``: a progress bar
     (default: on a terminal). A damaged source checkpoint does not stop the others: the healthy
     ones are copied, then ``IntegrityError`` names the damaged ones (its ``result`` and
     ``damaged`` attributes say what was done)."""
@@ -197,6 +200,7 @@ def copy_checkpoints(
             checkpoints=checkpoints,
             workers=workers,
             readback=readback,
+            repair=repair,
             progress=progress,
         )
     finally:

@@ -247,6 +247,12 @@ def test_an_unreachable_store_names_the_cli_flag_for_retries(store_path, tmp_pat
             "diff": ["1", "2"],
             "dashboard": ["--output", str(tmp_path / "d.html")],
         }.get(command, [])
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():  # earlier tests' unclosed event loops are not this command's
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     code, _, err = run(capsys, *argv, "--retries", "0")
     assert code == 1
     one_clean_error(err)

@@ -34,6 +34,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
                 retries=args.retries,
                 workers=args.workers,
                 readback=args.readback,
+                repair=args.repair,
                 progress=False if args.quiet else (True if sys.stderr.isatty() else None),
             )
         except CopyIncompleteError as e:
@@ -52,6 +53,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
             "bytes_copied": result.bytes_copied,
             "objects_present": result.objects_present,
             "bytes_present": result.bytes_present,
+            "replaced": result.replaced,
             "damaged": [{"step": step, "id": id_, "problem": why} for step, id_, why in damaged],
         }
         print(json.dumps(doc, indent=2))
@@ -66,6 +68,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
     if result.present:
         steps = ", ".join(str(i.step) for i in result.present)
         print(f"already in {args.dst}: step {steps}")
+    if args.repair:
+        print(f"repaired {result.replaced} damaged object(s) and manifest(s) in {args.dst}")
     for step, id_, why in damaged:
         print(f"ckptstore: damaged, not copied: step {step} ({id_[:12]}): {why}", file=sys.stderr)
     if damaged:
@@ -115,6 +119,12 @@ def add_parsers(sub: Any) -> None:
     add_retries_arg(cp)
     cp.add_argument("--workers", type=positive, metavar="N", help="parallel transfers")
     cp.add_argument("--readback", action="store_true", help="also read every new object back from DST and check it")
+    cp.add_argument(
+        "--repair",
+        action="store_true",
+        help="first read what DST already holds of these checkpoints and replace what is damaged "
+        "(restore a damaged store from its backup)",
+    )
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.add_argument("--json", action="store_true", help="print the result as JSON")
     cp.set_defaults(func=cmd_cp)

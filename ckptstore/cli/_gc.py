@@ -1,4 +1,4 @@
-"""``ckptstore gc``: apply a retention policy, then delete unreferenced data."""
+"""``ckptstore gc`` (apply a retention policy, then delete unreferenced data) and ``ckptstore forget``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,47 @@ def add_parsers(sub: Any) -> None:
     )
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.set_defaults(func=cmd_gc)
+
+    fg = sub.add_parser(
+        "forget",
+        help="remove checkpoints by step or id, or every damaged one (their data stays until gc)",
+        description="Delete the manifests of the checkpoints named, damaged ones included (a damaged "
+        "manifest stops gc from deleting any object until it is removed or copied again from a backup). "
+        "The data only they used stays until `ckptstore gc` deletes it.",
+    )
+    add_store_arg(fg)
+    fg.add_argument("--step", type=int, nargs="+", action="extend", metavar="N", help="every checkpoint at step(s) N")
+    fg.add_argument("--id", nargs="+", action="extend", metavar="ID", help="checkpoint id(s) or unique prefixes")
+    fg.add_argument("--damaged", action="store_true", help="every checkpoint whose manifest is damaged")
+    fg.add_argument("--dry-run", action="store_true", help="print what would be removed; change nothing")
+    fg.add_argument("--json", action="store_true", help="print JSON")
+    fg.set_defaults(func=cmd_forget)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from ..store._gc import forget_manifests, select_manifests
+
+    if not (args.step or args.id or args.damaged):
+        raise InvalidArgumentError("name what to forget: --step N, --id ID or --damaged")
+    with open_store(args) as store:
+        store.catalog.config()  # StoreNotFoundError before anything else
+        chosen = select_manifests(store, steps=args.step or (), ids=args.id or (), damaged=args.damaged)
+        done = chosen if args.dry_run else forget_manifests(store, chosen)
+    if args.json:
+        doc = {
+            "dry_run": args.dry_run,
+            "forgotten": [{"step": e.step, "id": e.id, "damage": e.damage} for e in done],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    verb = "would forget" if args.dry_run else "forgot"
+    for e in done:
+        print(f"{verb} step {e.step} ({e.id[:12]})" + (f": damaged ({e.damage})" if e.damage else ""))
+    if not done:
+        print("no damaged checkpoint found: nothing to forget")
+    elif not args.dry_run:
+        print(f"{len(done)} checkpoint(s) forgotten; `ckptstore gc {args.uri}` deletes the data no checkpoint uses")
+    return 0
 
 
 # -- gc ---------------------------------------------------------------------------------------

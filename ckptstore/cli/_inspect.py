@@ -333,9 +333,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_du(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         infos = store.list()
-        from ..store._gc import mark
+        from ..store._gc import DAMAGED_MANIFESTS, mark
 
         referenced, problems, manifests = mark(store)
+        unreadable = bool(problems)
         users: dict[str, int] = {}
         size: dict[str, int] = {}
         for m in manifests.values():
@@ -418,11 +419,18 @@ def cmd_du(args: argparse.Namespace) -> int:
         f"({len(present)} objects); dedup and compression: {ratio}"
         + (f"; {len(missing)} referenced object(s) missing (`ckptstore verify`)" if missing else "")
     )
-    if garbage:
+    if garbage and unreadable:
+        print(
+            f"not used by a readable checkpoint: {f(garbage_bytes)} in {garbage} object(s) (some may belong to "
+            "the damaged checkpoint(s); gc deletes nothing while a manifest cannot be read)"
+        )
+    elif garbage:
         print(
             f"unreferenced: {f(garbage_bytes)} in {garbage} object(s) (`ckptstore gc` removes them once "
             "they are older than the grace period)"
         )
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
+    if unreadable:
+        print(f"note: {DAMAGED_MANIFESTS}", file=sys.stderr)
     return 1 if problems else 0

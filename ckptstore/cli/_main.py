@@ -1,7 +1,7 @@
 """The ``ckptstore`` command line. ``main(argv) -> exit code`` (0 ok, 1 problems, 2 usage).
 
 One module per command group, each with ``add_parsers(sub)``: ``_inspect`` (ls, show, du),
-``_verify``, ``_gc``, ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff).
+``_verify``, ``_gc`` (gc, forget), ``_cp``, ``_interop`` (import, export), ``_dashboard`` (dashboard, diff).
 A new command goes into the module of its group (or a new one) and is registered in ``build_parser``.
 
 What the user sees besides a command's output is one line per message on stderr:

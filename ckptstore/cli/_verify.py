@@ -165,6 +165,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     n_bad = sum(1 for r in results if not r["ok"])
     verdict = f"{n_bad} damaged" if n_bad else "see below" if orphaned else "all ok"
     print(f"checked {len(results)} checkpoint(s) ({what}): {verdict}")
+    if n_bad:
+        steps = " ".join(str(r["step"]) for r in results if not r["ok"])
+        print(
+            "note: a damaged checkpoint can be copied again from a backup "
+            f"(`ckptstore cp BACKUP URI --step {steps} --repair`) or removed (`ckptstore forget URI --step "
+            f"{steps}`; gc deletes nothing while a manifest is damaged)",
+            file=sys.stderr,
+        )
     if not results and args.step is None:
         print("the store has no checkpoints")
     if orphaned:

@@ -4,7 +4,9 @@ The copy follows the write order of docs/format.md at the destination: a checkpo
 first (only those the destination lacks), then ``sync``, then its manifest (the same bytes, so
 the same id), then ``sync``. Every object read from the source is checked against the hash in
 its name before it is written ("verified on arrival"); ``readback=True`` also reads each new
-object back from the destination and checks it there. An interrupted copy leaves the destination
+object back from the destination and checks it there; ``repair=True`` first reads what the
+destination already holds of the chosen checkpoints and writes again what does not match its hash
+(restoring a damaged store from its backup). An interrupted copy leaves the destination
 consistent (at worst some unreferenced objects, which gc removes); running the copy again sends
 only what is still missing.
 
@@ -47,6 +49,8 @@ class CopyResult:
     bytes_copied: int
     objects_present: int
     bytes_present: int
+    replaced: int = 0
+    """With ``repair``: damaged objects and manifests at the destination replaced by good copies."""
 
 
 class CopyIncompleteError(IntegrityError):
@@ -105,19 +109,23 @@ def copy_between(
     *,
     workers: int,
     readback: bool = False,
+    repair: bool = False,
     progress: bool | None = None,
 ) -> CopyResult:
     """Copy ``chosen`` checkpoints of ``src`` to ``dst`` (created when missing): only objects the
-    destination lacks travel, verified on arrival; each manifest goes last. The public entry points
-    are ``ckptstore.copy_checkpoints`` and ``Store.copy_to``."""
-    return _Copier(src, dst, workers, readback).run(chosen, progress)
+    destination lacks travel, verified on arrival; each manifest goes last. ``repair``: first read
+    what the destination already has of them and replace what does not match its hash. The public
+    entry points are ``ckptstore.copy_checkpoints`` and ``Store.copy_to``."""
+    return _Copier(src, dst, workers, readback, repair).run(chosen, progress)
 
 
 class _Copier:
-    def __init__(self, src: Store, dst: Store, workers: int, readback: bool) -> None:
+    def __init__(self, src: Store, dst: Store, workers: int, readback: bool, repair: bool = False) -> None:
         self.src, self.dst = src, dst
         self.workers = max(1, workers)
         self.readback = readback
+        self.repair = repair
+        self.replaced = 0
         self.lock = threading.Lock()
         self.objects = 0
         self.bytes = 0
@@ -149,7 +157,7 @@ class _Copier:
                 f"object {key} read from {self.src.uri} does not match its hash; not copying it "
                 "(the source is damaged, or the transfer was corrupted: retry)"
             )
-        self.dst.backend.write(okey, data, if_absent=True)
+        self.dst.backend.write(okey, data, if_absent=not self.repair)  # repair: a damaged copy may be there
         if self.readback:
             back = self.dst.backend.read(okey)
             if _hashing.digest(back) != key:
@@ -160,6 +168,33 @@ class _Copier:
         if bar is not None:
             bar(len(data))
 
+    def _intact(self, key: str, digest: str) -> bool:
+        """Whether the destination's bytes at ``key`` hash to ``digest`` (False when unreadable)."""
+        try:
+            return _hashing.digest(self.dst.backend.read(key)) == digest
+        except FileNotFoundError:
+            return False
+
+    def _damaged_at_dst(self, chosen: list[CheckpointInfo], have_objects: set[str], have_manifests: set[str]) -> None:
+        """``repair``: drop from the two sets what the destination holds damaged (read and hashed
+        there), so that the copy writes it again."""
+        manifests = [i for i in chosen if i.key in have_manifests]
+        needed: set[str] = set()
+        for info in chosen:
+            try:
+                needed.update(h for h in self._manifest(info)[1].objects if h in have_objects)
+            except IntegrityError:
+                continue  # damaged at the source: reported by the copy itself
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptstore-repair") as pool:
+            bad_m = [
+                i.key for i, ok in zip(manifests, pool.map(lambda i: self._intact(i.key, i.id), manifests)) if not ok
+            ]
+            objs = sorted(needed)
+            bad_o = [h for h, ok in zip(objs, pool.map(lambda h: self._intact(object_key(h), h), objs)) if not ok]
+        have_manifests.difference_update(bad_m)
+        have_objects.difference_update(bad_o)
+        self.replaced = len(bad_m) + len(bad_o)
+
     def run(self, chosen: list[CheckpointInfo], progress: bool | None) -> CopyResult:
         # a copy is a save at the destination: it decides to reuse objects there, so it holds a
         # save lease until its last manifest is written
@@ -169,6 +204,8 @@ class _Copier:
     def _run(self, chosen: list[CheckpointInfo], progress: bool | None, session: SaveSession) -> CopyResult:
         have_objects = {h for h in map(parse_object_key, self.dst.backend.list(OBJECTS_DIR)) if h is not None}
         have_manifests = {k for k in self.dst.backend.list(MANIFESTS_DIR) if parse_manifest_key(k) is not None}
+        if self.repair:
+            self._damaged_at_dst(chosen, have_objects, have_manifests)
         plans = []
         planned: set[str] = set()
         counted: set[str] = set()
@@ -221,6 +258,7 @@ class _Copier:
             bytes_copied=self.bytes,
             objects_present=present_objects,
             bytes_present=present_bytes,
+            replaced=self.replaced,
         )
         if damaged:
             damaged.sort(key=lambda d: (d[0].step, d[0].created_at, d[0].id))

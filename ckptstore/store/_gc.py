@@ -29,7 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .._errors import CheckpointNotFoundError, CkptstoreWarning, IntegrityError, UnsupportedFormatError
+from .._errors import (
+    CheckpointNotFoundError,
+    CkptstoreWarning,
+    IntegrityError,
+    InvalidArgumentError,
+    UnsupportedFormatError,
+)
 from ..format._info import CheckpointInfo
 from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ..format._manifest import Manifest
@@ -104,6 +110,68 @@ def forget(store: Store, infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo
     return done
 
 
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One manifest present in a store, readable or not: what ``forget_manifests`` takes."""
+
+    step: int
+    id: str
+    key: str
+    damage: str | None = None
+    """Why the manifest cannot be used (its bytes do not match its name, it does not validate), or None."""
+
+
+def select_manifests(
+    store: Store, *, steps: Iterable[int] = (), ids: Iterable[str] = (), damaged: bool = False
+) -> list[ManifestEntry]:
+    """The manifests at ``steps`` (every one at each step), with ids or unique id prefixes ``ids``,
+    and with ``damaged`` every damaged one: found from the listing alone, so a damaged manifest
+    can be named too. ``CheckpointNotFoundError`` for a step or id that names none. A manifest of a
+    newer format version is not damage and is never selected by ``damaged``."""
+    keys = store.catalog.manifest_keys()
+    chosen: dict[str, tuple[int, str]] = {}
+    for step in steps:
+        found = [k for k in keys if k[0] == step]
+        if not found:
+            raise CheckpointNotFoundError(f"no checkpoint at step {step} in {store.uri}")
+        chosen.update((key, (s, d)) for s, d, key in found)
+    for prefix in ids:
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {prefix!r}")
+        found = [k for k in keys if k[1].startswith(prefix)]
+        if len(found) != 1:
+            what = "no checkpoint" if not found else f"{len(found)} checkpoints (give more digits)"
+            raise CheckpointNotFoundError(f"id prefix {prefix!r} matches {what} in {store.uri}")
+        chosen.update((key, (s, d)) for s, d, key in found)
+    out = []
+    for step, digest, key in keys:
+        damage = None
+        if key in chosen or damaged:
+            try:
+                store.catalog.manifest(key)
+            except CheckpointNotFoundError:
+                continue
+            except UnsupportedFormatError:
+                pass
+            except IntegrityError as e:
+                damage = str(e)
+        if key in chosen or (damaged and damage is not None):
+            out.append(ManifestEntry(step, digest, key, damage))
+    return out
+
+
+def forget_manifests(store: Store, entries: Iterable[ManifestEntry]) -> list[ManifestEntry]:
+    """Delete these manifests, damaged ones included (their objects stay until a sweep)."""
+    done = []
+    for e in entries:
+        store.backend.delete(e.key)
+        done.append(e)
+    if done:
+        store.backend.sync()
+        store.catalog.removed(e.key for e in done)
+    return done
+
+
 def _objects_of(store: Store, infos: Iterable[CheckpointInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
     for info in infos:
@@ -125,6 +193,12 @@ def _age(store: Store, key: str, now: float) -> float | None:
         return None
     return None if mt is None else now - mt
 
+
+#: what to do about manifests that cannot be read (gc, du and verify say it)
+DAMAGED_MANIFESTS = (
+    "Run `ckptstore verify URI`; a damaged checkpoint is copied again from a backup with `ckptstore cp BACKUP "
+    "URI --all --repair`, or removed with `ckptstore forget URI --damaged` (then gc frees the data only it used)"
+)
 
 #: what gc and verify say of a store with objects and no manifests/ folder
 LOST_MANIFESTS = (
@@ -169,7 +243,7 @@ def sweep(
         referenced, problems, manifests = mark(store)
         if problems:
             report.problems.extend(problems)
-            report.deferred = "some manifests cannot be read, so no object was deleted (run `ckptstore verify`)"
+            report.deferred = f"some manifests cannot be read, so no object was deleted. {DAMAGED_MANIFESTS}"
             return
         if dry_run:
             # the plan's removals are not forgotten yet: what only they reference is garbage

@@ -180,12 +180,14 @@ class Store:
         checkpoints: Iterable[CheckpointInfo] | None = None,
         workers: int | None = None,
         readback: bool = False,
+        repair: bool = False,
         progress: bool | None = None,
     ) -> CopyResult:
         """Copy checkpoints to the store ``dst`` (a Store or a URI; created when missing): the union
         of ``steps`` (the newest at each), ``ids`` (unique prefixes), ``all`` and the ``latest`` K,
         or exactly ``checkpoints``; the newest when nothing is given (as ``ckptstore.copy_checkpoints``).
         ``workers``: parallel transfers; ``readback``: read every new object back and check it;
+        ``repair``: read what ``dst`` already holds of them and replace what is damaged;
         ``progress``: a progress bar (default: on a terminal). A damaged source checkpoint does not
         stop the healthy ones: they are copied, then an ``IntegrityError`` names the damaged ones."""
         from ._copy import copy_between, select_checkpoints
@@ -198,7 +200,13 @@ class Store:
                 else select_checkpoints(self, steps=steps, ids=ids, all=all, latest=latest)
             )
             return copy_between(
-                self, target, chosen, workers=workers or target.workers, readback=readback, progress=progress
+                self,
+                target,
+                chosen,
+                workers=workers or target.workers,
+                readback=readback,
+                repair=repair,
+                progress=progress,
             )
         finally:
             if target is not dst:

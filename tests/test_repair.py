@@ -1,0 +1,124 @@
+"""A damaged store: its damaged checkpoints are named by verify, copied again from a backup with
+``cp --repair``, or forgotten with ``ckptstore forget``, after which gc frees their data again.
+Before, a damaged manifest blocked gc for good (no command could remove it) and ``cp`` from a
+backup skipped what the store already held, damaged or not."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+import ckptstore
+from ckptstore import Store
+from ckptstore.cli import main
+
+
+def rand(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def flip(store: Store, key: str) -> None:
+    """Damage the bytes at ``key`` in place (local path or memory://)."""
+    data = bytearray(store.backend.read(key))
+    data[len(data) // 2] ^= 0x40
+    store.backend.write(key, bytes(data))
+
+
+@pytest.fixture(params=["local", "memory"])
+def stores(request, tmp_path):
+    if request.param == "local":
+        uri, backup = str(tmp_path / "run"), str(tmp_path / "backup")
+    else:
+        tag = f"{os.getpid()}-{time.time_ns()}"
+        uri, backup = f"memory://repair-{tag}/run", f"memory://repair-{tag}/backup"
+    s = Store(uri)
+    for step in range(3):
+        s.save({"w": rand(5000, step), "same": torch.ones(100)}, step=step)
+    ckptstore.copy_checkpoints(s, backup, all=True, progress=False)
+    return s, uri, backup
+
+
+def test_cp_repair_restores_a_damaged_manifest_and_object_from_the_backup(stores, capsys):
+    s, uri, backup = stores
+    keys = [k for _s, _d, k in s.catalog.manifest_keys()]
+    flip(s, keys[1])  # step 1's manifest
+    only2 = [k for k in s.manifest(2).objects if k not in s.manifest(0).objects][0]
+    flip(s, f"objects/{only2[:2]}/{only2}")  # an object only step 2 uses
+    code, out, err = run(capsys, "verify", uri)
+    assert code == 1 and "2 damaged" in out and "--step 1 2 --repair" in err
+    # without --repair the copy trusts what is there, and nothing changes
+    code, out, _ = run(capsys, "cp", backup, uri, "--all")
+    assert run(capsys, "verify", uri)[0] == 1
+    code, out, _ = run(capsys, "cp", backup, uri, "--all", "--repair", "--json")
+    assert code == 0 and json.loads(out)["replaced"] == 2
+    code, out, _ = run(capsys, "verify", uri)
+    assert code == 0 and "all ok" in out
+    fresh = Store(uri)
+    for step in range(3):
+        assert torch.equal(fresh.load(step)["w"], rand(5000, step))
+
+
+def test_forget_removes_damaged_checkpoints_and_gc_frees_their_data_again(stores, capsys):
+    s, uri, _backup = stores
+    keys = [k for _s, _d, k in s.catalog.manifest_keys()]
+    damaged_id = s.catalog.manifest_keys()[1][1]
+    flip(s, keys[1])
+    code, _, err = run(capsys, "gc", uri, "--grace", "0s")
+    assert code == 1 and "forget URI --damaged" in err
+    code, out, err = run(capsys, "du", uri)
+    assert code == 1 and "not used by a readable checkpoint" in out and "unreferenced:" not in out
+    code, out, _ = run(capsys, "forget", uri, "--damaged", "--dry-run")
+    assert code == 0 and f"would forget step 1 ({damaged_id[:12]}): damaged" in out
+    assert len(Store(uri).catalog.manifest_keys()) == 3
+    code, out, _ = run(capsys, "forget", uri, "--damaged", "--json")
+    doc = json.loads(out)
+    assert code == 0 and [(f["step"], f["id"]) for f in doc["forgotten"]] == [(1, damaged_id)]
+    assert "does not match its hash" in doc["forgotten"][0]["damage"]
+    code, out, _ = run(capsys, "forget", uri, "--damaged")
+    assert code == 0 and "nothing to forget" in out
+    code, out, _ = run(capsys, "gc", uri, "--grace", "0s", "--json")
+    assert code == 0 and json.loads(out)["deleted_objects"] == 1  # step 1's own object
+    assert run(capsys, "verify", uri)[0] == 0
+    assert [i.step for i in Store(uri).list()] == [0, 2]
+
+
+def test_forget_by_step_and_id_and_its_errors(stores, capsys):
+    s, uri, _backup = stores
+    ids = [d for _s, d, _k in s.catalog.manifest_keys()]
+    code, out, _ = run(capsys, "forget", uri, "--step", "0", "--id", ids[2][:10])
+    assert code == 0 and "2 checkpoint(s) forgotten" in out and "ckptstore gc" in out
+    assert [i.step for i in Store(uri).list()] == [1]
+    code, _, err = run(capsys, "forget", uri)
+    assert code == 1 and "--step N, --id ID or --damaged" in err
+    code, _, err = run(capsys, "forget", uri, "--step", "7")
+    assert code == 1 and "no checkpoint at step 7" in err
+    code, _, err = run(capsys, "forget", uri, "--id", "XYZ")
+    assert code == 1 and "lowercase hex" in err
+    assert "Traceback" not in err
+
+
+def test_forget_leaves_a_manifest_of_a_newer_format_version(tmp_path, capsys):
+    """Not damage: a newer ckptstore wrote it; --damaged must not delete it."""
+    uri = str(tmp_path / "run")
+    s = Store(uri)
+    s.save({"w": rand(10, 0)}, step=1)
+    path = tmp_path / "run" / s.catalog.manifest_keys()[0][2]
+    doc = json.loads(path.read_bytes())
+    doc["version"] = 99
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    import blake3
+
+    newer = tmp_path / "run" / "manifests" / f"{'0' * 19}2-{blake3.blake3(data).hexdigest()}.json"
+    newer.write_bytes(data)
+    code, out, _ = run(capsys, "forget", uri, "--damaged")
+    assert code == 0 and "nothing to forget" in out and newer.exists()
