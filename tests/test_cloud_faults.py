@@ -210,6 +210,29 @@ def test_dead_endpoint_fails_with_a_clear_error() -> None:
         ).list()
 
 
+def test_a_server_that_never_answers_fails_after_a_bounded_number_of_requests() -> None:
+    """It accepts the connection and never replies. Each request waits ``read_timeout`` (20 s by
+    default, botocore's is 60) and is retried by botocore and by s3fs; then the store used to ask
+    what its root is, which waited as long again (6.4 minutes in all with the defaults). Counted
+    in requests, with a 1 s timeout so the test is quick."""
+    target = cs.new_s3_bucket(cs.shared("moto").url)
+    proxy = FaultProxy(cs.HOST, cs.shared("moto").port).start()
+    try:
+        proxy.add("delay", delay=4, times=None)
+        opts = dict(target.options, endpoint_url=proxy.url, config_kwargs={"read_timeout": 1})
+        with pytest.raises(ckptstore.StorageError, match="Read timeout") as e:
+            ckptstore.Store(target.uri, storage_options=opts, retries=1).list()
+        assert target.uri in str(e.value)
+        # botocore's 2 tries of the config's GET (s3fs's retry loops, nested, made it 8) and no
+        # HEAD of the root after them
+        assert proxy.count == 2 and all(r.method == "GET" for r in proxy.requests), proxy.requests
+    finally:
+        proxy.stop()
+    store = ckptstore.Store(target.uri, storage_options=target.options)
+    assert store.backend.fs.config_kwargs["read_timeout"] == 20  # the default, set by ckptstore
+    assert store.backend.fs.config_kwargs["connect_timeout"] == 10
+
+
 def test_missing_bucket_says_create_it() -> None:
     opts = cs.s3_options(cs.shared("moto").url)
     with pytest.raises(ckptstore.StorageError, match="does not exist"):

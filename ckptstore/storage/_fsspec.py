@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,6 +40,9 @@ from ._backend import Backend, Buffer
 log = logging.getLogger("ckptstore")
 
 DEFAULT_RETRIES = 3
+#: seconds an S3 request waits for the server's next bytes (botocore's ``read_timeout``, 60 by
+#: default); ``storage_options={"config_kwargs": {"read_timeout": ...}}`` sets another
+READ_TIMEOUT = 20
 OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 
 
@@ -113,6 +117,8 @@ class FsspecBackend(Backend):
         self.part_size: int | None = part_size
         # s3fs: PUTs send the caller's buffers and GETs fill them, without intermediate copies
         self._zero_copy = _s3io.usable(fs)
+        #: tries of a GET whose body breaks off after the answer began (botocore retries the rest)
+        self._body_attempts = 1 if self.retries == 0 else 2
         self.supports_zero_copy = self._zero_copy
         self.parallel_transfers = _s3io.PARALLEL_TRANSFERS if self._zero_copy else 1
 
@@ -158,7 +164,17 @@ class FsspecBackend(Backend):
 
     def read(self, key: str) -> bytes:
         with self._errors(f"cannot read {self.describe(key)}"):
-            return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
+            if not self._zero_copy:
+                return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
+            broken = _s3io.broken_body_errors()
+            for attempt in range(self._body_attempts):
+                try:
+                    return bytes(self.fs.cat_file(self._path(key), **self._cat_kw))
+                except broken:
+                    if attempt == self._body_attempts - 1:
+                        raise
+                    time.sleep(0.1)
+            raise AssertionError("unreachable")
 
     def read_into(self, key: str, out: Buffer) -> int:
         if not self._zero_copy:
@@ -166,7 +182,11 @@ class FsspecBackend(Backend):
         view = memoryview(out).cast("B")
         _s3io.prefault(view)
         with self._errors(f"cannot read {self.describe(key)}"):
-            return int(fsspec.asyn.sync(self.fs.loop, _s3io.get_into, self.fs, self._path(key), view))
+            return int(
+                fsspec.asyn.sync(
+                    self.fs.loop, _s3io.get_into, self.fs, self._path(key), view, attempts=self._body_attempts
+                )
+            )
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -305,6 +325,9 @@ def s3_options(options: dict[str, Any], retries: int) -> dict[str, Any]:
     config = dict(opts.get("config_kwargs") or {})
     config.setdefault("retries", {"max_attempts": retries, "mode": "standard"})  # retries after the first try
     config.setdefault("connect_timeout", 10)
+    # botocore waits 60 s for each answer; with its retries and s3fs's that made a server that
+    # accepts connections but never answers fail only after 6 minutes
+    config.setdefault("read_timeout", READ_TIMEOUT)
     opts["config_kwargs"] = config
     opts.setdefault("use_listings_cache", False)
     return opts
@@ -314,7 +337,10 @@ def open_object_store(uri: str, proto: str, options: dict[str, Any], *, retries:
     n = DEFAULT_RETRIES if retries is None else retries
     if proto in ("s3", "s3a"):
         fs, path = fsspec.core.url_to_fs(uri, **s3_options(options, n))
-        fs.retries = 1 if n == 0 else 2  # s3fs's own loop: one more try for a broken response body
+        # s3fs's own retry loops (one around every request, another around a GET and its body)
+        # multiplied botocore's: retries are botocore's alone, and a body that breaks off after
+        # the answer began is fetched once more by FsspecBackend
+        fs.retries = 1
         return FsspecBackend(fs, path, uri, retries=n)
     cls = _bounded_gcs_class()
     opts = dict(options)

@@ -178,18 +178,24 @@ class _Truncated(Exception):
     """The body ended before the length the response announced (retried like a broken body)."""
 
 
-async def get_into(fs: Any, path: str, out: memoryview) -> int:
-    """GET the object at ``path`` into ``out`` (a flat writable byte view); returns the object's
-    size. When that size is not ``len(out)``, nothing more is read and ``out`` is unspecified.
-    A missing key raises ``FileNotFoundError``; a body that breaks off is fetched again, up to
-    the filesystem's own retry count (as ``cat_file`` does)."""
+def broken_body_errors() -> tuple[type[BaseException], ...]:
+    """What a response body that breaks off after the answer began raises (botocore does not
+    retry those: the request itself succeeded)."""
     import aiohttp
     from botocore.exceptions import IncompleteReadError, ResponseStreamingError
 
+    return (_Truncated, IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+async def get_into(fs: Any, path: str, out: memoryview, *, attempts: int = 2) -> int:
+    """GET the object at ``path`` into ``out`` (a flat writable byte view); returns the object's
+    size. When that size is not ``len(out)``, nothing more is read and ``out`` is unspecified.
+    A missing key raises ``FileNotFoundError``; a body that breaks off is fetched again, up to
+    ``attempts`` tries in all."""
     bucket, key, version = fs.split_path(path)
     kw = {"VersionId": version} if version else {}
-    attempts = max(1, int(getattr(fs, "retries", 1) or 1))
-    broken = (_Truncated, IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+    attempts = max(1, attempts)
+    broken = broken_body_errors()
     for attempt in range(attempts):
         resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **kw)
         body = resp["Body"]

@@ -193,6 +193,10 @@ class Catalog:
         try:
             return self.backend.read(CONFIG_KEY)
         except (FileNotFoundError, NotADirectoryError, StorageError) as e:
+            # a storage failure for any other reason than a path (a timeout, a refused connection)
+            # would only fail again, after as many retries, when asked what the root is
+            if isinstance(e, StorageError) and not isinstance(e.__cause__, (FileNotFoundError, NotADirectoryError)):
+                raise
             if self.backend.root_state() == "file":
                 raise self.not_found() from None
             if isinstance(e, StorageError):
