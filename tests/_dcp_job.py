@@ -497,6 +497,9 @@ def _worker(rank: int, world: int, port: int, ops: list[Any], tmp: str, ctx_in: 
         json.dump({"status": status, "results": out}, f)
     if ctx.get("broken") or status != "ok":
         os._exit(0 if status == "ok" else 1)  # a broken group cannot be torn down cleanly
+    # every rank done before any tears down: gloo aborts a rank whose peer destroyed the group
+    # under it ("terminate called without an active exception", seen once on a loaded machine)
+    dist.barrier()
     dist.destroy_process_group()
 
 
