@@ -448,3 +448,30 @@ def test_refused_direct_io_falls_back_to_ordinary_writes(tmp_path: Path, monkeyp
     sink.finish()
     assert (tmp_path / key).read_bytes() == data.tobytes()
     assert _temp_files(tmp_path) == []
+
+
+def test_the_first_save_makes_every_fan_out_folder_so_later_saves_make_none(tmp_path: Path) -> None:
+    """A new ``objects/xx`` folder costs an fsync of ``objects/`` in the save that makes it; all
+    256 are made with the store's first objects, so later saves (a small save's fixed cost is
+    mostly fsyncs) never pay it."""
+    import ckptstore
+
+    root = tmp_path / "s"
+    ckptstore.save({"w": torch.ones(4)}, str(root), step=0)
+    folders = sorted(os.listdir(root / "objects"))
+    assert folders == [f"{i:02x}" for i in range(256)]
+    made: list[str] = []
+    real = os.mkdir
+
+    def spy(path: Any, *a: Any, **k: Any) -> None:
+        made.append(str(path))
+        real(path, *a, **k)
+
+    os.mkdir = spy  # type: ignore[assignment]
+    try:
+        for step in range(1, 20):
+            ckptstore.save({"w": torch.full((4,), float(step))}, str(root), step=step)
+    finally:
+        os.mkdir = real  # type: ignore[assignment]
+    assert not [p for p in made if "objects" in p], made
+    assert [i.step for i in ckptstore.list_checkpoints(str(root))] == list(range(20))

@@ -38,8 +38,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ..format._layout import OBJECTS_DIR
 from ..storage._backend import Backend, storage_error
-from ..storage._local import ensure_dir, fsync_dir
+from ..storage._local import LocalBackend, ensure_dir, fsync_dir
 from ._pools import borrow
 
 _IOV_MAX = 512
@@ -101,6 +102,10 @@ def _pwrite_direct(fd: int, data: memoryview, off: int) -> bool:
     return True
 
 
+#: the names of the folders under ``objects/`` (the first two hex digits of a hash)
+_FAN_OUT = [f"{i:02x}" for i in range(256)]
+
+
 class BackendSink:
     """Objects through ``Backend.write`` (the backend's own atomicity and durability)."""
 
@@ -139,6 +144,9 @@ class LocalSink:
         self._pending: list[tuple[str, str]] = []  # (temporary path, final path)
         self._dirs: set[str] = set()
         self._made: set[str] = set()
+        mount = backend.mount if isinstance(backend, LocalBackend) else None
+        #: make all 256 ``objects/xx`` folders with the first (not on FUSE mounts: Drive makes each slowly)
+        self._fan_out = not (mount is not None and mount.is_fuse)
         self._lock = threading.Lock()
         self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._all_buffers: list[mmap.mmap] = []
@@ -149,6 +157,19 @@ class LocalSink:
         return path
 
     def _ensure_dir(self, d: str) -> None:
+        if d not in self._made and self._fan_out and not os.path.isdir(d):
+            parent, name = os.path.split(d)
+            if len(name) == 2 and os.path.basename(parent) == OBJECTS_DIR:
+                # the store's first objects: every fan-out folder at once (one fsync of objects/),
+                # so that later saves find theirs and need no fsync of objects/ for a new one
+                ensure_dir(parent, self._made, self._dirs, self._lock)
+                for sub in _FAN_OUT:
+                    try:
+                        os.mkdir(os.path.join(parent, sub))
+                    except FileExistsError:
+                        pass
+                with self._lock:
+                    self._dirs.add(parent)
         ensure_dir(d, self._made, self._dirs, self._lock)
 
     def put(self, key: str, parts: Sequence[Any], force: bool = False) -> bool:
