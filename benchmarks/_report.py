@@ -128,7 +128,18 @@ def targets(mode: str, nbytes: int, rows: dict[str, Any]) -> list[tuple[str, str
     limit = 1.0 if mode == "busy" else 0.8
     ratio(f"{mode} save <= {limit}x best peer ({peer})", med(rows, "ckptstore", "save"), best_save, limit)
     w = med(rows, "ckptstore", "warm")
-    ratio("warm verified load <= 1.1x hash only (all cores)", w, med(rows, "hash only", "warm"), 1.1)
+    hash_w = med(rows, "hash only", "warm")
+    # like with like: the load row includes the touch every contender's load is followed by, the
+    # hash row does not; the floor is the hash plus the touch of resident tensors
+    touch = med(rows, "safetensors", "warm", "touch2_seconds")
+    alone = med(rows, "ckptstore", "warm", "load_seconds")
+    ratio(
+        "warm verified load + touch <= 1.1x (hash only (all cores) + touch of resident tensors)",
+        w,
+        hash_w + touch,
+        1.1,
+        f" (load + touch / hash only {_f(w / hash_w)}x; the load alone / hash only {_f(alone / hash_w)}x)",
+    )
     st_w = med(rows, "safetensors", "warm")
     ratio("warm verified load <= 2x safetensors lazy + touch", w, st_w, 2.0)
     ratio("warm verify=False <= 1.2x safetensors lazy + touch", med(rows, "ckptstore verify=False", "warm"), st_w, 1.2)

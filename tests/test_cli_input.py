@@ -353,3 +353,12 @@ def test_arguments_the_library_refuses_are_one_clean_error(store_path, tmp_path,
     code, _, err = run(capsys, *[a.format(store=store_path, tmp=tmp_path) for a in argv])
     assert code == 1
     one_clean_error(err)
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///run", "gs://", "gcs:///a/b"])
+def test_an_object_store_uri_without_a_bucket_says_so(capsys, uri):
+    """``s3://`` used to fail, after retries, with botocore's ParamValidationError about a Key."""
+    code, _, err = run(capsys, "ls", uri)
+    assert code == 1
+    one_clean_error(err)
+    assert "names no bucket" in err and "://BUCKET/PATH" in err

@@ -53,6 +53,8 @@ def open_backend(
     from fsspec.implementations.local import LocalFileSystem
 
     proto = uri.split("://", 1)[0] if "://" in uri and "::" not in uri else None
+    if proto in _EXTRAS and not uri.split("://", 1)[1].split("/", 1)[0]:
+        raise InvalidArgumentError(f"{uri!r} names no bucket: write {proto}://BUCKET/PATH")
     try:
         if proto in _EXTRAS:
             from ._fsspec import open_object_store
