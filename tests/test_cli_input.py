@@ -362,3 +362,24 @@ def test_an_object_store_uri_without_a_bucket_says_so(capsys, uri):
     assert code == 1
     one_clean_error(err)
     assert "names no bucket" in err and "://BUCKET/PATH" in err
+
+
+def test_storage_libraries_warnings_are_one_line_each(store_path, capsys, monkeypatch):
+    """gcsfs warns that it 'could not determine bucket type' on every gs:// command without
+    credentials; it printed raw through Python's last-resort handler, between ckptstore's lines."""
+    import logging
+
+    from ckptstore.cli import _inspect
+
+    real = _inspect.cmd_ls
+
+    def noisy(args):
+        logging.getLogger("gcsfs").warning("Could not determine bucket type for bucket name b: no credentials")
+        logging.getLogger("gcsfs").warning("Could not determine bucket type for bucket name b: no credentials")
+        return real(args)
+
+    monkeypatch.setattr(_inspect, "cmd_ls", noisy)
+    code, out, err = run(capsys, "ls", str(store_path))
+    assert code == 0 and "step" in out
+    assert err == "ckptstore: warning: Could not determine bucket type for bucket name b: no credentials\n"
+    assert logging.getLogger("gcsfs").propagate and not logging.getLogger("gcsfs").handlers

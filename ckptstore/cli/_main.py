@@ -75,6 +75,10 @@ def build_parser() -> _Parser:
     return p
 
 
+#: the loggers whose warnings a command prints as one line each
+_LOGGERS = ("ckptstore", "gcsfs", "s3fs", "fsspec")
+
+
 class _OneLine(logging.Handler):
     """ckptstore's log records at WARNING and above, as the same one line a warning gets."""
 
@@ -100,19 +104,24 @@ def _clean_messages() -> Iterator[None]:
     def show(message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None) -> None:
         say(str(message))
 
-    logger = logging.getLogger("ckptstore")
+    # ckptstore's records, and those of the storage libraries under it (gcsfs says it could not
+    # tell a bucket's type, fsspec that a call failed...), which would print raw through Python's
+    # last-resort handler
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
     handler = _OneLine(say)
-    propagate = logger.propagate
+    propagate = [lg.propagate for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = show
-        logger.addHandler(handler)
-        logger.propagate = False
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.propagate = False
         try:
             yield
         finally:
-            logger.removeHandler(handler)
-            logger.propagate = propagate
+            for lg, prop in zip(loggers, propagate):
+                lg.removeHandler(handler)
+                lg.propagate = prop
 
 
 def _quiet_stdout() -> None:
