@@ -122,3 +122,13 @@ def test_forget_leaves_a_manifest_of_a_newer_format_version(tmp_path, capsys):
     newer.write_bytes(data)
     code, out, _ = run(capsys, "forget", uri, "--damaged")
     assert code == 0 and "nothing to forget" in out and newer.exists()
+
+
+def test_a_store_whose_every_manifest_is_damaged_does_not_say_it_has_none(stores, capsys):
+    s, uri, backup = stores
+    for _s, _d, key in s.catalog.manifest_keys():
+        flip(s, key)
+    with pytest.raises(ckptstore.CheckpointNotFoundError, match=r"its 3 manifest\(s\) are damaged.*--repair"):
+        ckptstore.load(uri)
+    run(capsys, "cp", backup, uri, "--all", "--repair")
+    assert torch.equal(ckptstore.load(uri)["w"], rand(5000, 2))

@@ -563,7 +563,14 @@ class Catalog:
             _s, digest, key = matches[0]
             return self.info(key, digest, self.manifest(key))
         if step is None:
-            info = self.newest(strict=True)
+            keys = self.manifest_keys()
+            info = self.newest(keys, strict=True)
+            if info is None and keys:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint of the store {self.uri} can be read: its {len(keys)} manifest(s) are damaged. "
+                    f"`ckptstore verify {self.uri}` lists them; copy them again from a backup with `ckptstore cp "
+                    f"BACKUP {self.uri} --all --repair`"
+                )
             if info is None:
                 raise CheckpointNotFoundError(f"the store {self.uri} has no checkpoints yet")
             return info
