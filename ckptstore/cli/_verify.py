@@ -18,8 +18,7 @@ from .._errors import CheckpointNotFoundError, IntegrityError, UnsupportedFormat
 from .._progress import byte_bar
 from ..format import _hashing
 from ..format._layout import OBJECTS_DIR, object_key, parse_object_key
-from ..store._catalog import REPAIR_CONFIG
-from ..store._gc import LOST_MANIFESTS, manifests_folder_missing
+from ..store._gc import LOST_MANIFESTS, REPAIR_CONFIG, manifests_folder_missing
 from ._common import add_store_arg, open_store
 
 if TYPE_CHECKING:

@@ -48,6 +48,7 @@ from ..format._manifest import (
 from ..pipeline._pools import borrow
 from ..storage._backend import Backend
 from . import _verdicts
+from ._gc import REPAIR_CONFIG
 from ._retention import Retention
 
 if TYPE_CHECKING:
@@ -107,13 +108,6 @@ def _warn_if_file_name(uri: str) -> None:
 
 def _skip_message(step: int, e: Exception) -> str:
     return f"skipping checkpoint at step {step}: {e}"
-
-
-#: how to repair a damaged ``ckptstore.json``: storing a policy rewrites it with a fresh checksum
-REPAIR_CONFIG = (
-    "Store the policy again: `ckptstore gc URI --set-policy --keep-...` (or `--set-policy` with no "
-    "rules for none), or Store.set_retention(...)"
-)
 
 
 class Catalog:

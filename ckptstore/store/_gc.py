@@ -39,7 +39,6 @@ from .._errors import (
 from ..format._info import CheckpointInfo
 from ..format._layout import MANIFESTS_DIR, OBJECTS_DIR, is_temporary, parse_object_key
 from ..format._manifest import Manifest
-from ._catalog import REPAIR_CONFIG
 from ._locks import LOCKS_DIR, Lease, acquire_gc
 from ._retention import Retention, RetentionPlan, check_policy, plan
 
@@ -193,6 +192,12 @@ def _age(store: Store, key: str, now: float) -> float | None:
         return None
     return None if mt is None else now - mt
 
+
+#: how to repair a damaged ``ckptstore.json``: storing a policy rewrites it with a fresh checksum
+REPAIR_CONFIG = (
+    "Store the policy again: `ckptstore gc URI --set-policy --keep-...` (or `--set-policy` with no "
+    "rules for none), or Store.set_retention(...)"
+)
 
 #: what to do about manifests that cannot be read (gc, du and verify say it)
 DAMAGED_MANIFESTS = (
