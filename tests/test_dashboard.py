@@ -496,3 +496,20 @@ def test_the_public_name_is_the_function():
 
     assert callable(ckptstore.dashboard) and ckptstore.dashboard.__name__ == "dashboard"
     assert ckptstore.dashboard is ckptstore.web.dashboard
+
+
+class _Plain:
+    """A value saved with pickle that has no ``==`` of its own."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def test_diff_values_compare_pickled_objects_by_content_and_long_lists_as_one(tmp_path):
+    uri = str(tmp_path / "run")
+    hist = [float(i) for i in range(100)]
+    ckptstore.save({"w": torch.ones(2), "cfg": _Plain(1), "hist": hist}, uri, step=1, allow_pickle=True)
+    ckptstore.save({"w": torch.ones(2), "cfg": _Plain(1), "hist": hist + [5.0]}, uri, step=2, allow_pickle=True)
+    d = ckptstore.diff_checkpoints(uri, 1, 2, allow_pickle=True)
+    assert [(p, len(a), len(b)) for p, a, b in d.values] == [("hist", 100, 101)]  # cfg is the same object
+    assert d.to_json()["values"] == [{"path": "hist", "a": "list of 100 items", "b": "list of 101 items"}]

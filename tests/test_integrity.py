@@ -105,6 +105,8 @@ def _valid_doc(uri, step=2) -> dict:
         (lambda d: d["blobs"][0].update(nbytes=10**15), ckptstore.IntegrityError),
         (lambda d: d["blobs"][0]["segments"][0].update(offset=10**12), ckptstore.IntegrityError),
         (lambda d: d["tensors"][0].update(dtype="float1024"), ckptstore.UnsupportedFormatError),
+        # a codec a newer ckptstore writes: not damage (`forget --damaged` must leave it)
+        (lambda d: next(iter(d["objects"].values())).update(codec="lz4"), ckptstore.UnsupportedFormatError),
         (lambda d: d.update(version=4), ckptstore.UnsupportedFormatError),  # newer than this reader
         (lambda d: d.update(version=2), ckptstore.IntegrityError),  # version 2 needs `distributed` (§21)
         (lambda d: d.update(distributed={"world_size": 2, "names": {}}), ckptstore.IntegrityError),  # v1 has none

@@ -55,7 +55,7 @@ def test_cp_repair_restores_a_damaged_manifest_and_object_from_the_backup(stores
     only2 = [k for k in s.manifest(2).objects if k not in s.manifest(0).objects][0]
     flip(s, f"objects/{only2[:2]}/{only2}")  # an object only step 2 uses
     code, out, err = run(capsys, "verify", uri)
-    assert code == 1 and "2 damaged" in out and "--step 1 2 --repair" in err
+    assert code == 1 and "2 damaged" in out and "--repair" in err and "forget URI --id" in err
     # without --repair the copy trusts what is there, and nothing changes
     code, out, _ = run(capsys, "cp", backup, uri, "--all")
     assert run(capsys, "verify", uri)[0] == 1
@@ -99,7 +99,7 @@ def test_forget_by_step_and_id_and_its_errors(stores, capsys):
     assert code == 0 and "2 checkpoint(s) forgotten" in out and "ckptstore gc" in out
     assert [i.step for i in Store(uri).list()] == [1]
     code, _, err = run(capsys, "forget", uri)
-    assert code == 1 and "--step N, --id ID or --damaged" in err
+    assert code == 2 and "--step N, --id ID or --damaged" in err
     code, _, err = run(capsys, "forget", uri, "--step", "7")
     assert code == 1 and "no checkpoint at step 7" in err
     code, _, err = run(capsys, "forget", uri, "--id", "XYZ")
@@ -132,3 +132,53 @@ def test_a_store_whose_every_manifest_is_damaged_does_not_say_it_has_none(stores
         ckptstore.load(uri)
     run(capsys, "cp", backup, uri, "--all", "--repair")
     assert torch.equal(ckptstore.load(uri)["w"], rand(5000, 2))
+
+
+def test_forget_by_step_refuses_a_step_that_holds_several(tmp_path, capsys):
+    uri = str(tmp_path / "run")
+    s = Store(uri)
+    s.save({"w": rand(10, 0)}, step=3)
+    s.save({"w": rand(10, 1)}, step=3)  # saving a step twice keeps both
+    code, _, err = run(capsys, "forget", uri, "--step", "3")
+    assert code == 1 and "holds 2 checkpoints" in err and "--id" in err
+    assert len(Store(uri).catalog.manifest_keys()) == 2
+
+
+def test_cp_repair_counts_only_what_it_wrote_and_mends_a_damaged_config(stores, capsys):
+    s, uri, backup = stores
+    only2 = [k for k in s.manifest(2).objects if k not in s.manifest(0).objects][0]
+    b = Store(backup)
+    flip(b, f"objects/{only2[:2]}/{only2}")  # damaged at the source too: nothing to repair it with
+    flip(s, f"objects/{only2[:2]}/{only2}")
+    cfg = s.backend.read("ckptstore.json")
+    s.backend.write("ckptstore.json", cfg[: len(cfg) // 2])
+    code, out, err = run(capsys, "cp", backup, uri, "--all", "--repair", "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["replaced"] == 1 and doc["config_rewritten"]  # the config only
+    assert [d["step"] for d in doc["damaged"]] == [2]
+    fresh = Store(uri)
+    assert fresh.catalog.config_damage() is None and fresh.config.chunk_size == Store(backup).config.chunk_size
+
+
+def test_forget_damaged_leaves_a_manifest_with_a_newer_codec(tmp_path, capsys):
+    import blake3
+
+    uri = str(tmp_path / "run")
+    Store(uri).save({"w": rand(10, 0)}, step=1)
+    path = tmp_path / "run" / Store(uri).catalog.manifest_keys()[0][2]
+    doc = json.loads(path.read_bytes())
+    for info in doc["objects"].values():
+        info["codec"] = "lz4"  # a codec a newer ckptstore writes
+    doc["step"] = 2
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    newer = tmp_path / "run" / "manifests" / f"{'0' * 19}2-{blake3.blake3(data).hexdigest()}.json"
+    newer.write_bytes(data)
+    code, out, _ = run(capsys, "forget", uri, "--damaged")
+    assert code == 0 and "nothing to forget" in out and newer.exists()
+
+
+def test_dashboard_of_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, _, err = run(capsys, "dashboard", str(f))
+    assert code == 1 and "is a file, not a checkpoint store" in err

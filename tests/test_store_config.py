@@ -132,8 +132,10 @@ def test_an_unreadable_config_is_damage_loads_go_on_gc_refuses_set_policy_repair
     assert "step 1" in out and "step 2" in out
     code, _, err = run(capsys, "gc", str(root))
     assert code == 1 and "changed by hand or damaged" in err
-    code, out, _ = run(capsys, "gc", str(root), "--set-policy")
-    assert code == 0 and "no retention policy" in out
+    code, out, _ = run(capsys, "gc", str(root), "--clear-policy", "--dry-run")
+    assert code == 0 and "would remove" in out
+    code, out, _ = run(capsys, "gc", str(root), "--clear-policy")
+    assert code == 0 and "removed the store's retention policy" in out
     cfg = json.loads(p.read_bytes())
     assert cfg["retention"] is None and cfg["checksum"] == spec_checksum(p.read_bytes())
     assert run(capsys, "verify", str(root))[0] == 0
@@ -166,3 +168,39 @@ def test_every_writer_uses_the_chunk_size_the_store_records(tmp_path):
     with pytest.warns(ckptstore.CkptstoreWarning, match="chunk_size"):
         third = Store(root, chunk_size=2 * MiB)
         assert third.chunk_size == MiB
+
+
+def test_repairing_a_damaged_config_keeps_its_chunk_size_and_creation_time(tmp_path, capsys):
+    """The repair writes what is still legible in the damaged file; a file with nothing legible
+    gets the chunk size the newest checkpoint was cut with (not this writer's default), so that
+    later saves still deduplicate against the old data."""
+    root = tmp_path / "s"
+    s = Store(root, chunk_size=MiB)
+    s.set_retention(Retention(keep_last=5))
+    w = rand(MiB, 1)  # 4 MiB: four chunks
+    s.save({"w": w}, step=1)
+    p = root / "ckptstore.json"
+    before = json.loads(p.read_bytes())
+    p.write_bytes(p.read_bytes()[:-5])  # cut short
+    assert run(capsys, "gc", str(root), "--clear-policy")[0] == 0
+    after = json.loads(p.read_bytes())
+    assert (after["chunk_size"], after["created_at"], after["retention"]) == (MiB, before["created_at"], None)
+    p.write_bytes(b"garbage")
+    assert Store(root).chunk_size == MiB  # read from the checkpoint: a save cuts as before
+    with pytest.warns(ckptstore.CkptstoreWarning, match="changed by hand or damaged"):
+        assert Store(root).save({"w": w.clone()}, step=2).new_bytes == 0  # every chunk found
+    assert run(capsys, "gc", str(root), "--set-policy", "--keep-last", "3")[0] == 0
+    assert json.loads(p.read_bytes())["chunk_size"] == MiB
+    # a damaged file that names a newer version is a newer store, not damage
+    p.write_bytes(b'{"format":"ckptstore","version":7,"chunk_size":')
+    with pytest.raises(ckptstore.UnsupportedFormatError, match="Upgrade"):
+        Store(root).list()
+
+
+def test_gc_policy_flags_that_contradict_are_usage_errors(tmp_path, capsys):
+    root = tmp_path / "s"
+    Store(root).save({"w": rand(10, 0)})
+    assert run(capsys, "gc", str(root), "--set-policy")[0] == 2  # nothing to store
+    assert run(capsys, "gc", str(root), "--clear-policy", "--keep-last", "2")[0] == 2
+    code, _, err = run(capsys, "forget", str(root))
+    assert code == 2 and "--damaged" in err

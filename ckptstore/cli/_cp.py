@@ -54,6 +54,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
             "objects_present": result.objects_present,
             "bytes_present": result.bytes_present,
             "replaced": result.replaced,
+            "config_rewritten": result.config_rewritten,
             "damaged": [{"step": step, "id": id_, "problem": why} for step, id_, why in damaged],
         }
         print(json.dumps(doc, indent=2))
@@ -69,7 +70,13 @@ def cmd_cp(args: argparse.Namespace) -> int:
         steps = ", ".join(str(i.step) for i in result.present)
         print(f"already in {args.dst}: step {steps}")
     if args.repair:
-        print(f"repaired {result.replaced} damaged object(s) and manifest(s) in {args.dst}")
+        print(f"repaired {result.replaced} damaged object(s), manifest(s) and config(s) in {args.dst}")
+    if result.config_rewritten:
+        print(
+            f"note: {args.dst}/ckptstore.json was damaged: written again without a retention policy; store one "
+            f"with `ckptstore gc {args.dst} --set-policy --keep-...`",
+            file=sys.stderr,
+        )
     for step, id_, why in damaged:
         print(f"ckptstore: damaged, not copied: step {step} ({id_[:12]}): {why}", file=sys.stderr)
     if damaged:

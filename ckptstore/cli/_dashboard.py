@@ -32,9 +32,12 @@ def add_parsers(sub: Any) -> None:
 
     df = sub.add_parser(
         "diff",
-        help="compare two checkpoints: config, tensors added/removed/changed, relative change per tensor and layer",
+        help="compare two checkpoints: config, metrics, plain values, tensors added/removed/changed, "
+        "relative change per tensor and layer",
         description="A and B are steps, ids (or unique prefixes; id:PREFIX forces an id) or 'latest'. Loads both "
-        "checkpoints' tensors unless --no-load (then changed tensors are listed without how much they changed).",
+        "checkpoints' tensors unless --no-load (then changed tensors are listed without how much they changed). "
+        "The state's plain values (not tensors) are compared from the manifests; a list of more than 16 "
+        "items is one value.",
     )
     add_store_arg(df)
     df.add_argument("a", metavar="A", help="the older checkpoint: a step, an id prefix, or latest")
@@ -77,6 +80,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         print(f"wrote the dashboard of {args.uri} to {path}")
         return 0
     with open_store(args) as store:
+        if not store.exists() and store.backend.root_state() == "file":  # no run can save there
+            raise store.catalog.not_found()
         try:
             server = dashboard(store, port=args.port, refresh=args.refresh, backup=args.backup)
         except OSError as e:  # the port is taken
@@ -100,7 +105,14 @@ def _rel(v: float | None) -> str:
     return f"{v:.3g}"
 
 
+_VALUES_SHOWN = 40
+
+
 def _short(v: Any, limit: int = 80) -> str:
+    from ..web._diff import SEQUENCE_MAX
+
+    if isinstance(v, (list, tuple)) and len(v) > SEQUENCE_MAX:
+        return f"{type(v).__name__} of {len(v)} items"
     text = json.dumps(v) if v is None or isinstance(v, (bool, int, str)) else repr(v)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -140,8 +152,10 @@ def print_diff(d: CheckpointDiff, *, show_identical: bool = False) -> None:
             print(f"  {name}: {x} -> {y}")
     if d.values:
         print("values (not tensors):")
-        for path, x, y in d.values:
+        for path, x, y in d.values[:_VALUES_SHOWN]:
             print(f"  {path}: {_short(x)} -> {_short(y)}")
+        if len(d.values) > _VALUES_SHOWN:
+            print(f"  (+{len(d.values) - _VALUES_SHOWN} more; --json lists them all)")
     else:
         print("values (not tensors): the same")
     rows = []

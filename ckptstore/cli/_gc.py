@@ -53,8 +53,12 @@ def add_parsers(sub: Any) -> None:
     gc.add_argument(
         "--set-policy",
         action="store_true",
-        help="also store these rules as the store's policy (with no rules: remove the stored policy; "
-        "this also repairs a damaged ckptstore.json)",
+        help="also store these rules as the store's policy (this also repairs a damaged ckptstore.json)",
+    )
+    gc.add_argument(
+        "--clear-policy",
+        action="store_true",
+        help="remove the store's policy, then only prune (this also repairs a damaged ckptstore.json)",
     )
     gc.add_argument(
         "--grace",
@@ -80,7 +84,7 @@ def add_parsers(sub: Any) -> None:
         "The data only they used stays until `ckptstore gc` deletes it.",
     )
     add_store_arg(fg)
-    fg.add_argument("--step", type=int, nargs="+", action="extend", metavar="N", help="every checkpoint at step(s) N")
+    fg.add_argument("--step", type=int, nargs="+", action="extend", metavar="N", help="the checkpoint at step(s) N")
     fg.add_argument("--id", nargs="+", action="extend", metavar="ID", help="checkpoint id(s) or unique prefixes")
     fg.add_argument("--damaged", action="store_true", help="every checkpoint whose manifest is damaged")
     fg.add_argument("--dry-run", action="store_true", help="print what would be removed; change nothing")
@@ -88,11 +92,16 @@ def add_parsers(sub: Any) -> None:
     fg.set_defaults(func=cmd_forget)
 
 
+def _usage(command: str, message: str) -> int:
+    print(f"ckptstore {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from ..store._gc import forget_manifests, select_manifests
 
     if not (args.step or args.id or args.damaged):
-        raise InvalidArgumentError("name what to forget: --step N, --id ID or --damaged")
+        return _usage("forget", "name what to forget: --step N, --id ID or --damaged")
     with open_store(args) as store:
         store.catalog.config()  # StoreNotFoundError before anything else
         chosen = select_manifests(store, steps=args.step or (), ids=args.id or (), damaged=args.damaged)
@@ -164,6 +173,10 @@ def unknown_metric(policy: Retention, infos: list[CheckpointInfo]) -> str | None
 
 def cmd_gc(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
+    if args.clear_policy and (policy is not None or args.set_policy):
+        return _usage("gc", "--clear-policy takes no --keep-... rules and no --set-policy")
+    if args.set_policy and policy is None:
+        return _usage("gc", "--set-policy needs rules to store (--keep-...); --clear-policy removes the policy")
     grace = None if args.grace is None else args.grace.total_seconds()
     with open_store(args) as store:
         store.catalog.config()  # StoreNotFoundError before anything else
@@ -172,11 +185,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
             wrong = unknown_metric(policy, store.list())
             if wrong is not None:  # it would keep nothing by that rule, silently
                 raise InvalidArgumentError(f"{wrong}. Name one of those, or leave the rule out.")
-        if policy is None and args.set_policy:  # no rules to store: remove the stored policy
-            if not args.dry_run:
-                store.set_retention(None)
+        if args.clear_policy:
+            if args.dry_run:  # nothing else to show: the prune is judged once the policy is gone
+                print("dry run: would remove the store's retention policy, then prune unreferenced data")
+                return 0
+            store.set_retention(None)
             if not args.json:
-                print("no rules given: the store keeps no retention policy" + (" (dry run)" if args.dry_run else ""))
+                print("removed the store's retention policy")
         elif policy is None:
             policy = store.get_retention()
             source = "stored in the store"

@@ -99,6 +99,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             orphaned = LOST_MANIFESTS
             problems.append(orphaned)
         manifests: dict[str, Manifest] = {}
+        unreadable: set[str] = set()  # ids of checkpoints whose manifest itself is damaged
         for step, digest, key in selected:
             where = f"step {step} ({digest[:12]})"
             try:
@@ -106,6 +107,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 check_manifest(m, where)
             except (IntegrityError, UnsupportedFormatError) as e:
                 results.append({"step": step, "id": digest, "ok": False, "problems": [str(e)]})
+                unreadable.add(digest)
                 continue
             except CheckpointNotFoundError:
                 continue
@@ -165,11 +167,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = f"{n_bad} damaged" if n_bad else "see below" if orphaned else "all ok"
     print(f"checked {len(results)} checkpoint(s) ({what}): {verdict}")
     if n_bad:
-        steps = " ".join(str(r["step"]) for r in results if not r["ok"])
+        hurt = [r for r in results if not r["ok"]]
+        ids = " ".join(r["id"][:12] for r in hurt)
+        manifest_damage = any(r["id"] in unreadable for r in hurt)
         print(
             "note: a damaged checkpoint can be copied again from a backup "
-            f"(`ckptstore cp BACKUP URI --step {steps} --repair`) or removed (`ckptstore forget URI --step "
-            f"{steps}`; gc deletes nothing while a manifest is damaged)",
+            f"(`ckptstore cp BACKUP URI --id {ids} --repair`) or removed (`ckptstore forget URI --id {ids}`"
+            + ("; gc deletes nothing while a manifest is damaged)" if manifest_damage else ")"),
             file=sys.stderr,
         )
     if not results and args.step is None:

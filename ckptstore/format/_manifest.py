@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -165,6 +166,41 @@ def config_damage(data: bytes, cfg: StoreConfig, what: str = "ckptstore.json") -
     if config_checksum(json.loads(data)) != cfg.checksum:
         return f"{what} does not match its checksum: it was changed by hand or damaged"
     return None
+
+
+def salvage_store_config(data: bytes, what: str) -> tuple[StoreConfig, int | None]:
+    """A stand-in for config bytes that do not parse or validate: the members still legible in
+    the text (``version``, ``created_at``, ``chunk_size``) and no retention policy. Returns it and
+    the chunk size read (None when none was legible). ``UnsupportedFormatError`` when the text
+    names a newer version than this ckptstore reads."""
+    text = data.decode("utf-8", "replace")
+
+    def grab(pattern: str) -> str | None:
+        m = re.search(pattern, text)
+        return m.group(1) if m else None
+
+    version = grab(r'"version"\s*:\s*(\d{1,9})\b')
+    if version is not None and int(version) > max(STORE_VERSIONS):
+        raise UnsupportedFormatError(
+            f"{what} is format version {version}; this ckptstore reads up to {max(STORE_VERSIONS)}. "
+            "Upgrade ckptstore (pip install -U ckptstore)."
+        )
+    chunk = grab(r'"chunk_size"\s*:\s*(\d{1,15})\b')
+    chunk_size = int(chunk) if chunk is not None and int(chunk) >= MIN_CHUNK_SIZE else None
+    created = datetime.now(timezone.utc)
+    stamp = grab(r'"created_at"\s*:\s*"([^"]{10,40})"')
+    if stamp is not None:
+        try:
+            parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            created = parsed if parsed.tzinfo is not None else created
+        except ValueError:
+            pass
+    if chunk_size is None and version == str(FORMAT_VERSION):  # a version-1 store records none
+        return StoreConfig(version=FORMAT_VERSION, created_at=created, chunk_size=None, checksum=None), None
+    cfg = StoreConfig(
+        version=CONFIG_VERSION, created_at=created, chunk_size=chunk_size or MIN_CHUNK_SIZE, checksum="0" * 64
+    )
+    return cfg.with_checksum(), chunk_size
 
 
 def foreign_config(data: bytes) -> bool:

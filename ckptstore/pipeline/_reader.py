@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._errors import IntegrityError, ObjectMissingError
+from .._errors import IntegrityError, ObjectMissingError, UnsupportedFormatError
 from .._lazy import lazy
 from ..format import _hashing
 from ..format._layout import object_key
@@ -60,8 +60,8 @@ def check_manifest(m: Manifest, where: str) -> None:
             raise IntegrityError(f"{where}: object {key[:12]} is uncompressed but sizes differ")
         try:
             get_codec(info.codec)
-        except ValueError:
-            raise IntegrityError(
+        except ValueError:  # not damage: a codec this version does not know (format.md §12)
+            raise UnsupportedFormatError(
                 f"{where}: object {key[:12]} has unknown codec {info.codec!r}; it may have "
                 "been written by a newer ckptstore (pip install -U ckptstore)"
             ) from None

@@ -44,6 +44,7 @@ from ..format._manifest import (
     new_store_config,
     parse_manifest,
     parse_store_config,
+    salvage_store_config,
 )
 from ..pipeline._pools import borrow
 from ..storage._backend import Backend
@@ -227,15 +228,32 @@ class Catalog:
         except IntegrityError as e:
             if foreign_config(data):
                 raise
-            # unreadable (not JSON, not validating): loads and saves need none of its members, so
-            # they go on with a stand-in (no policy, this writer's chunk size); gc refuses
-            cfg = new_store_config(self.chunk_size)
+            # unreadable (not JSON, not validating): loads need none of its members and saves only
+            # the chunk size, so they go on with a stand-in (what of it is still legible, the chunk
+            # size the newest checkpoint was cut with otherwise, no policy); gc refuses. Storing a
+            # policy writes the stand-in (the repair).
+            cfg, chunk = salvage_store_config(data, where)
+            if chunk is None and cfg.chunk_size is not None:
+                cfg = cfg.model_copy(update={"chunk_size": self._chunk_size_in_use() or self.chunk_size})
+                cfg = cfg.with_checksum()
             damage = f"{e}; it was changed by hand or damaged"
         with self._lock:
             self._config = cfg
             self._config_damage = damage
             self._config_bytes = data
         return cfg
+
+    def _chunk_size_in_use(self) -> int | None:
+        """The chunk size the newest readable checkpoint was cut with (its longest segment of a
+        blob of several), None when it has no blob of more than one chunk."""
+        for _step, _digest, key in reversed(self.manifest_keys()):
+            try:
+                m = self.manifest(key)
+            except _UNREADABLE:
+                continue
+            cut = [seg.length for b in m.blobs if len(b.segments) > 1 for seg in b.segments[:-1]]
+            return max(cut) if cut else None
+        return None
 
     def config_damage(self) -> str | None:
         """Why ``ckptstore.json`` cannot be trusted (its checksum does not match), or None. Such a

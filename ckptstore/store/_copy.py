@@ -50,7 +50,10 @@ class CopyResult:
     objects_present: int
     bytes_present: int
     replaced: int = 0
-    """With ``repair``: damaged objects and manifests at the destination replaced by good copies."""
+    """With ``repair``: damaged objects, manifests and config at the destination written again."""
+    config_rewritten: bool = False
+    """With ``repair``: the destination's damaged ``ckptstore.json`` was written again, without a
+    retention policy (the damaged one's cannot be trusted)."""
 
 
 class CopyIncompleteError(IntegrityError):
@@ -126,6 +129,8 @@ class _Copier:
         self.readback = readback
         self.repair = repair
         self.replaced = 0
+        self.damaged_here: set[str] = set()
+        self.config_rewritten = False
         self.lock = threading.Lock()
         self.objects = 0
         self.bytes = 0
@@ -165,6 +170,7 @@ class _Copier:
         with self.lock:
             self.objects += 1
             self.bytes += len(data)
+            self.replaced += key in self.damaged_here
         if bar is not None:
             bar(len(data))
 
@@ -193,11 +199,16 @@ class _Copier:
             bad_o = [h for h, ok in zip(objs, pool.map(lambda h: self._intact(object_key(h), h), objs)) if not ok]
         have_manifests.difference_update(bad_m)
         have_objects.difference_update(bad_o)
-        self.replaced = len(bad_m) + len(bad_o)
+        self.damaged_here = set(bad_m) | set(bad_o)  # counted in ``replaced`` once written again
 
     def run(self, chosen: list[CheckpointInfo], progress: bool | None) -> CopyResult:
         # a copy is a save at the destination: it decides to reuse objects there, so it holds a
         # save lease until its last manifest is written
+        if self.repair and self.dst.exists() and self.dst.catalog.config_damage() is not None:
+            # what is still legible of it is kept (chunk size, creation time); its policy cannot be trusted
+            self.dst.catalog.set_stored_policy(None)
+            self.config_rewritten = True
+            self.replaced += 1
         with SaveSession(self.dst) as session:
             return self._run(chosen, progress, session)
 
@@ -249,6 +260,7 @@ class _Copier:
                     continue
                 self.dst.backend.sync()  # objects durable before the manifest names them
                 copied.append(session.publish(raw, m))
+                self.replaced += info.key in self.damaged_here
         copied.sort(key=lambda i: (i.step, i.created_at, i.id))
         present.sort(key=lambda i: (i.step, i.created_at, i.id))
         result = CopyResult(
@@ -259,6 +271,7 @@ class _Copier:
             objects_present=present_objects,
             bytes_present=present_bytes,
             replaced=self.replaced,
+            config_rewritten=self.config_rewritten,
         )
         if damaged:
             damaged.sort(key=lambda d: (d[0].step, d[0].created_at, d[0].id))

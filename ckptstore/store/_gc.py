@@ -123,8 +123,9 @@ class ManifestEntry:
 def select_manifests(
     store: Store, *, steps: Iterable[int] = (), ids: Iterable[str] = (), damaged: bool = False
 ) -> list[ManifestEntry]:
-    """The manifests at ``steps`` (every one at each step), with ids or unique id prefixes ``ids``,
-    and with ``damaged`` every damaged one: found from the listing alone, so a damaged manifest
+    """The manifest at each of ``steps`` (``InvalidArgumentError`` when a step holds several), with
+    ids or unique id prefixes ``ids``, and with ``damaged`` every damaged one: found from the
+    listing alone, so a damaged manifest
     can be named too. ``CheckpointNotFoundError`` for a step or id that names none. A manifest of a
     newer format version is not damage and is never selected by ``damaged``."""
     keys = store.catalog.manifest_keys()
@@ -133,6 +134,9 @@ def select_manifests(
         found = [k for k in keys if k[0] == step]
         if not found:
             raise CheckpointNotFoundError(f"no checkpoint at step {step} in {store.uri}")
+        if len(found) > 1:  # saving a step twice keeps both: which one is meant is not for us to guess
+            ids = ", ".join(d[:12] for _s, d, _k in found)
+            raise InvalidArgumentError(f"step {step} holds {len(found)} checkpoints ({ids}): name one with --id")
         chosen.update((key, (s, d)) for s, d, key in found)
     for prefix in ids:
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):
@@ -195,8 +199,8 @@ def _age(store: Store, key: str, now: float) -> float | None:
 
 #: how to repair a damaged ``ckptstore.json``: storing a policy rewrites it with a fresh checksum
 REPAIR_CONFIG = (
-    "Store the policy again: `ckptstore gc URI --set-policy --keep-...` (or `--set-policy` with no "
-    "rules for none), or Store.set_retention(...)"
+    "Store the policy again: `ckptstore gc URI --set-policy --keep-...` (or `--clear-policy` for none), "
+    "or Store.set_retention(...)"
 )
 
 #: what to do about manifests that cannot be read (gc, du and verify say it)

@@ -10,6 +10,7 @@ differs are the two checkpoints loaded, to measure each change as the relative n
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -128,8 +129,15 @@ class CheckpointDiff:
 ABSENT = "<absent>"
 
 
+#: a list or tuple longer than this is one value in a diff (a loss history is not 5,000 rows)
+SEQUENCE_MAX = 16
+
+
 def _plain(v: Any) -> Any:
-    """``v`` as JSON: itself when it is a JSON scalar (non-finite floats as strings), else its repr."""
+    """``v`` as JSON: itself when it is a JSON scalar (non-finite floats as strings), a long list
+    as what it is and how long, else its repr."""
+    if isinstance(v, (list, tuple)) and len(v) > SEQUENCE_MAX:
+        return f"{type(v).__name__} of {len(v)} items"
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -198,7 +206,7 @@ def plain_values(state: Any) -> dict[str, Any]:
         if isinstance(v, Mapping) and v:
             for k, x in v.items():
                 walk(x, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(v, (list, tuple)) and v:
+        elif isinstance(v, (list, tuple)) and v and len(v) <= SEQUENCE_MAX:
             for j, x in enumerate(v):
                 walk(x, f"{prefix}.{j}" if prefix else str(j))
         else:
@@ -216,6 +224,11 @@ def _equal(x: Any, y: Any) -> bool:
         return False
     if isinstance(x, float) and math.isnan(x) and math.isnan(y):
         return True
+    if type(x).__eq__ is object.__eq__:  # an unpickled object without ==: equal when it pickles the same
+        try:
+            return pickle.dumps(x) == pickle.dumps(y)
+        except Exception:  # noqa: BLE001 - an object that cannot be pickled again: compare what it shows
+            return repr(x) == repr(y)
     try:
         return bool(x == y)
     except (TypeError, ValueError, RuntimeError):  # a pickled object whose == fails or is ambiguous
