@@ -276,6 +276,10 @@ def test_diff_of_pickled_values_names_the_flag(tmp_path, capsys):
     one_clean_error(err)
     code, out, _ = run(capsys, "diff", str(root), "1", "2", "--allow-pickle")
     assert code == 0 and "  o.a: 1 -> 2\n" in out
+    page = str(tmp_path / "page.html")
+    code, _, err = run(capsys, "dashboard", str(root), "--output", page, "--compare", "1", "2")
+    assert code == 1 and "(on the command line: --allow-pickle)" in err
+    assert run(capsys, "dashboard", str(root), "--output", page, "--compare", "1", "2", "--allow-pickle")[0] == 0
 
 
 # -- ls and du tell the truth about a damaged store ------------------------------------------
@@ -344,7 +348,6 @@ def test_export_overwrite_never_replaces_the_store_or_a_folder_that_is_not_an_ex
     [
         ["show", "{store}", "--step", "10", "--id", "7ff"],
         ["cp", "{store}", "{tmp}/copy", "--retries", "-1"],
-        ["gc", "{store}", "--keep-within", "0s", "--dry-run"],
         ["gc", "{store}", "--keep-tag", "", "--dry-run"],
         ["ls", ""],
     ],

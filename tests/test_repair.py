@@ -182,3 +182,58 @@ def test_dashboard_of_a_file_is_refused(tmp_path, capsys):
     f.write_text("x")
     code, _, err = run(capsys, "dashboard", str(f))
     assert code == 1 and "is a file, not a checkpoint store" in err
+
+
+def test_verify_calls_a_newer_manifest_newer_not_damaged_and_advises_nothing_about_it(tmp_path, capsys):
+    import blake3
+
+    uri = str(tmp_path / "run")
+    Store(uri).save({"w": rand(10, 0)}, step=1)
+    doc = json.loads((tmp_path / "run" / Store(uri).catalog.manifest_keys()[0][2]).read_bytes())
+    doc.update(version=99, step=2)
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    digest = blake3.blake3(data).hexdigest()
+    (tmp_path / "run" / "manifests" / f"{'0' * 19}2-{digest}.json").write_bytes(data)
+    code, out, err = run(capsys, "verify", uri)
+    assert code == 1 and "NEWER FORMAT (not damaged" in out and "1 written by a newer ckptstore" in out
+    assert "DAMAGED" not in out and "forget" not in err
+
+
+def test_cp_repair_names_what_the_backup_could_not_repair(stores, capsys):
+    s, uri, backup = stores
+    s.save({"w": rand(5000, 9)}, step=9)  # not in the backup
+    key = [k for st, _d, k in s.catalog.manifest_keys() if st == 9][0]
+    flip(s, key)
+    code, out, err = run(capsys, "cp", backup, uri, "--all", "--repair", "--json")
+    doc = json.loads(out)
+    assert code == 1 and [d["step"] for d in doc["still_damaged_in_dst"]] == [9]
+    code, out, err = run(capsys, "cp", backup, uri, "--all", "--repair")
+    assert code == 1 and "still damaged" in err and f"forget {uri} --id" in err
+
+
+def test_a_store_that_lost_its_config_says_how_to_recover_and_keeps_its_chunk_size(tmp_path, capsys):
+    uri = str(tmp_path / "run")
+    Store(uri, chunk_size=1 << 20).save({"w": rand(1 << 20, 0)}, step=1)  # 4 chunks of 1 MiB
+    backup = str(tmp_path / "backup")
+    assert run(capsys, "cp", uri, backup, "--all")[0] == 0
+    assert Store(backup).config.chunk_size == 1 << 20  # a new destination cuts as its source
+    (tmp_path / "run" / "ckptstore.json").unlink()
+    code, _, err = run(capsys, "verify", uri)
+    assert code == 1 and "lost its ckptstore.json" in err and "--repair" in err
+    code, out, err = run(capsys, "cp", backup, uri, "--all", "--repair")
+    assert code == 0 and "damaged or missing" in err
+    assert Store(uri).config.chunk_size == 1 << 20 and run(capsys, "verify", uri)[0] == 0
+
+
+def test_a_dry_run_of_new_rules_on_a_store_with_a_damaged_config_shows_the_plan(stores, tmp_path, capsys):
+    s, uri, _backup = stores
+    cfg = s.backend.read("ckptstore.json")
+    s.backend.write("ckptstore.json", cfg[:-3])
+    code, out, _ = run(capsys, "gc", uri, "--set-policy", "--keep-last", "1", "--dry-run")
+    assert code == 0 and "would remove 2 checkpoint(s)" in out
+    assert len(Store(uri).list()) == 3
+    # the dashboard still shows the run, and says what is wrong with the config
+    from ckptstore.web._collect import snapshot
+
+    assert "changed by hand or damaged" in snapshot(Store(uri))["config_problem"]
+    assert run(capsys, "dashboard", uri, "--output", str(tmp_path / "page.html"))[0] == 0

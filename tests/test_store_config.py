@@ -202,5 +202,7 @@ def test_gc_policy_flags_that_contradict_are_usage_errors(tmp_path, capsys):
     Store(root).save({"w": rand(10, 0)})
     assert run(capsys, "gc", str(root), "--set-policy")[0] == 2  # nothing to store
     assert run(capsys, "gc", str(root), "--clear-policy", "--keep-last", "2")[0] == 2
+    assert run(capsys, "gc", str(root), "--keep-within", "0d", "--dry-run")[0] == 2  # was exit 1, timedelta(0)
+    assert run(capsys, "gc", str(root), "--grace", "0", "--dry-run")[0] == 0  # 0 needs no unit
     code, _, err = run(capsys, "forget", str(root))
     assert code == 2 and "--damaged" in err

@@ -45,6 +45,12 @@ def cmd_cp(args: argparse.Namespace) -> int:
                 step, digest = parse_manifest_key(key) or (-1, key)
                 damaged.append((step, digest, why))
         damaged.sort()
+    left: list[tuple[int, str, str]] = []  # --repair: manifests still damaged in DST (the source lacks them)
+    if args.repair:
+        from ..store._gc import select_manifests
+
+        with Store(args.dst, storage_options={**shared, **storage_options(args.dst_option)}, retries=args.retries) as d:
+            left = [(e.step, e.id, e.damage or "") for e in select_manifests(d, damaged=True)]
     if args.json:
         doc = {
             "copied": [{"id": i.id, "step": i.step} for i in result.copied],
@@ -56,9 +62,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
             "replaced": result.replaced,
             "config_rewritten": result.config_rewritten,
             "damaged": [{"step": step, "id": id_, "problem": why} for step, id_, why in damaged],
+            "still_damaged_in_dst": [{"step": step, "id": id_, "problem": why} for step, id_, why in left],
         }
         print(json.dumps(doc, indent=2))
-        return 1 if damaged else 0
+        return 1 if damaged or left else 0
     if result.copied:
         steps = ", ".join(str(i.step) for i in result.copied)
         print(
@@ -73,7 +80,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
         print(f"repaired {result.replaced} damaged object(s), manifest(s) and config(s) in {args.dst}")
     if result.config_rewritten:
         print(
-            f"note: {args.dst}/ckptstore.json was damaged: written again without a retention policy; store one "
+            f"note: {args.dst}/ckptstore.json was damaged or missing: written again without a retention "
+            "policy; store one "
             f"with `ckptstore gc {args.dst} --set-policy --keep-...`",
             file=sys.stderr,
         )
@@ -84,7 +92,15 @@ def cmd_cp(args: argparse.Namespace) -> int:
             f"ckptstore: {len(damaged)} damaged checkpoint(s) not copied; `ckptstore verify {args.src}` shows them",
             file=sys.stderr,
         )
-    return 1 if damaged else 0
+    for step, id_, _why in left:
+        print(
+            f"ckptstore: still damaged in {args.dst}: step {step} ({id_[:12]}), which SRC does not hold",
+            file=sys.stderr,
+        )
+    if left:
+        ids = " ".join(id_[:12] for _s, id_, _w in left)
+        print(f"ckptstore: remove them with `ckptstore forget {args.dst} --id {ids}`", file=sys.stderr)
+    return 1 if damaged or left else 0
 
 
 def add_parsers(sub: Any) -> None:

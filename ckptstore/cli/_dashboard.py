@@ -28,6 +28,9 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS", help="how often the page checks the store")
     d.add_argument("--backup", metavar="URI", help="a backup store: the page shows which checkpoints it holds")
     d.add_argument("--compare", nargs=2, metavar=("A", "B"), help="with --output: include the diff of A and B")
+    d.add_argument(
+        "--allow-pickle", action="store_true", help="with --compare: the checkpoints hold pickled values you trust"
+    )
     d.set_defaults(func=cmd_dashboard)
 
     df = sub.add_parser(
@@ -71,7 +74,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                     output=args.output,
                     backup=args.backup,
                     compare=tuple(args.compare) if args.compare else None,
+                    allow_pickle=args.allow_pickle,
                 )
+        except PickleNotAllowedError as e:
+            print(f"ckptstore: error: {e} (on the command line: --allow-pickle)", file=sys.stderr)
+            return 1
         except OSError as e:
             if isinstance(e, CkptstoreError):
                 raise

@@ -39,7 +39,7 @@ def add_parsers(sub: Any) -> None:
     )
     gc.add_argument(
         "--keep-within",
-        type=duration_arg,
+        type=positive_duration_arg,
         metavar="DURATION",
         help="keep checkpoints created within DURATION (7d, 12h, 1d12h) of the newest",
     )
@@ -139,10 +139,19 @@ def parse_keep_best(text: str) -> tuple[str, str, int]:
 
 
 def duration_arg(text: str) -> timedelta:
+    if text.strip() == "0":  # no unit needed for nothing (--grace 0)
+        return timedelta(0)
     try:
         return parse_duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_duration_arg(text: str) -> timedelta:
+    td = duration_arg(text)
+    if td <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"must be longer than nothing, like 7d or 12h, not {text!r}")
+    return td
 
 
 def policy_from_args(args: argparse.Namespace) -> Retention | None:

@@ -105,7 +105,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             try:
                 m = catalog.manifest(key)
                 check_manifest(m, where)
-            except (IntegrityError, UnsupportedFormatError) as e:
+            except UnsupportedFormatError as e:  # not damage: a newer ckptstore wrote it
+                results.append({"step": step, "id": digest, "ok": False, "newer": True, "problems": [str(e)]})
+                continue
+            except IntegrityError as e:
                 results.append({"step": step, "id": digest, "ok": False, "problems": [str(e)]})
                 unreadable.add(digest)
                 continue
@@ -158,16 +161,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         status = (
             "ok"
             if r["ok"]
+            else "NEWER FORMAT (not damaged; upgrade ckptstore to verify it): " + r["problems"][0]
+            if r.get("newer")
             else "DAMAGED: "
             + "; ".join(r["problems"][:3])
             + (f" (+{len(r['problems']) - 3} more)" if len(r["problems"]) > 3 else "")
         )
         print(f"step {r['step']:<10} {r['id'][:12]}  {status}")
-    n_bad = sum(1 for r in results if not r["ok"])
-    verdict = f"{n_bad} damaged" if n_bad else "see below" if orphaned else "all ok"
+    n_bad = sum(1 for r in results if not r["ok"] and not r.get("newer"))
+    n_new = sum(1 for r in results if r.get("newer"))
+    verdict = ", ".join(
+        [f"{n_bad} damaged"] * bool(n_bad) + [f"{n_new} written by a newer ckptstore (upgrade)"] * bool(n_new)
+    )
+    verdict = verdict or ("see below" if orphaned else "all ok")
     print(f"checked {len(results)} checkpoint(s) ({what}): {verdict}")
     if n_bad:
-        hurt = [r for r in results if not r["ok"]]
+        hurt = [r for r in results if not r["ok"] and not r.get("newer")]
         ids = " ".join(r["id"][:12] for r in hurt)
         manifest_damage = any(r["id"] in unreadable for r in hurt)
         print(

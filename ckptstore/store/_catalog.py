@@ -166,6 +166,12 @@ class Catalog:
                 f"{where} is a file, not a checkpoint store. To bring a torch.save file into a store, "
                 "use `ckptstore import`."
             )
+        elif self.manifest_keys():
+            msg = (
+                f"{where} holds checkpoints but lost its {CONFIG_KEY}. Copy it back from a backup "
+                f"(`ckptstore cp BACKUP {self.uri} --all --repair`), or let the next save write a new one (it "
+                "keeps the chunk size the checkpoints were cut with)."
+            )
         else:
             msg = f"{where} exists but is not a checkpoint store (it has no {CONFIG_KEY})."
         return StoreNotFoundError(msg, path=where)
@@ -208,7 +214,9 @@ class Catalog:
             if data is not None:  # an existing store: one read
                 return self._set_config(data)
             if not self.backend.exists(CONFIG_KEY):
-                self.backend.write(CONFIG_KEY, dump(new_store_config(self.chunk_size)), if_absent=True)
+                # a store that lost its config keeps cutting as its checkpoints were cut
+                chunk = self._chunk_size_in_use() if self.manifest_keys() else None
+                self.backend.write(CONFIG_KEY, dump(new_store_config(chunk or self.chunk_size)), if_absent=True)
                 self.backend.sync()
                 _warn_if_file_name(self.uri)
             return self.config()

@@ -342,7 +342,8 @@ def run_gc(
     ``incoming``: a checkpoint about to be saved, planned as if present (the disk-space guard's
     "make room"); it is never removed since it does not exist yet.
     """
-    store.catalog.refuse_damaged_config("collecting garbage")
+    if not (dry_run and policy is not None):  # a dry run of explicit rules reads no stored policy
+        store.catalog.refuse_damaged_config("collecting garbage")
     grace = GRACE if grace is None else grace
     infos = store.list() if infos is None else infos
     the_plan: RetentionPlan | None = None

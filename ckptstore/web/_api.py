@@ -85,6 +85,7 @@ def dashboard(
     backup_options: Mapping[str, Any] | None = None,
     retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
+    allow_pickle: bool = False,
 ) -> DashboardServer: ...
 
 
@@ -100,6 +101,7 @@ def dashboard(
     backup_options: Mapping[str, Any] | None = None,
     retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
+    allow_pickle: bool = False,
 ) -> str: ...
 
 
@@ -114,6 +116,7 @@ def dashboard(
     backup_options: Mapping[str, Any] | None = None,
     retention: Retention | None = None,
     compare: tuple[Which, Which] | None = None,
+    allow_pickle: bool = False,
 ) -> DashboardServer | str:
     """A web page with a run's checkpoints (the store at ``uri``, a path or URI or a ``Store``):
     metrics, retention, storage, progress, health.
@@ -123,7 +126,7 @@ def dashboard(
     ``.wait()``); the page refreshes every ``refresh`` seconds while a run writes. Nothing opens a
     browser. With ``output``: write the page as one self-contained HTML file and return its path
     (``StoreNotFoundError`` when there is no store at ``uri``); ``compare=(a, b)`` adds the
-    comparison of two checkpoints to that file.
+    comparison of two checkpoints to that file (``allow_pickle``: they hold pickled values you trust).
 
     ``backup``: a backup store to check each checkpoint against (default: the mirror of a
     ``Store`` passed with ``backup=``). ``storage_options``/``backup_options``: fsspec options for
@@ -146,7 +149,7 @@ def dashboard(
             cmp = None
             if compare is not None:
                 a, b = compare
-                cmp = diff(store, find(store, a), find(store, b)).to_json()
+                cmp = diff(store, find(store, a), find(store, b), allow_pickle=allow_pickle).to_json()
             path = os.fspath(output)
             tmp = f"{path}.tmp-{os.getpid()}"
             with open(tmp, "w", encoding="utf-8") as f:

@@ -227,7 +227,12 @@ def snapshot(
     # so every object a listed manifest names is already there when objects/ is listed
     pairs, damaged = read_checkpoints(store, keys)
     infos = [i for i, _m in pairs]
-    policy = policy if policy is not None else store.get_retention()
+    config_problem = None
+    if policy is None:
+        try:
+            policy = store.get_retention()
+        except IntegrityError as e:  # a damaged ckptstore.json: the page still shows the run
+            config_problem = str(e)
     the_plan = plan(infos, policy or Retention())
     present = {d for d in map(parse_object_key, store.backend.list(OBJECTS_DIR)) if d is not None}
     backup_state = _backup_ids(backup, backup_options)
@@ -265,6 +270,7 @@ def snapshot(
         **base,
         "exists": True,
         "policy": None if policy is None else policy.describe(),
+        "config_problem": config_problem,
         "checkpoints": rows,
         "damaged": damaged,
         "metrics": _metrics_summary(infos, policy),

@@ -72,6 +72,9 @@
     } else {
       html += card("step", "–", "no checkpoint yet");
     }
+    if (data.config_problem) {
+      html += card("ckptstore.json", "damaged", data.config_problem, "bad");
+    }
     var unhealthy = cps.filter(function (c) { return c.missing_objects > 0; }).length;
     html += card("objects", unhealthy ? unhealthy + " checkpoint(s) incomplete" : "all present",
       "bytes not re-hashed here: ckptstore verify --read-data", unhealthy ? "bad" : "");
