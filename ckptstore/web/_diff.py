@@ -280,11 +280,43 @@ def _metric_changes(a: Mapping[str, float], b: Mapping[str, float]) -> list[tupl
     return out
 
 
-def _decode(m: Manifest, allow_pickle: bool) -> Any:
-    """The manifest's state with a ``_Ref`` in place of every tensor (no tensor data read)."""
+class _Pickled:
+    """A value saved with pickle, compared by its bytes and never unpickled (``load=False``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Pickled) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"<pickled value, {len(self.data) * 3 // 4} bytes>"
+
+
+def _opaque(v: Any) -> Any:
+    """``v`` with every ``{"$pickle": ...}`` node left by ``keep_pickle`` as a ``_Pickled``."""
+    if isinstance(v, dict):
+        if len(v) == 1 and isinstance(v.get("$pickle"), str):
+            return _Pickled(v["$pickle"])
+        return {k: _opaque(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_opaque(x) for x in v]
+    return v
+
+
+def _decode(m: Manifest, allow_pickle: bool, load: bool = True) -> Any:
+    """The manifest's state with a ``_Ref`` in place of every tensor (no tensor data read). With
+    neither ``allow_pickle`` nor ``load``, pickled values stay unpickled, compared by their bytes."""
     refs = [_Ref(i) for i in range(len(m.tensors))]
     sharded = [_Ref(-1, st) for st in m.distributed.sharded] if m.distributed is not None else []
-    return Decoder(refs, allow_pickle=allow_pickle, sharded=sharded).decode(m.tree)
+    keep = not allow_pickle and not load
+    state = Decoder(refs, allow_pickle=allow_pickle, sharded=sharded, keep_pickle=keep).decode(m.tree)
+    return _opaque(state) if keep else state
 
 
 def _norms(a: Any, b: Any) -> tuple[float, float]:
@@ -314,7 +346,7 @@ def diff(
     """Compare checkpoint ``a`` (older) with ``b``. ``load=False`` never reads tensor data: changed
     tensors are listed without their relative change."""
     ma, mb = store.manifest(id=a.id), store.manifest(id=b.id)
-    da, db = _decode(ma, allow_pickle), _decode(mb, allow_pickle)
+    da, db = _decode(ma, allow_pickle, load), _decode(mb, allow_pickle, load)
     ra, rb = tensor_paths(da), tensor_paths(db)
     values = _value_changes(plain_values(da), plain_values(db))
     del da, db
