@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -32,6 +34,22 @@ def flip(store: Store, key: str) -> None:
     data = bytearray(store.backend.read(key))
     data[len(data) // 2] ^= 0x40
     store.backend.write(key, bytes(data))
+
+
+def plant_newer(root: Path, change: Callable[[dict], None]) -> Path:
+    """A store at ``root`` with a checkpoint at step 1 and, at step 2, a copy of its manifest that
+    ``change`` (a function of the document) makes one only a newer ckptstore writes, correctly
+    hashed and named. Returns the planted file."""
+    import blake3
+
+    Store(str(root)).save({"w": rand(10, 0)}, step=1)
+    doc = json.loads((root / Store(str(root)).catalog.manifest_keys()[0][2]).read_bytes())
+    change(doc)
+    doc["step"] = 2
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    newer = root / "manifests" / f"{'0' * 19}2-{blake3.blake3(data).hexdigest()}.json"
+    newer.write_bytes(data)
+    return newer
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -110,16 +128,7 @@ def test_forget_by_step_and_id_and_its_errors(stores, capsys):
 def test_forget_leaves_a_manifest_of_a_newer_format_version(tmp_path, capsys):
     """Not damage: a newer ckptstore wrote it; --damaged must not delete it."""
     uri = str(tmp_path / "run")
-    s = Store(uri)
-    s.save({"w": rand(10, 0)}, step=1)
-    path = tmp_path / "run" / s.catalog.manifest_keys()[0][2]
-    doc = json.loads(path.read_bytes())
-    doc["version"] = 99
-    data = json.dumps(doc, separators=(",", ":")).encode()
-    import blake3
-
-    newer = tmp_path / "run" / "manifests" / f"{'0' * 19}2-{blake3.blake3(data).hexdigest()}.json"
-    newer.write_bytes(data)
+    newer = plant_newer(tmp_path / "run", lambda d: d.update(version=99))
     code, out, _ = run(capsys, "forget", uri, "--damaged")
     assert code == 0 and "nothing to forget" in out and newer.exists()
 
@@ -161,18 +170,12 @@ def test_cp_repair_counts_only_what_it_wrote_and_mends_a_damaged_config(stores, 
 
 
 def test_forget_damaged_leaves_a_manifest_with_a_newer_codec(tmp_path, capsys):
-    import blake3
+    def lz4(doc):
+        for info in doc["objects"].values():
+            info["codec"] = "lz4"  # a codec a newer ckptstore writes
 
     uri = str(tmp_path / "run")
-    Store(uri).save({"w": rand(10, 0)}, step=1)
-    path = tmp_path / "run" / Store(uri).catalog.manifest_keys()[0][2]
-    doc = json.loads(path.read_bytes())
-    for info in doc["objects"].values():
-        info["codec"] = "lz4"  # a codec a newer ckptstore writes
-    doc["step"] = 2
-    data = json.dumps(doc, separators=(",", ":")).encode()
-    newer = tmp_path / "run" / "manifests" / f"{'0' * 19}2-{blake3.blake3(data).hexdigest()}.json"
-    newer.write_bytes(data)
+    newer = plant_newer(tmp_path / "run", lz4)
     code, out, _ = run(capsys, "forget", uri, "--damaged")
     assert code == 0 and "nothing to forget" in out and newer.exists()
 
@@ -185,15 +188,8 @@ def test_dashboard_of_a_file_is_refused(tmp_path, capsys):
 
 
 def test_verify_calls_a_newer_manifest_newer_not_damaged_and_advises_nothing_about_it(tmp_path, capsys):
-    import blake3
-
     uri = str(tmp_path / "run")
-    Store(uri).save({"w": rand(10, 0)}, step=1)
-    doc = json.loads((tmp_path / "run" / Store(uri).catalog.manifest_keys()[0][2]).read_bytes())
-    doc.update(version=99, step=2)
-    data = json.dumps(doc, separators=(",", ":")).encode()
-    digest = blake3.blake3(data).hexdigest()
-    (tmp_path / "run" / "manifests" / f"{'0' * 19}2-{digest}.json").write_bytes(data)
+    plant_newer(tmp_path / "run", lambda d: d.update(version=99))
     code, out, err = run(capsys, "verify", uri)
     assert code == 1 and "NEWER FORMAT (not damaged" in out and "1 written by a newer ckptstore" in out
     assert "DAMAGED" not in out and "forget" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ def add_store_arg(sp: argparse.ArgumentParser) -> None:
 
 def add_retries_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--retries", type=int, metavar="N", help="retries per storage request (default 3)")
+
+
+def usage(command: str, message: str) -> int:
+    """Say a usage error of ``ckptstore COMMAND`` the way argparse does; the exit code (2)."""
+    print(f"ckptstore {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def key_value(text: str) -> str:

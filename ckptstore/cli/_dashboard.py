@@ -6,10 +6,10 @@ import argparse
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from .._errors import CkptstoreError, PickleNotAllowedError
-from ._common import add_store_arg, open_store, table
+from ._common import add_store_arg, open_store, table, usage
 
 if TYPE_CHECKING:
     from ..web._diff import CheckpointDiff
@@ -52,20 +52,15 @@ def add_parsers(sub: Any) -> None:
     df.set_defaults(func=cmd_diff)
 
 
-def _usage(msg: str) -> NoReturn:
-    print(f"ckptstore dashboard: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..web._api import dashboard
 
     if args.compare and not args.output:
-        _usage("--compare needs --output (the served page compares on demand)")
+        return usage("dashboard", "--compare needs --output (the served page compares on demand)")
     if args.refresh <= 0:
-        _usage("--refresh must be a positive number of seconds")
+        return usage("dashboard", "--refresh must be a positive number of seconds")
     if not 0 <= args.port <= 65535:
-        _usage("--port must be from 0 (a free port) to 65535")
+        return usage("dashboard", "--port must be from 0 (a free port) to 65535")
     if args.output:
         try:
             with open_store(args) as store:
@@ -116,10 +111,11 @@ _VALUES_SHOWN = 40
 
 
 def _short(v: Any, limit: int = 80) -> str:
-    from ..web._diff import SEQUENCE_MAX
+    from ..web._diff import long_sequence
 
-    if isinstance(v, (list, tuple)) and len(v) > SEQUENCE_MAX:
-        return f"{type(v).__name__} of {len(v)} items"
+    long = long_sequence(v)
+    if long is not None:
+        return long
     text = json.dumps(v) if v is None or isinstance(v, (bool, int, str)) else repr(v)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import CkptstoreWarning, InvalidArgumentError
 from .._units import fmt_bytes
 from ..store._retention import Retention, format_duration, parse_duration
-from ._common import add_store_arg, open_store, positive_int, table, when
+from ._common import add_store_arg, open_store, positive_int, table, usage, when
 
 if TYPE_CHECKING:
     from ..format._info import CheckpointInfo
@@ -92,16 +92,11 @@ def add_parsers(sub: Any) -> None:
     fg.set_defaults(func=cmd_forget)
 
 
-def _usage(command: str, message: str) -> int:
-    print(f"ckptstore {command}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def cmd_forget(args: argparse.Namespace) -> int:
     from ..store._gc import forget_manifests, select_manifests
 
     if not (args.step or args.id or args.damaged):
-        return _usage("forget", "name what to forget: --step N, --id ID or --damaged")
+        return usage("forget", "name what to forget: --step N, --id ID or --damaged")
     with open_store(args) as store:
         store.catalog.config()  # StoreNotFoundError before anything else
         chosen = select_manifests(store, steps=args.step or (), ids=args.id or (), damaged=args.damaged)
@@ -183,9 +178,9 @@ def unknown_metric(policy: Retention, infos: list[CheckpointInfo]) -> str | None
 def cmd_gc(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     if args.clear_policy and (policy is not None or args.set_policy):
-        return _usage("gc", "--clear-policy takes no --keep-... rules and no --set-policy")
+        return usage("gc", "--clear-policy takes no --keep-... rules and no --set-policy")
     if args.set_policy and policy is None:
-        return _usage("gc", "--set-policy needs rules to store (--keep-...); --clear-policy removes the policy")
+        return usage("gc", "--set-policy needs rules to store (--keep-...); --clear-policy removes the policy")
     grace = None if args.grace is None else args.grace.total_seconds()
     with open_store(args) as store:
         store.catalog.config()  # StoreNotFoundError before anything else

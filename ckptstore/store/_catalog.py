@@ -566,6 +566,18 @@ class Catalog:
                 best = info
         return best
 
+    def key_for_id(self, id: str, keys: list[Key] | None = None) -> Key:
+        """(step, id, key) of the one manifest whose id starts with ``id``, from ``keys`` (a listing
+        the caller made) or a fresh listing; the manifest itself is not read."""
+        if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
+            raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {id!r}")
+        matches = [k for k in (self.manifest_keys() if keys is None else keys) if k[1].startswith(id)]
+        if len(matches) > 1:
+            raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")
+        if not matches:
+            raise CheckpointNotFoundError(f"no checkpoint with id {id!r} in {self.uri}")
+        return matches[0]
+
     def find(self, step: int | None = None, *, id: str | None = None) -> CheckpointInfo:
         """The checkpoint at ``step`` (the most recent of equal steps), with id (or a unique prefix
         of it) ``id``, or the newest when neither is given."""
@@ -573,14 +585,7 @@ class Catalog:
         if step is not None and id is not None:
             raise InvalidArgumentError("give step or id, not both")
         if id is not None:
-            if not isinstance(id, str) or not id or any(c not in "0123456789abcdef" for c in id):
-                raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {id!r}")
-            matches = [k for k in self.manifest_keys() if k[1].startswith(id)]
-            if len(matches) > 1:
-                raise CheckpointNotFoundError(f"id prefix {id!r} matches {len(matches)} checkpoints; give more digits")
-            if not matches:
-                raise CheckpointNotFoundError(f"no checkpoint with id {id!r} in {self.uri}")
-            _s, digest, key = matches[0]
+            _s, digest, key = self.key_for_id(id)
             return self.info(key, digest, self.manifest(key))
         if step is None:
             keys = self.manifest_keys()

@@ -204,13 +204,14 @@ class _Copier:
     def run(self, chosen: list[CheckpointInfo], progress: bool | None) -> CopyResult:
         # a copy is a save at the destination: it decides to reuse objects there, so it holds a
         # save lease until its last manifest is written
-        if not self.dst.exists() and not self.dst.catalog.manifest_keys():
+        exists = self.dst.exists()
+        if not exists and not self.dst.catalog.manifest_keys():
             # a new destination cuts as the source does: what is saved there later dedups against the copies
             self.dst.catalog.chunk_size = self.src.config.chunk_size or self.dst.catalog.chunk_size
-        elif not self.dst.exists() and self.repair:  # checkpoints without a config: its config is written again
+        elif not exists and self.repair:  # checkpoints without a config: its config is written again
             self.config_rewritten = True
             self.replaced += 1
-        if self.repair and self.dst.exists() and self.dst.catalog.config_damage() is not None:
+        if self.repair and exists and self.dst.catalog.config_damage() is not None:
             # what is still legible of it is kept (chunk size, creation time); its policy cannot be trusted
             self.dst.catalog.set_stored_policy(None)
             self.config_rewritten = True

@@ -99,14 +99,17 @@ def mark(store: Store) -> tuple[set[str], list[str], dict[str, Manifest]]:
 
 def forget(store: Store, infos: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
     """Delete these checkpoints' manifests (their objects stay until a sweep)."""
-    done = []
-    for info in infos:
-        store.backend.delete(info.key)
-        done.append(info)
-    if done:
-        store.backend.sync()
-        store.catalog.removed(i.key for i in done)
+    done = list(infos)
+    _delete_manifests(store, [i.key for i in done])
     return done
+
+
+def _delete_manifests(store: Store, keys: list[str]) -> None:
+    for key in keys:
+        store.backend.delete(key)
+    if keys:
+        store.backend.sync()
+        store.catalog.removed(keys)
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,9 @@ def select_manifests(
 ) -> list[ManifestEntry]:
     """The manifest at each of ``steps`` (``InvalidArgumentError`` when a step holds several), with
     ids or unique id prefixes ``ids``, and with ``damaged`` every damaged one: found from the
-    listing alone, so a damaged manifest
-    can be named too. ``CheckpointNotFoundError`` for a step or id that names none. A manifest of a
-    newer format version is not damage and is never selected by ``damaged``."""
+    listing alone, so a damaged manifest can be named too. ``CheckpointNotFoundError`` for a step
+    or id that names none. A manifest of a newer format version is not damage and is never
+    selected by ``damaged``."""
     keys = store.catalog.manifest_keys()
     chosen: dict[str, tuple[int, str]] = {}
     for step in steps:
@@ -139,13 +142,8 @@ def select_manifests(
             raise InvalidArgumentError(f"step {step} holds {len(found)} checkpoints ({ids}): name one with --id")
         chosen.update((key, (s, d)) for s, d, key in found)
     for prefix in ids:
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            raise InvalidArgumentError(f"a checkpoint id is lowercase hex (as `ckptstore ls` shows it), not {prefix!r}")
-        found = [k for k in keys if k[1].startswith(prefix)]
-        if len(found) != 1:
-            what = "no checkpoint" if not found else f"{len(found)} checkpoints (give more digits)"
-            raise CheckpointNotFoundError(f"id prefix {prefix!r} matches {what} in {store.uri}")
-        chosen.update((key, (s, d)) for s, d, key in found)
+        s, d, key = store.catalog.key_for_id(prefix, keys)
+        chosen[key] = (s, d)
     out = []
     for step, digest, key in keys:
         damage = None
@@ -165,13 +163,8 @@ def select_manifests(
 
 def forget_manifests(store: Store, entries: Iterable[ManifestEntry]) -> list[ManifestEntry]:
     """Delete these manifests, damaged ones included (their objects stay until a sweep)."""
-    done = []
-    for e in entries:
-        store.backend.delete(e.key)
-        done.append(e)
-    if done:
-        store.backend.sync()
-        store.catalog.removed(e.key for e in done)
+    done = list(entries)
+    _delete_manifests(store, [e.key for e in done])
     return done
 
 

@@ -133,11 +133,19 @@ ABSENT = "<absent>"
 SEQUENCE_MAX = 16
 
 
+def long_sequence(v: Any) -> str | None:
+    """What a list or tuple of more than ``SEQUENCE_MAX`` items is shown as, else None."""
+    if isinstance(v, (list, tuple)) and len(v) > SEQUENCE_MAX:
+        return f"{type(v).__name__} of {len(v)} items"
+    return None
+
+
 def _plain(v: Any) -> Any:
     """``v`` as JSON: itself when it is a JSON scalar (non-finite floats as strings), a long list
     as what it is and how long, else its repr."""
-    if isinstance(v, (list, tuple)) and len(v) > SEQUENCE_MAX:
-        return f"{type(v).__name__} of {len(v)} items"
+    long = long_sequence(v)
+    if long is not None:
+        return long
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     if v is None or isinstance(v, (bool, int, float, str)):
